@@ -1,0 +1,152 @@
+"""Decoding kubectl/Kubernetes output (JSON or YAML) into an Inventory. Pure: bytes in.
+
+Accepts what `kubectl get ... -o json|yaml` prints (a List), multi-document YAML, single
+objects and JSON arrays. Objects outside the longhorn.io group (a Kubernetes `v1 Node` is not a
+Longhorn Node) and kinds the scan does not need are ignored; a Longhorn object whose fields have
+the wrong shape is recorded as skipped and the rest is used. A document that cannot be parsed
+at all raises `InputError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import msgspec
+import yaml
+
+from bimguard import objects as wire
+from bimguard.inventory import Inventory
+
+try:  # libyaml is ~10x faster; PyYAML wheels ship it, but a source build may not.
+    _YamlLoader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _YamlLoader = yaml.SafeLoader
+
+
+class InputError(Exception):
+    """Input that cannot be used at all; the message names the source and the problem."""
+
+
+class _ListMeta(msgspec.Struct):
+    # `continue` is a Python keyword; msgspec maps the JSON name onto this field.
+    continue_: str | None = msgspec.field(default="", name="continue")
+
+
+class _Envelope(msgspec.Struct):
+    kind: str | None = ""
+    items: list[msgspec.Raw] | None = None
+    metadata: _ListMeta | None = None
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+_HEAD = msgspec.json.Decoder(wire.Head)
+_DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in wire.KINDS.items()}
+
+
+def _longhorn_type(api_version: str | None, kind: str | None) -> str | None:
+    """The wire kind to decode an object as, or None when the scan does not need it."""
+    group = (api_version or "").partition("/")[0] if "/" in (api_version or "") else ""
+    if group != wire.LONGHORN_GROUP or kind not in wire.KINDS:
+        return None
+    return kind
+
+
+def _short(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def decode_json(data: bytes | memoryview, source: str, inv: Inventory) -> str:
+    """Add the objects of one JSON document; returns a List's `metadata.continue` token."""
+    stripped = bytes(data[:64]).lstrip()
+    token = ""
+    try:
+        if stripped.startswith(b"["):
+            items: Iterable[msgspec.Raw] = _ARRAY.decode(data)
+        else:
+            env = _ENVELOPE.decode(data)
+            is_list = env.kind == "List" or (env.kind or "").endswith("List")
+            items = (env.items or []) if is_list else [msgspec.Raw(data)]
+            token = (env.metadata.continue_ or "") if env.metadata else ""
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        raise InputError(f"{source}: not valid JSON: {_short(err)}") from None
+    for raw in items:
+        try:
+            head = _HEAD.decode(raw)
+        except msgspec.ValidationError as err:
+            inv.skip(source, "?", "?", f"not a Kubernetes object: {_short(err)}")
+            continue
+        kind = _longhorn_type(head.apiVersion, head.kind)
+        if kind is None:
+            continue
+        try:
+            inv.add(_DECODERS[kind].decode(raw), source)
+        except msgspec.ValidationError as err:
+            inv.skip(source, kind, head.metadata.name if head.metadata else "?", _short(err))
+    return token
+
+
+def denull(value: Any) -> Any:
+    """Undo support-bundle-kit's rewriting of "" and null into the string "null" (BRIEF §7)."""
+    if isinstance(value, dict):
+        return {k: denull(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [denull(v) for v in value]
+    if value == "null":
+        return ""
+    return value
+
+
+def add_object(obj: Any, source: str, inv: Inventory, *, bundle: bool = False) -> None:
+    """Add one already-parsed object (a dict from YAML or a live response)."""
+    if not isinstance(obj, dict):
+        inv.skip(source, "?", "?", f"not a Kubernetes object (a {type(obj).__name__})")
+        return
+    kind = _longhorn_type(obj.get("apiVersion"), obj.get("kind"))
+    if kind is None:
+        return
+    if bundle:
+        obj = denull(obj)
+    try:
+        inv.add(msgspec.convert(obj, wire.KINDS[kind]), source)
+    except msgspec.ValidationError as err:
+        meta = obj.get("metadata")
+        name = meta.get("name", "?") if isinstance(meta, dict) else "?"
+        inv.skip(source, kind, str(name), _short(err))
+
+
+def decode_yaml(text: str | bytes, source: str, inv: Inventory, *, bundle: bool = False) -> None:
+    try:
+        docs = list(yaml.load_all(text, Loader=_YamlLoader))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or _short(err)
+        raise InputError(f"{source}: not valid YAML{where}: {problem}") from None
+    for doc in docs:
+        if doc is None:
+            continue
+        if isinstance(doc, dict) and str(doc.get("kind") or "").endswith("List"):
+            items = doc.get("items") or []
+            if not isinstance(items, list):
+                raise InputError(f"{source}: a List whose items is not a list")
+            for item in items:
+                add_object(item, source, inv, bundle=bundle)
+        else:
+            add_object(doc, source, inv, bundle=bundle)
+
+
+def decode_document(data: bytes, source: str, inv: Inventory) -> None:
+    """JSON when it looks like JSON, else YAML (JSON is YAML, but JSON errors read better)."""
+    head = data[:256].lstrip()
+    if head.startswith(b"\xef\xbb\xbf"):  # a BOM some Windows editors add
+        data = data[3:]
+        head = head[3:]
+    if head.startswith((b"{", b"[")):
+        decode_json(data, source, inv)
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{source}: not text (not UTF-8): is this a zip? use --support-bundle") from None
+    decode_yaml(text, source, inv)

@@ -1,0 +1,97 @@
+"""What lives on a disk, and the one rule that says whether its UUID may simply change.
+
+Objects refer to a disk by UUID (BRIEF §3), and cloned disks can share a whole UUID, so a disk's
+dependents are matched by node *and* UUID wherever the object names a node. Changing the UUID of
+a disk that still holds data orphans that data, which `orphan-auto-deletion` then deletes
+(BRIEF §0.8): `Dependents.holds_data` is the single place that decides (DESIGN invariant 3).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from bimguard.model import BackingImage, Bim, Disk, Replica
+
+SPEC_ONLY = "spec-only"  # a copy Longhorn was asked for but never reported (no status entry)
+
+
+@dataclass(frozen=True, slots=True)
+class Dependents:
+    replicas: tuple[str, ...] = ()
+    backing_image_copies: dict[str, str] = field(default_factory=dict)  # BI name -> file state
+    bims: tuple[str, ...] = ()
+    scheduled_replicas: tuple[str, ...] = ()
+
+    @property
+    def holds_data(self) -> bool:
+        return bool(self.replicas or self.backing_image_copies or self.bims or self.scheduled_replicas)
+
+    @property
+    def data_count(self) -> int:
+        """Replicas plus backing-image copies: how the repair plan weighs which disk to keep."""
+        return len(self.replicas) + len(self.backing_image_copies)
+
+    def describe(self) -> str:
+        parts = []
+        for count, noun in (
+            (len(self.replicas), "replica"),
+            (len(self.backing_image_copies), "backing-image copy"),
+            (len(self.bims), "backing image manager"),
+        ):
+            if count:
+                plural = noun if count == 1 else (noun[:-1] + "ies" if noun.endswith("copy") else noun + "s")
+                parts.append(f"{count} {plural}")
+        extra = set(self.scheduled_replicas) - set(self.replicas)
+        if extra:
+            parts.append(f"{len(extra)} scheduled replica{'s' if len(extra) != 1 else ''} without a Replica object")
+        return ", ".join(parts) if parts else "no data"
+
+
+class DependentsIndex:
+    """Dependents of every disk, built once from an inventory's objects."""
+
+    def __init__(
+        self,
+        disks: Iterable[Disk],
+        replicas: Iterable[Replica],
+        backing_images: Iterable[BackingImage],
+        bims: Iterable[Bim],
+    ) -> None:
+        disks = list(disks)
+        self._uuid_holders = Counter(d.uuid for d in disks if d.uuid)
+        self._replicas: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for r in replicas:
+            # spec.diskID and the label can disagree briefly (BRIEF §5 "Drained"): count both.
+            for u in {r.disk_id, r.disk_label} - {""}:
+                self._replicas[(r.node, u)].append(r.name)
+        self._bims: dict[tuple[str, str], list[Bim]] = defaultdict(list)
+        for b in bims:
+            for u in {b.disk_uuid, b.label_uuid} - {""}:
+                self._bims[(b.node, u)].append(b)
+        self._copies: dict[str, dict[str, str]] = defaultdict(dict)
+        for bi in backing_images:
+            for u in bi.spec_disks:
+                self._copies[u][bi.name] = bi.status_disks.get(u) or SPEC_ONLY
+            for u, state in bi.status_disks.items():
+                self._copies[u][bi.name] = state or SPEC_ONLY
+
+    def of(self, disk: Disk) -> Dependents:
+        if not disk.uuid:
+            return Dependents(scheduled_replicas=disk.scheduled_replicas)
+        key = (disk.node, disk.uuid)
+        bims = self._bims.get(key, [])
+        if self._uuid_holders[disk.uuid] == 1:
+            copies = dict(self._copies.get(disk.uuid, {}))
+        else:
+            # A cloned UUID: BackingImage maps cannot tell the clones apart, only a BIM on this
+            # node can say which copies are really here.
+            known = self._copies.get(disk.uuid, {})
+            copies = {bi: known.get(bi, SPEC_ONLY) for b in bims for bi in b.backing_images}
+        return Dependents(
+            replicas=tuple(sorted(set(self._replicas.get(key, ())))),
+            backing_image_copies=copies,
+            bims=tuple(sorted(b.name for b in bims)),
+            scheduled_replicas=disk.scheduled_replicas,
+        )

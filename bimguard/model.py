@@ -1,0 +1,182 @@
+"""Domain records built from Longhorn objects, and the rules for building them.
+
+A `Disk` is one entry of a Longhorn Node (spec.disks and/or status.diskStatus); its UUID is the
+one recorded in `status.diskStatus[<disk>].diskUUID` (BRIEF §1.1). Parsing is pure: wire
+objects in, records and `Skipped` explanations out.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+from bimguard import objects as wire
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+# Label keys Longhorn puts on objects (BRIEF §3 "Labels in use").
+LABEL_REPLICA_DISK_UUID = "longhorndiskuuid"
+LABEL_BIM_DISK_UUID = "longhorn.io/disk-uuid"
+
+
+class DiskType(enum.Enum):
+    V1 = "filesystem"  # also an empty diskType: v1beta1 objects and pre-v1.5 disks
+    V2 = "block"
+
+    @classmethod
+    def parse(cls, value: str | None) -> DiskType | None:
+        if value in ("", None, "filesystem"):
+            return cls.V1
+        if value == "block":
+            return cls.V2
+        return None
+
+
+def prefix_of(uuid: str) -> str:
+    """The part of a disk UUID that names its BIM (lm v1.7.2 types/types.go:385)."""
+    return uuid[:4].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An object (or part of one) that could not be used, and why."""
+
+    source: str
+    kind: str
+    name: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disk:
+    node: str
+    name: str
+    path: str
+    type: DiskType
+    uuid: str  # "" until Longhorn records it
+    ready: bool | None  # None: no Ready condition yet
+    schedulable: bool | None
+    scheduled_replicas: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.node, self.name)
+
+    @property
+    def prefix(self) -> str:
+        return prefix_of(self.uuid)
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    name: str
+    node: str
+    disk_id: str  # spec.diskID
+    disk_label: str  # label longhorndiskuuid; can briefly disagree with spec.diskID
+    backing_image: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackingImage:
+    name: str
+    spec_disks: frozenset[str]  # UUIDs in spec.diskFileSpecMap (and v1beta1 spec.disks)
+    status_disks: dict[str, str] = field(default_factory=dict)  # UUID -> file state
+
+
+@dataclass(frozen=True, slots=True)
+class Bim:
+    name: str
+    node: str
+    disk_uuid: str
+    disk_path: str
+    image: str
+    label_uuid: str
+    backing_images: frozenset[str]
+    deleting: bool
+
+
+def _s(value: str | None) -> str:
+    return value or ""
+
+
+def _condition(conditions: list[wire.Condition] | dict[str, wire.Condition] | None, kind: str) -> bool | None:
+    if not conditions:
+        return None
+    items = conditions.values() if isinstance(conditions, dict) else conditions
+    for cond in items:
+        if cond.type == kind:
+            return cond.status == "True"
+    return None
+
+
+def parse_node(node: wire.Node, source: str) -> tuple[list[Disk], list[Skipped]]:
+    """The disks of one Longhorn Node: the union of spec.disks and status.diskStatus."""
+    name = node.metadata.name
+    spec = node.spec.disks or {}
+    status = node.status.diskStatus or {}
+    disks: list[Disk] = []
+    skipped: list[Skipped] = []
+    for disk_name in sorted(spec.keys() | status.keys()):
+        ds = spec.get(disk_name) or wire.DiskSpec()
+        st = status.get(disk_name) or wire.DiskStatus()
+        raw_type = st.diskType or ds.diskType
+        dtype = DiskType.parse(raw_type)
+        uuid = _s(st.diskUUID)
+        where = f"{name}/{disk_name}"
+        if dtype is None:
+            skipped.append(Skipped(source, "Node", where, f"unknown diskType {raw_type!r}"))
+            continue
+        if uuid and not UUID_RE.match(uuid):
+            skipped.append(Skipped(source, "Node", where, f"diskUUID {uuid!r} is not a UUID"))
+            continue
+        disks.append(
+            Disk(
+                node=name,
+                name=disk_name,
+                path=_s(st.diskPath) or _s(ds.path),
+                type=dtype,
+                uuid=uuid.lower(),
+                ready=_condition(st.conditions, "Ready"),
+                schedulable=_condition(st.conditions, "Schedulable"),
+                scheduled_replicas=tuple(sorted(st.scheduledReplica or ())),
+            )
+        )
+    return disks, skipped
+
+
+def parse_replica(obj: wire.Replica) -> Replica:
+    labels = obj.metadata.labels or {}
+    return Replica(
+        name=obj.metadata.name,
+        node=_s(obj.spec.nodeID) or labels.get("longhornnode", ""),
+        disk_id=_s(obj.spec.diskID).lower(),
+        disk_label=labels.get(LABEL_REPLICA_DISK_UUID, "").lower(),
+        backing_image=_s(obj.spec.backingImage),
+        state=_s(obj.status.currentState),
+    )
+
+
+def parse_backing_image(obj: wire.BackingImage) -> BackingImage:
+    spec = set(obj.spec.diskFileSpecMap or ()) | set(obj.spec.disks or ())
+    status = {u.lower(): _s(fs.state if fs else "") for u, fs in (obj.status.diskFileStatusMap or {}).items()}
+    return BackingImage(
+        name=obj.metadata.name,
+        spec_disks=frozenset(u.lower() for u in spec),
+        status_disks=status,
+    )
+
+
+def parse_bim(obj: wire.BackingImageManager) -> Bim:
+    labels = obj.metadata.labels or {}
+    return Bim(
+        name=obj.metadata.name,
+        node=_s(obj.spec.nodeID),
+        disk_uuid=_s(obj.spec.diskUUID).lower(),
+        disk_path=_s(obj.spec.diskPath),
+        image=_s(obj.spec.image),
+        label_uuid=labels.get(LABEL_BIM_DISK_UUID, "").lower(),
+        backing_images=frozenset(obj.spec.backingImages or ()),
+        deleting=bool(obj.metadata.deletionTimestamp),
+    )

@@ -1,0 +1,113 @@
+"""Occupied disk-UUID prefixes, and drawing a UUID whose prefix is free.
+
+There are 16^4 = 65,536 prefixes (a v4 UUID's first four characters are random hex, lm v1.7.2
+util/util.go:168). A new prefix is drawn uniformly from the free ones, so allocation succeeds
+while any prefix is free (DESIGN invariant 6) instead of retrying a fixed number of times as
+Longhorn v1.9.0 does (BRIEF §1.7).
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import uuid as uuidlib
+from collections import Counter
+from typing import Collection, Iterable
+
+PREFIX_SPACE = 16**4
+_SYSTEM_RANDOM = secrets.SystemRandom()
+
+
+class PrefixSpaceExhausted(Exception):
+    def __init__(self) -> None:
+        super().__init__(
+            f"all {PREFIX_SPACE:,} disk UUID prefixes are in use: no UUID with a unique prefix exists; "
+            "upgrade Longhorn to v1.9.2 or later, whose BIM names use the whole UUID"
+        )
+
+
+def _prefix_int(prefix: str) -> int:
+    return int(prefix, 16)
+
+
+def draw_free_prefix(occupied: Collection[str], rng: random.Random | None = None) -> str:
+    """A prefix drawn uniformly from those not in `occupied` (lower-case 4-hex strings)."""
+    rng = rng or _SYSTEM_RANDOM
+    taken = {_prefix_int(p) for p in occupied}
+    free_count = PREFIX_SPACE - len(taken)
+    if free_count <= 0:
+        raise PrefixSpaceExhausted()
+    if free_count >= PREFIX_SPACE // 4:
+        # Rejection sampling is uniform over the free set and needs < 4 draws on average here.
+        while True:
+            candidate = rng.randrange(PREFIX_SPACE)
+            if candidate not in taken:
+                return f"{candidate:04x}"
+    # Nearly full: pick the k-th free prefix directly rather than looping on rejections.
+    k = rng.randrange(free_count)
+    for candidate in range(PREFIX_SPACE):
+        if candidate in taken:
+            continue
+        if k == 0:
+            return f"{candidate:04x}"
+        k -= 1
+    raise AssertionError("unreachable: free_count was computed from the same set")
+
+
+def uuid_with_prefix(prefix: str, rng: random.Random | None = None) -> str:
+    """A random version-4 UUID that starts with `prefix` (the first 16 bits are random in v4)."""
+    rng = rng or _SYSTEM_RANDOM
+    value = (rng.getrandbits(128) & ~(0xFFFF << 112)) | (_prefix_int(prefix) << 112)
+    return str(uuidlib.UUID(int=value, version=4))
+
+
+def allocate_uuid(occupied: Collection[str], rng: random.Random | None = None) -> str:
+    return uuid_with_prefix(draw_free_prefix(occupied, rng), rng)
+
+
+class PrefixIndex:
+    """Reference counts per UUID, and the prefixes they occupy.
+
+    Memory is bounded by distinct UUIDs, not by the objects that reference them: a UUID held by a
+    disk, three replicas and a BIM is one entry with count 5.
+    """
+
+    def __init__(self, uuids: Iterable[str] = ()) -> None:
+        self._refs: Counter[str] = Counter()
+        self._by_prefix: dict[str, set[str]] = {}
+        for u in uuids:
+            self.add(u)
+
+    def add(self, uuid: str) -> None:
+        uuid = uuid.lower()
+        if not uuid:
+            return
+        if self._refs[uuid] == 0:
+            self._by_prefix.setdefault(uuid[:4], set()).add(uuid)
+        self._refs[uuid] += 1
+
+    def remove(self, uuid: str) -> None:
+        uuid = uuid.lower()
+        count = self._refs.get(uuid, 0)
+        if count <= 0:
+            return
+        if count == 1:
+            del self._refs[uuid]
+            holders = self._by_prefix[uuid[:4]]
+            holders.discard(uuid)
+            if not holders:
+                del self._by_prefix[uuid[:4]]
+        else:
+            self._refs[uuid] = count - 1
+
+    def holders(self, prefix: str) -> frozenset[str]:
+        return frozenset(self._by_prefix.get(prefix.lower(), ()))
+
+    def occupied(self) -> frozenset[str]:
+        return frozenset(self._by_prefix)
+
+    def __contains__(self, uuid: object) -> bool:
+        return isinstance(uuid, str) and self._refs.get(uuid.lower(), 0) > 0
+
+    def __len__(self) -> int:
+        return len(self._refs)
