@@ -1,0 +1,45 @@
+"""The one clock behind every simulated Longhorn and kubelet timing.
+
+Longhorn's periods (30 s disk-monitor poll, 30 s informer resync, BRIEF §1.2/§1.3) are written in
+this package in *Longhorn seconds*; :class:`SimClock` turns them into real seconds with a single
+``time_scale`` (default 0.02: a 30 s poll takes 0.6 s). ``time_scale=1`` is real time.
+
+Timestamps written into objects (``lastTransitionTime`` and friends) stay real UTC wall-clock time:
+the product under test compares them with its own clock, and scaling them would make them lie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import time
+from dataclasses import dataclass
+
+DEFAULT_TIME_SCALE = 0.02
+
+
+@dataclass
+class SimClock:
+    """Scales Longhorn durations to real durations; the only place the sim sleeps through."""
+
+    time_scale: float = DEFAULT_TIME_SCALE
+
+    def __post_init__(self) -> None:
+        if self.time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
+
+    def real(self, longhorn_seconds: float) -> float:
+        """Real seconds that correspond to ``longhorn_seconds`` of simulated time."""
+        return longhorn_seconds * self.time_scale
+
+    async def sleep(self, longhorn_seconds: float) -> None:
+        await asyncio.sleep(self.real(longhorn_seconds))
+
+    def monotonic(self) -> float:
+        """Simulated seconds elapsed on a monotonic scale (real monotonic / time_scale)."""
+        return time.monotonic() / self.time_scale
+
+    @staticmethod
+    def now_rfc3339() -> str:
+        """Kubernetes/Longhorn timestamp format (lm ``util.Now()``: RFC3339, UTC, seconds)."""
+        return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
