@@ -422,7 +422,7 @@ class LonghornManager:
             if not meta.exists():
                 ddir.mkdir(parents=True, exist_ok=True)
                 meta.write_text('{"Size":%s,"Head":"volume-head-000.img","Dirty":false}' % r["spec"].get("volumeSize", "0"))
-            status.update(currentState="running", started=True, instanceManagerName=f"instance-manager-{self.node_name}",
+            status.update(currentState="running", started=True, instanceManagerName=node_status.instance_manager_name(self.node_name),
                           currentImage=r["spec"].get("image", ""), ip="10.42.0.1", storageIP="10.42.0.1", port=10000)
         else:
             status.update(currentState="stopped", started=False, ip="", storageIP="", port=0, instanceManagerName="",

@@ -9,6 +9,7 @@ new ``status`` exactly the way longhorn-manager v1.7.2 ``controller/node_control
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -54,6 +55,11 @@ class NodeSyncResult:
     events: list[Event] = field(default_factory=list)
     relinks: list[Relink] = field(default_factory=list)
     disk_part_skipped: bool = False  # the "mismatching disks" early return happened
+
+
+def instance_manager_name(node: str) -> str:
+    """Stand-in for the v1 instance manager's name (``instance-manager-<md5 hex>`` in Longhorn)."""
+    return "instance-manager-" + hashlib.md5(node.encode()).hexdigest()
 
 
 def get_condition(conds: Sequence[Mapping[str, Any]] | None, ctype: str) -> Mapping[str, Any]:
@@ -268,6 +274,7 @@ def sync_node_status(
         if entry["diskUUID"] == info.disk_uuid and info.stat is not None:
             entry["storageAvailable"] = (info.stat.storage_available // TRUNCATE_TO) * TRUNCATE_TO
             entry["storageMaximum"] = info.stat.storage_maximum
+            entry["instanceManagerName"] = instance_manager_name(name)
             entry["conditions"] = set_condition(
                 entry["conditions"], READY, "True", "", f"Disk {disk_name}({info.path}) on node {name} is ready",
                 now, events, "Normal",

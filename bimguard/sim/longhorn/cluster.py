@@ -1,0 +1,436 @@
+"""A whole simulated Longhorn v1.7.2 cluster on top of the emulated API server.
+
+:class:`SimCluster` creates what a fresh Longhorn install has (namespace, Settings, one Longhorn
+Node per node with its disks), lays the nodes' disks out as real directories under ``root_dir``
+(``<root>/<node>/<disk host path>``), and runs one :class:`LonghornManager` per node plus the
+shared watches that wake them. Helpers let tests and the demo add/remove disks (optionally with a
+forced UUID or prefix), create BackingImages and volume replicas, and wait for the cluster to
+settle. Everything talks to the API server over HTTP.
+
+Typical use::
+
+    api = ApiServer(); url = await api.start()
+    cluster = SimCluster(api, tmp_path, nodes=2, disks_per_node=2, seed=1)
+    await cluster.start(); await cluster.wait_until_ready()
+    ...
+    await cluster.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+from typing import Any, Iterable
+
+from kubernetes_asyncio.client.rest import ApiException
+
+from bimguard.sim.clock import DEFAULT_TIME_SCALE, SimClock
+from bimguard.sim.longhorn import NAMESPACE, disks
+from bimguard.sim.longhorn.backing_images import bim_name
+from bimguard.sim.longhorn.kube import AlreadyExists, Conflict, LonghornClient
+from bimguard.sim.longhorn.manager import SERVICE_ACCOUNT, LonghornManager
+from bimguard.sim.longhorn.monitor import HostDisks
+from bimguard.sim.longhorn.node_status import get_condition
+from bimguard.sim.longhorn.replicas import replica_manifest
+from bimguard.sim.uuidgen import UuidGen
+
+log = logging.getLogger("bimguard.sim.longhorn.cluster")
+
+DEFAULT_BIM_IMAGE = "longhornio/backing-image-manager:v1.7.2"
+DEFAULT_DISK_PATH = "/var/lib/longhorn/"
+WATCHED = ("nodes", "replicas", "backingimages", "backingimagemanagers", "orphans", "settings")
+
+#: Settings a fresh v1.7.2 install has that the simulation reads (lm types/setting.go).
+def default_settings(version: str, bim_image: str) -> dict[str, str]:
+    return {
+        "default-backing-image-manager-image": bim_image,
+        "current-longhorn-version": version,
+        "orphan-auto-deletion": "false",
+        "storage-minimal-available-percentage": "25",
+        "storage-over-provisioning-percentage": "100",
+        "disable-scheduling-on-cordoned-node": "true",
+        "backing-image-cleanup-wait-interval": "60",
+    }
+
+
+class SimCluster:
+    """Simulated Longhorn nodes, disks and managers; see the module docstring."""
+
+    def __init__(
+        self,
+        api: Any = None,
+        root_dir: str | Path = ".",
+        nodes: int | Iterable[str] = 3,
+        disks_per_node: int = 1,
+        seed: int | None = None,
+        time_scale: float = DEFAULT_TIME_SCALE,
+        longhorn_version: str = "v1.7.2",
+        bim_image: str = DEFAULT_BIM_IMAGE,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        disk_size: int | None = None,
+    ) -> None:
+        self.api = api
+        self._url = url
+        self.root = Path(root_dir)
+        self.node_names = [f"worker-{i + 1}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
+        self.disks_per_node = disks_per_node
+        self.seed = seed
+        self.clock = SimClock(time_scale)
+        self.uuids = UuidGen(seed)
+        self._rng = random.Random(seed)
+        self.longhorn_version = longhorn_version
+        self.bim_image = bim_image
+        self.token = token
+        self.disk_size = disk_size
+        self.managers: dict[str, LonghornManager] = {}
+        self.down: set[str] = set()
+        self._hosts: dict[str, HostDisks] = {}
+        self._watch_tasks: list[asyncio.Task[None]] = []
+        self.kube: LonghornClient | None = None
+
+    # ---------------------------------------------------------------- ClusterView for managers
+    @property
+    def url(self) -> str:
+        if self._url:
+            return self._url
+        for attr in ("url", "base_url"):
+            value = getattr(self.api, attr, None)
+            if isinstance(value, str) and value:
+                return value
+        raise RuntimeError("SimCluster needs the API server's URL: pass url= or a started ApiServer")
+
+    def manager_up(self, node: str) -> bool:
+        return node in self.managers and node not in self.down
+
+    def leader(self) -> str | None:
+        for n in sorted(self.managers):
+            if n not in self.down:
+                return n
+        return None
+
+    def host(self, node: str) -> HostDisks:
+        if node not in self._hosts:
+            self._hosts[node] = HostDisks(self.root, node)
+        return self._hosts[node]
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.token is None and hasattr(self.api, "add_user"):
+            # All managers authenticate as Longhorn's service account (BRIEF §1.5), so a webhook
+            # sees the same userInfo as on a real cluster.
+            self.token = "sim-longhorn-service-account"
+            self.api.add_user(self.token, SERVICE_ACCOUNT,
+                              ["system:serviceaccounts", "system:serviceaccounts:longhorn-system", "system:authenticated"])
+        self.kube = LonghornClient(self.url, component="bimguard-sim", token=self.token)
+        await self._ensure_namespace()
+        for name, value in default_settings(self.longhorn_version, self.bim_image).items():
+            await self.set_setting(name, value, create_only=True)
+        for node in self.node_names:
+            await self._create_node(node)
+        for node in self.node_names:
+            self._start_manager(node)
+        for plural in WATCHED:
+            self._watch_tasks.append(asyncio.create_task(self._watch(plural), name=f"sim-watch-{plural}"))
+
+    async def stop(self) -> None:
+        for t in self._watch_tasks:
+            t.cancel()
+        for t in self._watch_tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._watch_tasks.clear()
+        for m in list(self.managers.values()):
+            await m.stop()
+        self.managers.clear()
+        if self.kube:
+            await self.kube.close()
+            self.kube = None
+
+    async def __aenter__(self) -> "SimCluster":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    def _start_manager(self, node: str) -> None:
+        m = LonghornManager(self, node)
+        self.managers[node] = m
+        m.start()
+
+    async def set_node_down(self, node: str, down: bool = True) -> None:
+        """A down node has no running longhorn-manager (and the kubelet runs none of its pods)."""
+        if down and node not in self.down:
+            self.down.add(node)
+            m = self.managers.pop(node, None)
+            if m:
+                await m.stop()
+        elif not down and node in self.down:
+            self.down.discard(node)
+            self._start_manager(node)
+        self._wake_all("nodes")
+
+    async def _watch(self, plural: str) -> None:
+        assert self.kube is not None
+        while True:
+            try:
+                async for _type, _obj in self.kube.watch(plural):
+                    self._wake_all(plural)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # dropped watches are normal; resync covers the gap
+                log.debug("watch on %s ended: %s", plural, exc)
+            await self.clock.sleep(1.0)
+
+    def _wake_all(self, plural: str) -> None:
+        for m in self.managers.values():
+            m.on_event(plural)
+
+    # ---------------------------------------------------------------- setup objects
+    async def _ensure_namespace(self) -> None:
+        assert self.kube is not None
+        try:
+            await self.kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def set_setting(self, name: str, value: str, *, create_only: bool = False) -> None:
+        assert self.kube is not None
+        body = {"kind": "Setting", "metadata": {"name": name}, "value": value}
+        try:
+            await self.kube.create("settings", body)
+            return
+        except AlreadyExists:
+            if create_only:
+                return
+        for _ in range(10):
+            cur = await self.kube.get("settings", name)
+            cur["value"] = value
+            try:
+                await self.kube.replace("settings", cur)
+                return
+            except Conflict:
+                continue
+
+    def _disk_layout(self, node: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i in range(self.disks_per_node):
+            if i == 0:
+                out[f"default-disk-{self._rng.getrandbits(64):016x}"] = DEFAULT_DISK_PATH
+            else:
+                out[f"disk-{i}"] = f"/mnt/disk{i}"
+        return out
+
+    @staticmethod
+    def disk_spec(path: str, *, storage_reserved: int = 0, allow_scheduling: bool = True) -> dict[str, Any]:
+        return {"allowScheduling": allow_scheduling, "diskDriver": "", "diskType": "filesystem",
+                "evictionRequested": False, "path": path, "storageReserved": storage_reserved, "tags": []}
+
+    async def _create_node(self, node: str) -> None:
+        assert self.kube is not None
+        layout = self._disk_layout(node)
+        for path in layout.values():
+            self.host(node).dir(path).mkdir(parents=True, exist_ok=True)
+            if self.disk_size:
+                self.host(node).sizes[path] = self.disk_size
+        body = {
+            "kind": "Node",
+            "metadata": {"name": node, "finalizers": ["longhorn.io"]},
+            "spec": {"name": node, "allowScheduling": True, "evictionRequested": False, "tags": [],
+                     "instanceManagerCPURequest": 0,
+                     "disks": {d: self.disk_spec(p) for d, p in layout.items()}},
+        }
+        try:
+            await self.kube.create("nodes", body)
+        except AlreadyExists:
+            pass
+
+    # ---------------------------------------------------------------- helpers for tests / demo
+    async def get_node(self, node: str) -> dict[str, Any]:
+        assert self.kube is not None
+        return await self.kube.get("nodes", node)
+
+    async def update_node_spec(self, node: str, mutate: Any) -> dict[str, Any]:
+        """GET, mutate(obj) in place, PUT; retried on 409 like any well-behaved client."""
+        assert self.kube is not None
+        for _ in range(20):
+            obj = await self.kube.get("nodes", node)
+            mutate(obj)
+            try:
+                return await self.kube.replace("nodes", obj)
+            except Conflict:
+                await asyncio.sleep(0.01)
+        raise RuntimeError(f"could not update node {node}: persistent conflicts")
+
+    async def add_disk(self, node: str, disk_name: str, path: str | None = None, force_uuid: str | None = None,
+                       *, create_dir: bool = True) -> str:
+        """Add ``disk_name`` to ``spec.disks`` of ``node``; returns the host path.
+
+        ``force_uuid`` (a full UUID or a hex prefix) is what the monitor will draw when it
+        generates this disk's cfg -- only used if the directory has no cfg yet.
+        """
+        path = path or f"/mnt/{disk_name}"
+        if create_dir:
+            self.host(node).dir(path).mkdir(parents=True, exist_ok=True)
+        if self.disk_size:
+            self.host(node).sizes[path] = self.disk_size
+        if force_uuid:
+            self.uuids.force(force_uuid, node=node, disk=disk_name)
+
+        def mutate(obj: dict[str, Any]) -> None:
+            obj["spec"].setdefault("disks", {})[disk_name] = self.disk_spec(path)
+
+        await self.update_node_spec(node, mutate)
+        return path
+
+    async def remove_disk(self, node: str, disk_name: str) -> None:
+        """Remove the disk from ``spec.disks`` (Longhorn then deletes its status entry, BRIEF §1.3 step 4)."""
+        def mutate(obj: dict[str, Any]) -> None:
+            (obj["spec"].get("disks") or {}).pop(disk_name, None)
+
+        await self.update_node_spec(node, mutate)
+
+    async def set_disk_flags(self, node: str, disk_name: str, *, allow_scheduling: bool | None = None,
+                             eviction_requested: bool | None = None) -> None:
+        def mutate(obj: dict[str, Any]) -> None:
+            d = obj["spec"]["disks"][disk_name]
+            if allow_scheduling is not None:
+                d["allowScheduling"] = allow_scheduling
+            if eviction_requested is not None:
+                d["evictionRequested"] = eviction_requested
+
+        await self.update_node_spec(node, mutate)
+
+    async def set_node_flags(self, node: str, *, allow_scheduling: bool | None = None,
+                             eviction_requested: bool | None = None) -> None:
+        def mutate(obj: dict[str, Any]) -> None:
+            if allow_scheduling is not None:
+                obj["spec"]["allowScheduling"] = allow_scheduling
+            if eviction_requested is not None:
+                obj["spec"]["evictionRequested"] = eviction_requested
+
+        await self.update_node_spec(node, mutate)
+
+    async def disk_dir(self, node: str, disk_name: str) -> Path:
+        """Real directory of a disk (from the node's current spec)."""
+        obj = await self.get_node(node)
+        return self.host(node).dir(obj["spec"]["disks"][disk_name]["path"])
+
+    async def cfg_path(self, node: str, disk_name: str) -> Path:
+        return (await self.disk_dir(node, disk_name)) / disks.DISK_CONFIG_FILE
+
+    async def read_cfg(self, node: str, disk_name: str) -> disks.DiskConfig:
+        return disks.decode_cfg((await self.cfg_path(node, disk_name)).read_bytes())
+
+    async def disk_uuid(self, node: str, disk_name: str) -> str:
+        """The recorded ``status.diskStatus[disk].diskUUID`` ("" if none yet)."""
+        obj = await self.get_node(node)
+        return ((obj.get("status") or {}).get("diskStatus") or {}).get(disk_name, {}).get("diskUUID", "") or ""
+
+    async def set_status_disk_uuid(self, node: str, disk_name: str, uuid: str) -> None:
+        """Write a disk's recorded UUID through the status subresource (what the product does)."""
+        assert self.kube is not None
+        for _ in range(20):
+            obj = await self.kube.get("nodes", node)
+            obj["status"]["diskStatus"][disk_name]["diskUUID"] = uuid
+            try:
+                await self.kube.replace_status("nodes", obj)
+                return
+            except Conflict:
+                await asyncio.sleep(0.01)
+        raise RuntimeError("persistent conflicts")
+
+    async def create_backing_image(self, name: str, *, min_copies: int = 1,
+                                   disks_: Iterable[tuple[str, str]] = (),
+                                   url: str = "https://longhorn-backing-image.s3-us-west-1.amazonaws.com/parrot.raw") -> dict[str, Any]:
+        """Create a BackingImage; ``disks_`` = initial copies as (node, disk) (must be recorded)."""
+        assert self.kube is not None
+        spec_map: dict[str, Any] = {}
+        for node, disk in disks_:
+            uuid = await self.disk_uuid(node, disk)
+            if not uuid:
+                raise RuntimeError(f"disk {node}/{disk} has no recorded UUID yet")
+            spec_map[uuid] = {"evictionRequested": False}
+        body = {
+            "kind": "BackingImage",
+            "metadata": {"name": name, "finalizers": ["longhorn.io"]},
+            "spec": {"checksum": "", "diskFileSpecMap": spec_map, "diskSelector": [], "disks": {},
+                     "minNumberOfCopies": min_copies, "nodeSelector": [], "secret": "", "secretNamespace": "",
+                     "sourceParameters": {"url": url}, "sourceType": "download"},
+        }
+        return await self.kube.create("backingimages", body)
+
+    async def create_volume_replicas(self, volume: str, backing_image: str | None = None,
+                                     placements: Iterable[tuple[str, str]] = (), size: int = 1073741824) -> list[str]:
+        """Create one Replica per (node, disk), as Longhorn's scheduler would leave them."""
+        assert self.kube is not None
+        names: list[str] = []
+        for node, disk in placements:
+            uuid = await self.disk_uuid(node, disk)
+            if not uuid:
+                raise RuntimeError(f"disk {node}/{disk} has no recorded UUID yet")
+            obj = await self.get_node(node)
+            path = obj["spec"]["disks"][disk]["path"]
+            name = f"{volume}-r-{self.uuids.random_id()}"
+            await self.kube.create("replicas", replica_manifest(
+                name, volume, node, path, uuid, size, f"{volume}-{self.uuids.random_id()}", backing_image))
+            names.append(name)
+        return names
+
+    def expected_bim_name(self, disk_uuid: str) -> str:
+        return bim_name(self.bim_image, disk_uuid)
+
+    async def all_disks_ready(self) -> bool:
+        assert self.kube is not None
+        for n in await self.kube.list("nodes"):
+            if n["metadata"]["name"] in self.down:
+                continue
+            st = (n.get("status") or {}).get("diskStatus") or {}
+            for d in (n.get("spec", {}).get("disks") or {}):
+                e = st.get(d)
+                if not e or not e.get("diskUUID") or get_condition(e.get("conditions"), "Ready").get("status") != "True":
+                    return False
+        return True
+
+    async def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Wait (real seconds) until every disk of every up node is recorded and Ready."""
+        await self.wait_for(self.all_disks_ready, timeout, "all disks recorded and Ready")
+
+    async def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+        """Poll an async or sync predicate until truthy; returns its value."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return value
+            if loop.time() > deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            await asyncio.sleep(min(0.05, self.clock.real(1)))
+
+    def manager_log(self, node: str) -> str:
+        m = self.managers.get(node)
+        return m.log.text() if m else ""
+
+    def all_log_lines(self) -> list[str]:
+        return [line for m in self.managers.values() for line in m.log.lines]
+
+    async def wake(self) -> None:
+        """Poke every monitor and loop now (tests use this to skip waiting for a poll)."""
+        for m in list(self.managers.values()):
+            await m.monitor.run_once()
+            for loop in m.loops.values():
+                loop.trigger()
+
+
+__all__ = ["SimCluster", "DEFAULT_BIM_IMAGE", "default_settings"]
