@@ -12,10 +12,11 @@ import random
 import secrets
 import uuid as uuidlib
 from collections import Counter
-from typing import Collection, Iterable
+from typing import AbstractSet as Set, Iterable
 
 PREFIX_SPACE = 16**4
 _SYSTEM_RANDOM = secrets.SystemRandom()
+_ALL_PREFIXES = tuple(f"{i:04x}" for i in range(PREFIX_SPACE))
 
 
 class PrefixSpaceExhausted(Exception):
@@ -26,42 +27,31 @@ class PrefixSpaceExhausted(Exception):
         )
 
 
-def _prefix_int(prefix: str) -> int:
-    return int(prefix, 16)
-
-
-def draw_free_prefix(occupied: Collection[str], rng: random.Random | None = None) -> str:
-    """A prefix drawn uniformly from those not in `occupied` (lower-case 4-hex strings)."""
+def draw_free_prefix(occupied: Set[str], rng: random.Random | None = None) -> str:
+    """A prefix drawn uniformly from those not in `occupied` (a set of lower-case 4-hex strings)."""
     rng = rng or _SYSTEM_RANDOM
-    taken = {_prefix_int(p) for p in occupied}
-    free_count = PREFIX_SPACE - len(taken)
-    if free_count <= 0:
-        raise PrefixSpaceExhausted()
+    free_count = PREFIX_SPACE - len(occupied)
     if free_count >= PREFIX_SPACE // 4:
         # Rejection sampling is uniform over the free set and needs < 4 draws on average here.
         while True:
-            candidate = rng.randrange(PREFIX_SPACE)
-            if candidate not in taken:
-                return f"{candidate:04x}"
-    # Nearly full: pick the k-th free prefix directly rather than looping on rejections.
-    k = rng.randrange(free_count)
-    for candidate in range(PREFIX_SPACE):
-        if candidate in taken:
-            continue
-        if k == 0:
-            return f"{candidate:04x}"
-        k -= 1
-    raise AssertionError("unreachable: free_count was computed from the same set")
+            candidate = f"{rng.randrange(PREFIX_SPACE):04x}"
+            if candidate not in occupied:
+                return candidate
+    # Nearly full: list the free prefixes and pick one, rather than looping on rejections.
+    free = [p for p in _ALL_PREFIXES if p not in occupied]
+    if not free:
+        raise PrefixSpaceExhausted()
+    return free[rng.randrange(len(free))]
 
 
 def uuid_with_prefix(prefix: str, rng: random.Random | None = None) -> str:
     """A random version-4 UUID that starts with `prefix` (the first 16 bits are random in v4)."""
     rng = rng or _SYSTEM_RANDOM
-    value = (rng.getrandbits(128) & ~(0xFFFF << 112)) | (_prefix_int(prefix) << 112)
+    value = (rng.getrandbits(128) & ~(0xFFFF << 112)) | (int(prefix, 16) << 112)
     return str(uuidlib.UUID(int=value, version=4))
 
 
-def allocate_uuid(occupied: Collection[str], rng: random.Random | None = None) -> str:
+def allocate_uuid(occupied: Set[str], rng: random.Random | None = None) -> str:
     return uuid_with_prefix(draw_free_prefix(occupied, rng), rng)
 
 
