@@ -62,14 +62,15 @@ def _load(args: argparse.Namespace) -> tuple[Inventory, dict[str, Any]]:
                  "description": f"the live cluster (namespace {args.namespace})"}
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     try:
         inv, source = _load(args)
     except InputError as e:
         print(f"bimguard scan: {e}", file=err)
         return EXIT_INPUT
     if inv.nodes == 0:
-        where = source.get("path") or f"namespace {args.namespace}"
+        where = {"-": "standard input", None: f"namespace {args.namespace}"}.get(source.get("path"), source.get("path"))
         print(f"bimguard scan: {where}: no usable nodes.longhorn.io objects "
               f"(wrong namespace, wrong resources, or every Node malformed); nothing can be concluded", file=err)
         for s in inv.skipped[:5]:
