@@ -220,8 +220,8 @@ class SimKubelet:
         cfg = client.Configuration()
         cfg.host = self.url
         if self.token:
-            cfg.api_key = {"authorization": self.token}
-            cfg.api_key_prefix = {"authorization": "Bearer"}
+            cfg.api_key = {"BearerToken": self.token}
+            cfg.api_key_prefix = {"BearerToken": "Bearer"}
         self._client = client.ApiClient(configuration=cfg)
         self.core = client.CoreV1Api(self._client)
         self._tmp = Path(tempfile.mkdtemp(prefix="bimguard-kubelet-"))

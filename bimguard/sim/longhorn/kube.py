@@ -68,8 +68,8 @@ def api_client(url: str, token: str | None = None) -> client.ApiClient:
     cfg.host = url
     cfg.verify_ssl = False
     if token:
-        cfg.api_key = {"authorization": token}
-        cfg.api_key_prefix = {"authorization": "Bearer"}
+        cfg.api_key = {"BearerToken": token}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
     return client.ApiClient(configuration=cfg)
 
 

@@ -1,0 +1,147 @@
+"""The simulated Longhorn reproduces the BIM-name collision of BRIEF §4 and recovers like the KB.
+
+Compared with the constructed sample set ``/work/shared/longhorn/samples/collision/`` (log line
+format, BIM shape, stuck BackingImage/Replica shape).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import yaml
+
+from bimguard.sim.apiserver import ApiServer
+from bimguard.sim.longhorn import disks
+from bimguard.sim.longhorn.cluster import SimCluster
+from bimguard.sim.longhorn.node_status import get_condition
+
+SAMPLES = Path("/work/shared/longhorn/samples/collision")
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[ApiServer]:
+    server = ApiServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def _strip_time(line: str) -> str:
+    return re.sub(r'^time="[^"]*" ', "", line)
+
+
+def _sample_lines() -> list[str]:
+    return [l for l in (SAMPLES / "longhorn-manager-log-excerpt.txt").read_text().splitlines() if l.startswith("time=")]
+
+
+async def _bi(c: SimCluster, name: str) -> dict[str, Any]:
+    assert c.kube is not None
+    return await c.kube.get("backingimages", name)
+
+
+async def _replica(c: SimCluster, name: str) -> dict[str, Any]:
+    assert c.kube is not None
+    return await c.kube.get("replicas", name)
+
+
+async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiServer, tmp_path: Path) -> None:
+    c = SimCluster(api, tmp_path, nodes=["worker-a", "worker-b"], disks_per_node=1, seed=3, time_scale=0.01)
+    # Both default disks draw a UUID with prefix c012 (the KB's pair), in creation order.
+    c.uuids.force("c01200da-8a5c-4692-92e6-c4a983087951")
+    c.uuids.force("c012eb76-f8eb-4ea1-b81d-472eac9d98bf")
+    await c.start()
+    try:
+        await c.wait_until_ready(20)
+        da = next(iter((await c.get_node("worker-a"))["spec"]["disks"]))
+        db = next(iter((await c.get_node("worker-b"))["spec"]["disks"]))
+        ua, ub = await c.disk_uuid("worker-a", da), await c.disk_uuid("worker-b", db)
+        assert {ua, ub} == {"c01200da-8a5c-4692-92e6-c4a983087951", "c012eb76-f8eb-4ea1-b81d-472eac9d98bf"}
+        bim = c.expected_bim_name(ua)
+        assert bim == "backing-image-manager-5ae6-c012" == c.expected_bim_name(ub)
+
+        # First copy on worker-a: BIM created, file ready.
+        await c.create_backing_image("parrot", min_copies=1, disks_=[("worker-a", da)])
+
+        async def copy_ready(u: str) -> bool:
+            st = ((await _bi(c, "parrot")).get("status") or {}).get("diskFileStatusMap") or {}
+            return (st.get(u) or {}).get("state") == "ready"
+
+        await c.wait_for(lambda: copy_ready(ua), 10, "first copy ready")
+        assert c.kube is not None
+        existing = await c.kube.get("backingimagemanagers", bim)
+        sample_bim = yaml.safe_load((SAMPLES / "backingimagemanager-existing.yaml").read_text())
+        assert existing["metadata"]["labels"] == {**sample_bim["metadata"]["labels"], "longhorn.io/disk-uuid": ua,
+                                                  "longhorn.io/node": "worker-a"}
+        assert set(existing["spec"]) == set(sample_bim["spec"])
+        assert existing["spec"]["diskUUID"] == ua and existing["spec"]["image"] == sample_bim["spec"]["image"]
+        assert set(existing["status"]) >= {"backingImageFileMap", "currentState", "ownerID"}
+
+        # A volume with replicas on both disks: the worker-b one needs the file on ub.
+        r_a, r_b = await c.create_volume_replicas("pvc-6d1e2f3a", "parrot", [("worker-a", da), ("worker-b", db)])
+
+        async def stuck() -> bool:
+            rb = await _replica(c, r_b)
+            cond = get_condition((rb.get("status") or {}).get("conditions"), "WaitForBackingImage")
+            return cond.get("status") == "True" and any("Dropping Longhorn backing image" in l for l in c.all_log_lines())
+
+        await c.wait_for(stuck, 15, "replica on worker-b stuck")
+        await c.wait_for(lambda: _running(c, r_a), 10, "replica on worker-a running")
+        bi = await _bi(c, "parrot")
+        assert ub in bi["spec"]["diskFileSpecMap"] and ub not in (bi["status"].get("diskFileStatusMap") or {})
+        assert ua in bi["status"]["diskFileStatusMap"]
+        assert await c.kube.list("backingimagemanagers", f"longhorn.io/disk-uuid={ub}") == []
+        assert [b["metadata"]["name"] for b in await c.kube.list("backingimagemanagers")] == [bim]
+        rb = await _replica(c, r_b)
+        cond = get_condition(rb["status"]["conditions"], "WaitForBackingImage")
+        assert (cond["status"], cond["reason"], cond["message"]) == ("True", "Waiting", "")
+        assert rb["status"]["currentState"] == "stopped" and rb["spec"]["desireState"] == "running"
+        assert rb["metadata"]["labels"] == {"longhorn.io/backing-image": "parrot", "longhorndiskuuid": ub,
+                                            "longhornnode": "worker-b", "longhornvolume": "pvc-6d1e2f3a"}
+        # The Node looks healthy: Ready/Schedulable True, stuck replica counted (sample node-worker-b.yaml)
+        nb = await c.get_node("worker-b")
+        entry = nb["status"]["diskStatus"][db]
+        assert get_condition(entry["conditions"], "Ready")["status"] == "True"
+        assert r_b in entry["scheduledReplica"]
+
+        # Log lines: same shape as the KB excerpt (time stripped, names substituted).
+        lines = [_strip_time(l) for l in c.all_log_lines()]
+        owner = bi["status"]["ownerID"]
+        expect = [_strip_time(l).replace("c012eb76-f8eb-4ea1-b81d-472eac9d98bf", ub).replace("worker-a", owner)
+                  for l in _sample_lines()]
+        creating, failed, waiting, dropping = expect
+        assert creating in lines
+        assert failed in lines
+        waiting = waiting.replace("pvc-6d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6-r-0d9a2b7e", r_b)
+        assert waiting in lines
+        assert dropping in lines  # after maxRetries (3) in one burst
+
+        # Recovery (KB option 2 in our words): drop the stuck spec entry and the stuck replica,
+        # give worker-b's disk a unique UUID in status and cfg, re-create the replica.
+        bi = await _bi(c, "parrot")
+        del bi["spec"]["diskFileSpecMap"][ub]
+        await c.kube.replace("backingimages", bi)
+        await c.kube.delete("replicas", r_b)
+        new_ub = "d00d" + ub[4:]
+        await c.set_status_disk_uuid("worker-b", db, new_ub)
+        disks.replace_cfg_atomically(await c.disk_dir("worker-b", db), disks.DiskConfig(db, new_ub))
+
+        async def disk_ready() -> bool:
+            e = (await c.get_node("worker-b"))["status"]["diskStatus"][db]
+            return e["diskUUID"] == new_ub and get_condition(e["conditions"], "Ready")["status"] == "True"
+
+        await c.wait_for(disk_ready, 10, "worker-b disk Ready under the new UUID")
+        [r_b2] = await c.create_volume_replicas("pvc-6d1e2f3a", "parrot", [("worker-b", db)])
+        await c.wait_for(lambda: copy_ready(new_ub), 15, "copy on the recovered disk ready")
+        await c.wait_for(lambda: _running(c, r_b2), 10, "recovered replica running")
+        names = sorted(b["metadata"]["name"] for b in await c.kube.list("backingimagemanagers"))
+        assert names == sorted([bim, c.expected_bim_name(new_ub)])
+    finally:
+        await c.stop()
+
+
+async def _running(c: SimCluster, name: str) -> bool:
+    r = await _replica(c, name)
+    return (r.get("status") or {}).get("currentState") == "running"
