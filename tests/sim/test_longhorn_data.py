@@ -1,0 +1,147 @@
+"""Data-bearing behaviour of the simulated Longhorn: orphans after a UUID change, eviction.
+
+BRIEF §0.8/§3 (Orphan row) and §5. Orphan names are recomputed here from the rule in lm v1.7.2
+types/types.go:685 (sha256 of "<node>-<diskName>-<diskPath>-<diskUUID>-<dataDir>").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from bimguard.sim.apiserver import ApiServer
+from bimguard.sim.longhorn import disks
+from bimguard.sim.longhorn.cluster import SimCluster
+from bimguard.sim.longhorn.node_status import get_condition
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[ApiServer]:
+    server = ApiServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def _get(c: SimCluster, plural: str, name: str) -> dict[str, Any] | None:
+    assert c.kube is not None
+    return await c.kube.get_or_none(plural, name)
+
+
+async def _running(c: SimCluster, name: str) -> bool:
+    r = await _get(c, "replicas", name)
+    return bool(r) and (r.get("status") or {}).get("currentState") == "running"
+
+
+async def test_uuid_change_turns_replica_dirs_into_orphans_that_auto_deletion_removes(api: ApiServer, tmp_path: Path) -> None:
+    c = SimCluster(api, tmp_path, nodes=["worker-1"], disks_per_node=2, seed=5, time_scale=0.01)
+    await c.start()
+    try:
+        await c.wait_until_ready(20)
+        [r] = await c.create_volume_replicas("vol1", None, [("worker-1", "disk-1")])
+        await c.wait_for(lambda: _running(c, r), 10, "replica running")
+        rep = await _get(c, "replicas", r)
+        assert rep is not None
+        data_dir = tmp_path / "worker-1" / "mnt" / "disk1" / "replicas" / rep["spec"]["dataDirectoryName"]
+        assert (data_dir / "volume.meta").is_file()
+        assert c.kube is not None
+        assert await c.kube.list("orphans") == []  # a matched directory is no orphan
+
+        # Change the disk's UUID in status and cfg while the replica directory is still there.
+        new = "0123" + (await c.disk_uuid("worker-1", "disk-1"))[4:]
+        await c.set_status_disk_uuid("worker-1", "disk-1", new)
+        disks.replace_cfg_atomically(await c.disk_dir("worker-1", "disk-1"), disks.DiskConfig("disk-1", new))
+        expected = "orphan-" + hashlib.sha256(
+            f"worker-1-disk-1-/mnt/disk1-{new}-{rep['spec']['dataDirectoryName']}".encode()).hexdigest()
+
+        async def cleanable_orphan() -> dict[str, Any] | None:
+            o = await _get(c, "orphans", expected)
+            if o and get_condition((o.get("status") or {}).get("conditions"), "DataCleanable").get("status") == "True":
+                return o
+            return None
+
+        o = await c.wait_for(cleanable_orphan, 15, "orphan with DataCleanable=True")
+        assert o["spec"]["parameters"] == {"DataName": rep["spec"]["dataDirectoryName"], "DiskName": "disk-1",
+                                           "DiskPath": "/mnt/disk1", "DiskType": "filesystem", "DiskUUID": new}
+        assert o["spec"]["nodeID"] == "worker-1" and o["metadata"]["labels"]["longhornnode"] == "worker-1"
+        await asyncio.sleep(0.3)
+        assert data_dir.is_dir()  # orphan-auto-deletion is false: data kept
+
+        await c.set_setting("orphan-auto-deletion", "true")
+
+        async def gone() -> bool:
+            return not data_dir.exists() and await _get(c, "orphans", expected) is None
+
+        await c.wait_for(gone, 15, "orphan and its data deleted")
+    finally:
+        await c.stop()
+
+
+async def test_disk_eviction_moves_replicas_and_backing_image_copies(api: ApiServer, tmp_path: Path) -> None:
+    c = SimCluster(api, tmp_path, nodes=3, disks_per_node=1, seed=8, time_scale=0.01)
+    await c.start()
+    try:
+        await c.wait_until_ready(20)
+        disk = {n: next(iter((await c.get_node(n))["spec"]["disks"])) for n in c.node_names}
+        u1 = await c.disk_uuid("worker-1", disk["worker-1"])
+        await c.create_backing_image("img", min_copies=1, disks_=[("worker-1", disk["worker-1"])])
+        r1, r2 = await c.create_volume_replicas("vol1", None, [("worker-1", disk["worker-1"]), ("worker-2", disk["worker-2"])])
+        for r in (r1, r2):
+            await c.wait_for(lambda r=r: _running(c, r), 10, f"{r} running")
+
+        async def copy_ready(u: str) -> bool:
+            bi = await _get(c, "backingimages", "img")
+            return ((((bi or {}).get("status") or {}).get("diskFileStatusMap") or {}).get(u) or {}).get("state") == "ready"
+
+        await c.wait_for(lambda: copy_ready(u1), 10, "copy on worker-1 ready")
+        await c.set_disk_flags("worker-1", disk["worker-1"], allow_scheduling=False, eviction_requested=True)
+
+        async def evicted() -> bool:
+            return await _get(c, "replicas", r1) is None
+
+        await c.wait_for(evicted, 20, "evicted replica deleted")
+        assert c.kube is not None
+        reps = await c.kube.list("replicas", "longhornvolume=vol1")
+        assert sorted(r["spec"]["nodeID"] for r in reps) == ["worker-2", "worker-3"]  # anti-affinity
+        for r in reps:
+            await c.wait_for(lambda r=r: _running(c, r["metadata"]["name"]), 10, "replacement running")
+
+        async def copy_moved() -> bool:
+            bi = await _get(c, "backingimages", "img")
+            return bi is not None and u1 not in bi["spec"]["diskFileSpecMap"] and len(bi["spec"]["diskFileSpecMap"]) == 1
+
+        await c.wait_for(copy_moved, 20, "backing-image copy evicted")
+        n1 = await c.get_node("worker-1")
+        assert n1["status"]["diskStatus"][disk["worker-1"]]["scheduledReplica"] == {}
+    finally:
+        await c.stop()
+
+
+async def test_eviction_does_nothing_on_a_not_ready_disk(api: ApiServer, tmp_path: Path) -> None:
+    c = SimCluster(api, tmp_path, nodes=2, disks_per_node=1, seed=9, time_scale=0.01)
+    await c.start()
+    try:
+        await c.wait_until_ready(20)
+        d1 = next(iter((await c.get_node("worker-1"))["spec"]["disks"]))
+        [r1] = await c.create_volume_replicas("vol2", None, [("worker-1", d1)])
+        await c.wait_for(lambda: _running(c, r1), 10, "replica running")
+        u = await c.disk_uuid("worker-1", d1)
+        await c.set_status_disk_uuid("worker-1", d1, "ffff" + u[4:])  # disk turns NotReady
+
+        async def not_ready() -> bool:
+            e = (await c.get_node("worker-1"))["status"]["diskStatus"][d1]
+            return get_condition(e["conditions"], "Ready")["status"] == "False" and e["scheduledReplica"] == {}
+
+        await c.wait_for(not_ready, 10, "NotReady with empty scheduledReplica")
+        await c.set_disk_flags("worker-1", d1, allow_scheduling=False, eviction_requested=True)
+        await asyncio.sleep(1.0)  # ~100 Longhorn seconds: several syncs and polls
+        rep = await _get(c, "replicas", r1)
+        assert rep is not None and rep["spec"]["evictionRequested"] is False
+        assert c.kube is not None
+        assert len(await c.kube.list("replicas", "longhornvolume=vol2")) == 1
+    finally:
+        await c.stop()
