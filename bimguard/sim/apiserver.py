@@ -1,0 +1,638 @@
+"""The Kubernetes API server of the cluster emulator: real REST over real HTTP.
+
+Serves what kubernetes_asyncio, client-go-like code and the real kubectl need:
+discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]`, `/version`), OpenAPI v3
+(`/openapi/v3`; `/openapi/v2` is 404 as on servers that dropped it), and for every resource in
+the registry get / list (labelSelector, fieldSelector, limit/continue) / watch (from a
+resourceVersion, bookmarks, 410 as an ERROR event) / create / update / patch (JSON patch, merge
+patch, strategic merge patch for built-ins only) / delete / deletecollection, with the `status`
+subresource where the resource has one.
+
+Resources: built-ins (see resources.py) plus every CRD object in the store; the Longhorn v1.7.2
+CRDs (nodes, replicas, backingimages, backingimagemanagers, backingimagedatasources, settings,
+orphans) are installed at start-up and more can be created at runtime.
+
+Public API:
+    ApiServer(namespace_seed=("default", "longhorn-system"), webhook_hosts=None)
+    await server.start(host="127.0.0.1", port=0) -> "http://127.0.0.1:PORT"; server.url
+    await server.stop()
+    server.kubeconfig(path)        # context "sim", a dummy bearer token
+    server.store                   # Store (store.py): in-process get/list/create/update/patch/delete
+    server.faults                  # Faults (faults.py)
+    server.webhook_hosts           # "svc.ns.svc" -> (host, port), read at every webhook call
+    server.add_user(token, username, groups)  # who a bearer token is (for AdmissionReview.userInfo)
+`ResourceKey` is a frozen dataclass (group, version, plural); strings "v1/pods" and
+"longhorn.io/v1beta2/nodes" are accepted everywhere a key is.
+
+The write path runs in kube-apiserver's order (handlers/create.go, update.go, patch.go ->
+registry/store.go): decode + prune unknown fields (Warning headers, or 400 under
+`fieldValidation=Strict`) -> mutating admission (oldObject = the stored object) -> prune the
+webhook output -> resourceVersion precondition (409) -> status strategy -> validation (422) ->
+store. Authentication accepts any bearer token; there is no RBAC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import logging
+import os
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from bimguard.sim import openapi
+from bimguard.sim.admission import DEFAULT_USER, Attributes, Dispatcher
+from bimguard.sim.faults import Faults
+from bimguard.sim.resources import ResourceKey, ResourceType, longhorn_crds
+from bimguard.sim.store import (
+    ApiError,
+    ListPage,
+    Store,
+    Watcher,
+    accepted_patch_types,
+    apply_patch,
+    bad_request,
+    unsupported_media_type,
+    APPLY_PATCH,
+)
+
+__all__ = ["ApiServer", "ApiError", "ResourceKey", "Store"]
+
+log = logging.getLogger(__name__)
+
+CRD_KEY = ResourceKey("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+DEFAULT_WATCH_TIMEOUT = 1800.0  # kube-apiserver --min-request-timeout
+
+
+class _Request:
+    """A parsed resource URL."""
+
+    def __init__(self, rt: ResourceType, namespace: str | None, name: str | None, subresource: str | None) -> None:
+        self.rt = rt
+        self.namespace = namespace
+        self.name = name
+        self.subresource = subresource
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def _error(err: ApiError) -> web.Response:
+    return _json(err.body, err.status, err.headers)
+
+
+def _warning_header(text: str) -> str:
+    # RFC 7234 warn-text as k8s.io/apiserver/pkg/endpoints/filters/warning.go writes it.
+    return '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
+
+
+class ApiServer:
+    def __init__(self, *, namespace_seed: tuple[str, ...] = ("default", "longhorn-system"),
+                 webhook_hosts: dict[str, tuple[str, int]] | None = None) -> None:
+        self.store = Store()
+        self.faults = Faults(self.store)
+        self.webhook_hosts: dict[str, tuple[str, int]] = dict(webhook_hosts or {})
+        self.admission = Dispatcher(self.store, self.webhook_hosts)
+        self.url = ""
+        self.bookmark_interval = 5.0  # seconds between BOOKMARK events on idle watches
+        self.users: dict[str, dict] = {}
+        self.unknown_paths: deque[str] = deque(maxlen=200)  # requests no route served (debugging aid)
+        self.requests: deque[tuple[str, str, int]] = deque(maxlen=2000)  # (method, path_qs, status)
+        self._runner: web.AppRunner | None = None
+        self._streams: set[web.StreamResponse] = set()
+        for ns in namespace_seed:
+            self.store.create("v1/namespaces", {"metadata": {"name": ns}})
+        for crd in longhorn_crds():
+            self.store.create(CRD_KEY, crd)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = site._server.sockets  # type: ignore[union-attr]
+        bound = sockets[0].getsockname()
+        self.url = f"http://{host}:{bound[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        self.store.drop_watches()
+        await self.admission.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def kubeconfig(self, path: str | os.PathLike) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "sim", "cluster": {"server": self.url}}],
+            "users": [{"name": "sim", "user": {"token": "sim-token"}}],
+            "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "sim", "namespace": "default"}}],
+            "current-context": "sim",
+            "preferences": {},
+        }
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+
+    def add_user(self, token: str, username: str, groups: list[str] | None = None) -> None:
+        self.users[token] = {"username": username, "groups": list(groups or []) + ["system:authenticated"]}
+
+    def _user(self, request: web.Request) -> dict:
+        impersonate = request.headers.get("Impersonate-User")
+        if impersonate:
+            return {"username": impersonate, "groups": request.headers.getall("Impersonate-Group", []) + ["system:authenticated"]}
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        return dict(self.users.get(token) or DEFAULT_USER)
+
+    # -- HTTP plumbing -----------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except ApiError as e:
+            status = e.status
+            return _error(e)
+        except web.HTTPException:
+            raise
+        except Exception as e:  # a bug here must look like a server error, not kill the client
+            log.exception("emulated apiserver: unhandled error for %s %s", request.method, request.path_qs)
+            status = 500
+            return _error(ApiError(500, "InternalError", f"Internal error occurred: {e!r}"))
+        finally:
+            self.requests.append((request.method, request.path_qs, status))
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = [p for p in request.path.split("/") if p]
+        if request.method == "GET":
+            static = self._static(parts)
+            if static is not None:
+                return static
+        if parts[:1] == ["api"] and len(parts) >= 3 and parts[1] == "v1":
+            return await self._resource(request, "", "v1", parts[2:])
+        if parts[:1] == ["apis"] and len(parts) >= 4:
+            return await self._resource(request, parts[1], parts[2], parts[3:])
+        self.unknown_paths.append(f"{request.method} {request.path_qs}")
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    def _static(self, parts: list[str]) -> web.Response | None:
+        gvs = self.store.registry.group_versions()
+        if parts == ["version"]:
+            return _json({"major": "1", "minor": "32", "gitVersion": openapi.SERVER_VERSION, "gitCommit": "bimguard-sim",
+                          "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.4",
+                          "compiler": "gc", "platform": "linux/amd64"})
+        if parts in (["healthz"], ["readyz"], ["livez"]):
+            return web.Response(text="ok")
+        if parts == ["api"]:
+            return _json({"kind": "APIVersions", "versions": ["v1"],
+                          "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.url.split("//")[-1]}]})
+        if parts == ["api", "v1"]:
+            return _json(self._resource_list("v1", gvs.get("v1", [])))
+        if parts == ["apis"]:
+            groups: dict[str, list[str]] = {}
+            for gv in gvs:
+                if "/" in gv:
+                    group, version = gv.split("/")
+                    groups.setdefault(group, []).append(version)
+            return _json({"kind": "APIGroupList", "apiVersion": "v1",
+                          "groups": [self._group(g, vs) for g, vs in sorted(groups.items())]})
+        if len(parts) == 2 and parts[0] == "apis":
+            versions = [gv.split("/")[1] for gv in gvs if gv.startswith(parts[1] + "/")]
+            if not versions:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return _json({"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1], versions)})
+        if len(parts) == 3 and parts[0] == "apis":
+            gv = f"{parts[1]}/{parts[2]}"
+            if gv not in gvs:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return _json(self._resource_list(gv, gvs[gv]))
+        if parts[:2] == ["openapi", "v3"]:
+            if len(parts) == 2:
+                return _json(openapi.index(self.store.registry))
+            gv = "/".join(parts[3:]) if parts[2] == "apis" else "/".join(parts[3:]) if parts[2] == "api" else ""
+            doc = openapi.document(self.store.registry, gv)
+            if doc is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return _json(doc)
+        if parts[:2] == ["openapi", "v2"]:
+            self.unknown_paths.append("GET /" + "/".join(parts))
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return None
+
+    @staticmethod
+    def _group(group: str, versions: list[str]) -> dict:
+        entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": entries, "preferredVersion": entries[0]}
+
+    @staticmethod
+    def _resource_list(gv: str, types: list[ResourceType]) -> dict:
+        resources = []
+        for rt in types:
+            entry: dict[str, Any] = {"name": rt.key.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
+                                     "kind": rt.kind, "verbs": rt.verbs, "storageVersionHash": ""}
+            if rt.short_names:
+                entry["shortNames"] = list(rt.short_names)
+            if rt.categories:
+                entry["categories"] = list(rt.categories)
+            resources.append(entry)
+            if rt.status_subresource:
+                resources.append({"name": f"{rt.key.plural}/status", "singularName": "", "namespaced": rt.namespaced,
+                                  "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+
+    # -- resource requests -------------------------------------------------------------------
+
+    def _parse(self, group: str, version: str, rest: list[str]) -> _Request:
+        def lookup(plural: str) -> ResourceType | None:
+            return self.store.registry.get(ResourceKey(group, version, plural))
+
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3 and group == "" and lookup(rest[2]) is None:
+            pass  # /api/v1/namespaces/<name>/<subresource>: the Namespace object itself
+        elif rest[0] == "namespaces" and len(rest) >= 3:
+            namespace, rest = rest[1], rest[2:]
+        rt = lookup(rest[0])
+        if rt is None or len(rest) > 3 or (namespace is not None and not rt.namespaced):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if sub is not None and not (sub == "status" and rt.status_subresource):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return _Request(rt, namespace, name, sub)
+
+    async def _resource(self, request: web.Request, group: str, version: str, rest: list[str]) -> web.StreamResponse:
+        req = self._parse(group, version, rest)
+        q = request.query
+        method = request.method
+        if method == "GET":
+            verb = "get" if req.name else ("watch" if _truthy(q.get("watch")) else "list")
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete" if req.name else "deletecollection"}.get(method, "")
+        if not verb or (verb == "create" and req.name):
+            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+        delay = self.faults.delay_for(verb, req.rt.key)
+        if delay:
+            await asyncio.sleep(delay)
+        fault = self.faults.error_for(verb, req.rt.key, req.subresource)
+        if fault is not None:
+            raise fault
+        handler = getattr(self, f"_do_{verb}")
+        return await handler(request, req)
+
+    async def _body(self, request: web.Request) -> Any:
+        raw = await request.read()
+        if not raw:
+            raise bad_request("the body of the request was empty")
+        ctype = request.content_type or "application/json"
+        try:
+            if "yaml" in ctype:
+                return yaml.safe_load(raw)
+            return json.loads(raw)
+        except (ValueError, yaml.YAMLError) as e:
+            raise bad_request(f"the body of the request could not be decoded: {e}") from None
+
+    @staticmethod
+    def _options(request: web.Request) -> tuple[bool, str]:
+        dry = "All" in request.query.getall("dryRun", [])
+        fv = request.query.get("fieldValidation", "Warn")
+        if fv not in ("Ignore", "Warn", "Strict"):
+            raise bad_request(f'fieldValidation: Unsupported value: "{fv}": supported values: "Ignore", "Strict", "Warn"')
+        return dry, fv
+
+    def _respond(self, body: Any, status: int, warnings: list[str], fv: str = "Warn") -> web.Response:
+        resp = _json(body, status)
+        for w in warnings:
+            resp.headers.add("Warning", _warning_header(w))
+        return resp
+
+    # reads
+
+    async def _do_get(self, request: web.Request, req: _Request) -> web.Response:
+        assert req.name is not None
+        obj = self.store._current(req.rt, req.namespace, req.name)
+        return self._maybe_table(request, req.rt, [obj], None) or _json(obj)
+
+    async def _do_list(self, request: web.Request, req: _Request) -> web.Response:
+        q = request.query
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError:
+            raise bad_request(f"limit: Invalid value: {q.get('limit')!r}") from None
+        page = self.store.list_page(req.rt.key, req.namespace, q.get("labelSelector"), field_selector=q.get("fieldSelector"),
+                                    limit=limit, continue_token=q.get("continue", ""))
+        table = self._maybe_table(request, req.rt, page.items, page)
+        if table is not None:
+            return table
+        meta: dict[str, Any] = {"resourceVersion": page.resource_version}
+        if page.continue_token:
+            meta["continue"] = page.continue_token
+            meta["remainingItemCount"] = page.remaining
+        return _json({"kind": req.rt.list_kind, "apiVersion": req.rt.api_version, "metadata": meta, "items": page.items})
+
+    def _maybe_table(self, request: web.Request, rt: ResourceType, items: list[dict], page: ListPage | None) -> web.Response | None:
+        """meta.k8s.io/v1 Table for `kubectl get` (it asks with `Accept: ...;as=Table`)."""
+        accept = request.headers.get("Accept", "")
+        if "as=Table" not in accept or "g=meta.k8s.io" not in accept:
+            return None
+        body = _table(rt, items, page.resource_version if page else self.store.resource_version,
+                      page.continue_token if page else "", request.query.get("includeObject") == "Object",
+                      self.store.clock())
+        return _json(body)
+
+    async def _do_watch(self, request: web.Request, req: _Request) -> web.StreamResponse:
+        q = request.query
+        bookmarks = _truthy(q.get("allowWatchBookmarks"))
+        send_initial = q.get("sendInitialEvents")
+        try:
+            timeout = float(q.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
+        except ValueError:
+            raise bad_request("timeoutSeconds: must be a number") from None
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        try:
+            watcher = self.store.watch(req.rt.key, req.namespace, q.get("labelSelector"), field_selector=q.get("fieldSelector"),
+                                       resource_version=q.get("resourceVersion"),
+                                       send_initial_events=None if send_initial is None else _truthy(send_initial))
+        except ApiError as e:
+            if e.status != 410:
+                raise
+            # The real server answers 200 and sends the 410 as an ERROR event on the stream.
+            await resp.prepare(request)
+            await resp.write(json.dumps({"type": "ERROR", "object": e.body}).encode() + b"\n")
+            return resp
+        await resp.prepare(request)
+        self._streams.add(resp)
+        rt = req.rt
+        initial_pending = _truthy(send_initial)
+        deadline = time.monotonic() + timeout
+        last_bookmark = time.monotonic()
+
+        async def write(event: dict) -> None:
+            await resp.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+
+        def bookmark(extra: dict | None = None) -> dict:
+            meta: dict[str, Any] = {"resourceVersion": str(self.store.resource_version), "creationTimestamp": None}
+            if extra:
+                meta["annotations"] = extra
+            return {"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": meta}}
+
+        try:
+            while True:
+                if initial_pending and watcher.queue.empty():
+                    initial_pending = False
+                    if bookmarks:
+                        await write(bookmark({"k8s.io/initial-events-end": "true"}))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if bookmarks:
+                        await write(bookmark())
+                    break
+                wait = min(remaining, self.bookmark_interval) if bookmarks else remaining
+                try:
+                    item = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
+                except asyncio.TimeoutError:
+                    if bookmarks and watcher.queue.empty() and time.monotonic() - last_bookmark >= self.bookmark_interval:
+                        await write(bookmark())
+                        last_bookmark = time.monotonic()
+                    continue
+                if item is None:
+                    break  # dropped (fault injection or shutdown)
+                type_, obj = item
+                await write({"type": type_, "object": obj})
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.store.stop_watch(watcher)
+            self._streams.discard(resp)
+        return resp
+
+    # writes
+
+    def _attrs(self, request: web.Request, req: _Request, operation: str, obj: dict | None, old: dict | None,
+               name: str, dry: bool) -> Attributes:
+        return Attributes(req.rt, operation, req.namespace or "", name, obj, old, req.subresource or "", dry, self._user(request))
+
+    async def _do_create(self, request: web.Request, req: _Request) -> web.Response:
+        dry, fv = self._options(request)
+        body = await self._body(request)
+        obj, warnings = self.store.decode(req.rt, body, strict=fv == "Strict")
+        meta = obj.setdefault("metadata", {})
+        if req.rt.namespaced:
+            if meta.get("namespace") and req.namespace and meta["namespace"] != req.namespace:
+                raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+            meta["namespace"] = req.namespace or meta.get("namespace")
+        admitted, hook_warnings = await self.admission.admit(self._attrs(request, req, "CREATE", obj, None, meta.get("name", ""), dry))
+        assert admitted is not None
+        admitted, _ = self.store.decode(req.rt, admitted)  # webhook output is pruned too
+        created = self.store.commit_create(req.rt, admitted, req.namespace, dry_run=dry)
+        return self._respond(created, 201, warnings + hook_warnings if fv != "Ignore" else hook_warnings)
+
+    async def _do_update(self, request: web.Request, req: _Request) -> web.Response:
+        assert req.name is not None
+        dry, fv = self._options(request)
+        body = await self._body(request)
+        obj, warnings = self.store.decode(req.rt, body, strict=fv == "Strict")
+        meta = obj.setdefault("metadata", {})
+        if meta.get("name") and meta["name"] != req.name:
+            raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({req.name})")
+        meta.setdefault("name", req.name)
+        if req.rt.namespaced:
+            meta.setdefault("namespace", req.namespace)
+        old = self.store._current(req.rt, req.namespace, req.name)
+        # oldObject is what is stored now, even when the request's resourceVersion is stale
+        # (the RV precondition is checked later, inside GuaranteedUpdate).
+        admitted, hook_warnings = await self.admission.admit(self._attrs(request, req, "UPDATE", obj, old, req.name, dry))
+        assert admitted is not None
+        admitted, _ = self.store.decode(req.rt, admitted)
+        updated = self.store.commit_update(req.rt, admitted, req.namespace, req.name, subresource=req.subresource, dry_run=dry)
+        return self._respond(updated, 200, warnings + hook_warnings if fv != "Ignore" else hook_warnings)
+
+    async def _do_patch(self, request: web.Request, req: _Request) -> web.Response:
+        assert req.name is not None
+        dry, fv = self._options(request)
+        ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip()
+        if ctype == APPLY_PATCH or ctype not in accepted_patch_types(req.rt):
+            raise unsupported_media_type(ctype, accepted_patch_types(req.rt) + [APPLY_PATCH])
+        patch = await self._body(request)
+        # handlers/patch.go retries the whole patch (admission included) on a storage conflict,
+        # unless the patch itself pinned metadata.resourceVersion.
+        for _ in range(10):
+            current = self.store._current(req.rt, req.namespace, req.name)
+            patched = apply_patch(req.rt, current, patch, ctype)
+            obj, warnings = self.store.decode(req.rt, patched, strict=fv == "Strict")
+            meta = obj.setdefault("metadata", {})
+            pinned = bool(meta.get("resourceVersion")) and meta["resourceVersion"] != current["metadata"]["resourceVersion"]
+            meta["resourceVersion"] = meta.get("resourceVersion") or current["metadata"]["resourceVersion"]
+            admitted, hook_warnings = await self.admission.admit(self._attrs(request, req, "UPDATE", obj, current, req.name, dry))
+            assert admitted is not None
+            admitted, _ = self.store.decode(req.rt, admitted)
+            try:
+                updated = self.store.commit_update(req.rt, admitted, req.namespace, req.name,
+                                                   subresource=req.subresource, dry_run=dry)
+            except ApiError as e:
+                if e.reason == "Conflict" and not pinned and "has been modified" in e.message:
+                    continue
+                raise
+            return self._respond(updated, 200, warnings + hook_warnings if fv != "Ignore" else hook_warnings)
+        raise ApiError(409, "Conflict", "the patch could not be applied after 10 attempts because of conflicting writes")
+
+    async def _do_delete(self, request: web.Request, req: _Request) -> web.Response:
+        assert req.name is not None
+        options: dict = {}
+        raw = await request.read()
+        if raw:
+            try:
+                options = json.loads(raw) or {}
+            except ValueError:
+                raise bad_request("the body of the request could not be decoded") from None
+        dry = "All" in request.query.getall("dryRun", []) or "All" in (options.get("dryRun") or [])
+        old = self.store._current(req.rt, req.namespace, req.name)
+        _, hook_warnings = await self.admission.admit(self._attrs(request, req, "DELETE", None, old, req.name, dry))
+        result = self.store.commit_delete(req.rt, req.namespace, req.name, preconditions=options.get("preconditions"), dry_run=dry)
+        return self._respond(result, 200, hook_warnings)
+
+    async def _do_deletecollection(self, request: web.Request, req: _Request) -> web.Response:
+        q = request.query
+        page = self.store.list_page(req.rt.key, req.namespace, q.get("labelSelector"), field_selector=q.get("fieldSelector"))
+        dry = "All" in q.getall("dryRun", [])
+        deleted = []
+        for obj in page.items:
+            meta = obj["metadata"]
+            sub = _Request(req.rt, meta.get("namespace"), meta["name"], None)
+            await self.admission.admit(self._attrs(request, sub, "DELETE", None, obj, meta["name"], dry))
+            self.store.commit_delete(req.rt, meta.get("namespace"), meta["name"], dry_run=dry)
+            deleted.append(obj)
+        return _json({"kind": req.rt.list_kind, "apiVersion": req.rt.api_version,
+                      "metadata": {"resourceVersion": str(self.store.resource_version)}, "items": deleted})
+
+
+
+# --- meta.k8s.io/v1 Table (what `kubectl get` prints) ----------------------------------------
+
+_JSONPATH_TOKEN = re.compile(r"\.([A-Za-z0-9_-]+)|\['([^']*)'\]|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.-]+)\s*==\s*['\"]([^'\"]*)['\"]\)\]")
+
+
+def jsonpath_values(obj: Any, path: str) -> list[Any]:
+    """The subset of kubectl JSONPath that CRD additionalPrinterColumns use:
+    `.a.b`, `.a['b']`, `.a[0]`, `.a[?(@.type=='Ready')].status`."""
+    nodes = [obj]
+    pos = 0
+    path = path.strip()
+    if path.startswith("{") and path.endswith("}"):
+        path = path[1:-1]
+    while pos < len(path):
+        m = _JSONPATH_TOKEN.match(path, pos)
+        if not m:
+            return []
+        pos = m.end()
+        name, quoted, index, fkey, fval = m.groups()
+        out = []
+        for node in nodes:
+            if name is not None or quoted is not None:
+                key = name if name is not None else quoted
+                if isinstance(node, dict) and key in node:
+                    out.append(node[key])
+            elif index is not None:
+                if isinstance(node, list) and int(index) < len(node):
+                    out.append(node[int(index)])
+            elif isinstance(node, list):
+                for item in node:
+                    value: Any = item
+                    for part in fkey.split("."):
+                        value = value.get(part) if isinstance(value, dict) else None
+                    if value is not None and str(value) == fval:
+                        out.append(item)
+        nodes = out
+    return nodes
+
+
+def _age(timestamp: str | None, now: datetime) -> str:
+    """k8s.io/apimachinery/pkg/util/duration.HumanDuration (abridged)."""
+    if not timestamp:
+        return "<unknown>"
+    try:
+        then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return "<invalid>"
+    seconds = int((now - then).total_seconds())
+    if seconds < 0:
+        return "<invalid>"
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 10:
+        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    return f"{hours // 24}d"
+
+
+# Columns kube-apiserver's printers (pkg/printers/internalversion/printers.go) show for built-ins,
+# abridged to what the emulator can compute: (name, type, jsonPath).
+_BUILTIN_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "namespaces": [("Status", "string", ".status.phase")],
+    "pods": [("Status", "string", ".status.phase"), ("Node", "string", ".spec.nodeName")],
+    "secrets": [("Type", "string", ".type")],
+    "services": [("Type", "string", ".spec.type"), ("Cluster-IP", "string", ".spec.clusterIP")],
+    "events": [("Reason", "string", ".reason"), ("Object", "string", ".involvedObject.name"), ("Message", "string", ".message")],
+    "leases": [("Holder", "string", ".spec.holderIdentity")],
+}
+
+
+def _table(rt: ResourceType, items: list[dict], resource_version: Any, continue_token: str, include_object: bool,
+           now: datetime) -> dict:
+    if rt.crd:
+        extra = [(c["name"], c.get("type", "string"), c["jsonPath"]) for c in rt.printer_columns
+                 if c["jsonPath"] != ".metadata.creationTimestamp"]
+        with_age = True
+    else:
+        extra = _BUILTIN_COLUMNS.get(rt.key.plural, [])
+        with_age = True
+    columns = [{"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}]
+    columns += [{"name": n, "type": "string" if t == "date" else t, "format": "", "description": "", "priority": 0} for n, t, _ in extra]
+    if with_age:
+        columns.append({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp", "priority": 0})
+    rows = []
+    for obj in items:
+        cells: list[Any] = [obj["metadata"]["name"]]
+        for _, type_, path in extra:
+            values = jsonpath_values(obj, path)
+            if not values:
+                cells.append(None)
+            elif type_ == "date":
+                cells.append(_age(values[0] if isinstance(values[0], str) else None, now))
+            else:
+                cells.append(values[0] if len(values) == 1 else ",".join(str(v) for v in values))
+        if with_age:
+            cells.append(_age(obj["metadata"].get("creationTimestamp"), now))
+        row_obj = obj if include_object else {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+        rows.append({"cells": cells, "object": row_obj})
+    meta: dict[str, Any] = {"resourceVersion": str(resource_version)}
+    if continue_token:
+        meta["continue"] = continue_token
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": columns, "rows": rows}
