@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from kubernetes_asyncio.client.rest import ApiException
 
 from bimguard.sim.clock import DEFAULT_TIME_SCALE, SimClock
+from bimguard.sim.kubelet import SimKubelet
 from bimguard.sim.longhorn import NAMESPACE, disks
 from bimguard.sim.longhorn.backing_images import bim_name
 from bimguard.sim.longhorn.kube import AlreadyExists, Conflict, LonghornClient
@@ -91,6 +92,7 @@ class SimCluster:
         self._hosts: dict[str, HostDisks] = {}
         self._watch_tasks: list[asyncio.Task[None]] = []
         self.kube: LonghornClient | None = None
+        self.kubelet: SimKubelet | None = None
 
     # ---------------------------------------------------------------- ClusterView for managers
     @property
@@ -137,7 +139,19 @@ class SimCluster:
         for plural in WATCHED:
             self._watch_tasks.append(asyncio.create_task(self._watch(plural), name=f"sim-watch-{plural}"))
 
+    async def start_kubelet(self, images: list[str] | None = None) -> SimKubelet:
+        """Run a simulated kubelet for this cluster's nodes (same root, clock and down-set)."""
+        if self.kubelet is None:
+            self.kubelet = SimKubelet(self.url, self.root, set(self.node_names),
+                                      images=images if images is not None else ["bimguard"],
+                                      clock=self.clock, token=None, down=self.down)
+            await self.kubelet.start()
+        return self.kubelet
+
     async def stop(self) -> None:
+        if self.kubelet is not None:
+            await self.kubelet.stop()
+            self.kubelet = None
         for t in self._watch_tasks:
             t.cancel()
         for t in self._watch_tasks:
@@ -269,6 +283,25 @@ class SimCluster:
             except Conflict:
                 await asyncio.sleep(0.01)
         raise RuntimeError(f"could not update node {node}: persistent conflicts")
+
+    async def recreate_node(self, node: str, timeout: float = 10.0) -> None:
+        """Delete the Longhorn Node object and create it again with the same spec.
+
+        Longhorn then re-records whatever UUIDs the cfg files hold -- the ``"" -> X`` write for an
+        *old* UUID of BRIEF §0.7 (issue #8021 uses this as a workaround).
+        """
+        assert self.kube is not None
+        old = await self.kube.get("nodes", node)
+        await self.kube.delete("nodes", node)
+
+        async def gone() -> bool:
+            assert self.kube is not None
+            return await self.kube.get_or_none("nodes", node) is None
+
+        await self.wait_for(gone, timeout, f"node {node} deleted")
+        body = {"kind": "Node", "metadata": {"name": node, "finalizers": ["longhorn.io"]}, "spec": old["spec"]}
+        await self.kube.create("nodes", body)
+        self._wake_all("nodes")
 
     async def add_disk(self, node: str, disk_name: str, path: str | None = None, force_uuid: str | None = None,
                        *, create_dir: bool = True) -> str:

@@ -208,9 +208,17 @@ class LonghornManager:
             node = await self.kube.get("nodes", name)
         except NotFound:
             return
-        if node["metadata"].get("deletionTimestamp"):
-            return
         owner = name == self.node_name
+        if node["metadata"].get("deletionTimestamp"):
+            # lm node_controller.go:387: Event "Deleting node" and drop the finalizer.
+            if self.cluster.leader() == self.node_name and node["metadata"].get("finalizers"):
+                await self.kube.event(node, "Warning", "Delete", f"Deleting node {name}")
+                node["metadata"]["finalizers"] = []
+                try:
+                    await self.kube.replace("nodes", node)
+                except (Conflict, NotFound):
+                    pass
+            return
         now = SimClock.now_rfc3339()
         settings = await self.kube.list("settings")
         sched = node_status.SchedulingSettings(
