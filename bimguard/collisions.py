@@ -34,7 +34,7 @@ def find_groups(disks: Iterable[Disk]) -> list[CollisionGroup]:
     for prefix, members in sorted(by_prefix.items()):
         if len(members) < 2:
             continue
-        members.sort(key=lambda d: d.key)
+        members.sort(key=lambda d: (d.node, d.name))
         kind: GroupKind = "duplicate-uuid" if len({d.uuid for d in members}) < len(members) else "prefix"
         groups.append(CollisionGroup(prefix, kind, tuple(members)))
     return groups

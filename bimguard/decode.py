@@ -38,7 +38,16 @@ class _Envelope(msgspec.Struct):
     metadata: _ListMeta | None = None
 
 
+class _TypedList(msgspec.Struct, gc=False):
+    kind: str | None = ""
+    items: list[wire.Node | wire.Replica | wire.BackingImage | wire.BackingImageManager | wire.Setting] | None = None
+    metadata: _ListMeta | None = None
+
+
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
+# One pass over a List of only well-formed Longhorn objects is ~2x faster than routing each item
+# through msgspec.Raw; anything else (other kinds, a malformed object) takes the per-item path.
+_TYPED_LIST = msgspec.json.Decoder(_TypedList)
 _ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 _HEAD = msgspec.json.Decoder(wire.Head)
 _DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in wire.KINDS.items()}
@@ -56,17 +65,33 @@ def _short(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
+def _is_list(kind: str | None) -> bool:
+    return bool(kind) and kind.endswith("List")  # type: ignore[union-attr]
+
+
 def decode_json(data: bytes | memoryview, source: str, inv: Inventory) -> str:
     """Add the objects of one JSON document; returns a List's `metadata.continue` token."""
     stripped = bytes(data[:64]).lstrip()
+    if stripped.startswith(b"{"):
+        try:
+            typed = _TYPED_LIST.decode(data)
+        except msgspec.ValidationError:
+            pass  # not only well-formed Longhorn objects: take the per-item path below
+        except msgspec.DecodeError as err:
+            raise InputError(f"{source}: not valid JSON: {_short(err)}") from None
+        else:
+            if _is_list(typed.kind):
+                for obj in typed.items or ():
+                    if _longhorn_type(obj.apiVersion, type(obj).__name__):
+                        inv.add(obj, source)
+                return (typed.metadata.continue_ or "") if typed.metadata else ""
     token = ""
     try:
         if stripped.startswith(b"["):
             items: Iterable[msgspec.Raw] = _ARRAY.decode(data)
         else:
             env = _ENVELOPE.decode(data)
-            is_list = env.kind == "List" or (env.kind or "").endswith("List")
-            items = (env.items or []) if is_list else [msgspec.Raw(data)]
+            items = (env.items or []) if _is_list(env.kind) else [msgspec.Raw(data)]
             token = (env.metadata.continue_ or "") if env.metadata else ""
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         raise InputError(f"{source}: not valid JSON: {_short(err)}") from None

@@ -77,7 +77,15 @@ class DependentsIndex:
             for u, state in bi.status_disks.items():
                 self._copies[u][bi.name] = state or SPEC_ONLY
 
+        self._memo: dict[tuple[str, str], Dependents] = {}
+
     def of(self, disk: Disk) -> Dependents:
+        found = self._memo.get((disk.node, disk.name))
+        if found is None:
+            found = self._memo[(disk.node, disk.name)] = self._collect(disk)
+        return found
+
+    def _collect(self, disk: Disk) -> Dependents:
         if not disk.uuid:
             return Dependents(scheduled_replicas=disk.scheduled_replicas)
         key = (disk.node, disk.uuid)

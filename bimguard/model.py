@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+
+import msgspec
 
 from bimguard import objects as wire
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 # Label keys Longhorn puts on objects (BRIEF §3 "Labels in use").
-LABEL_REPLICA_DISK_UUID = "longhorndiskuuid"
+LABEL_REPLICA_DISK_UUID = "longhorndiskuuid"  # decoded by objects.ReplicaLabels
 LABEL_BIM_DISK_UUID = "longhorn.io/disk-uuid"
 
 
@@ -38,8 +39,11 @@ def prefix_of(uuid: str) -> str:
     return uuid[:4].lower()
 
 
-@dataclass(frozen=True, slots=True)
-class Skipped:
+class _Record(msgspec.Struct, frozen=True, gc=False):
+    """Records hold no cycles: untracked by the garbage collector (see objects._Wire)."""
+
+
+class Skipped(_Record):
     """An object (or part of one) that could not be used, and why."""
 
     source: str
@@ -48,8 +52,7 @@ class Skipped:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
-class Disk:
+class Disk(_Record):
     node: str
     name: str
     path: str
@@ -68,8 +71,7 @@ class Disk:
         return prefix_of(self.uuid)
 
 
-@dataclass(frozen=True, slots=True)
-class Replica:
+class Replica(_Record):
     name: str
     node: str
     disk_id: str  # spec.diskID
@@ -78,15 +80,13 @@ class Replica:
     state: str
 
 
-@dataclass(frozen=True, slots=True)
-class BackingImage:
+class BackingImage(_Record):
     name: str
     spec_disks: frozenset[str]  # UUIDs in spec.diskFileSpecMap (and v1beta1 spec.disks)
-    status_disks: dict[str, str] = field(default_factory=dict)  # UUID -> file state
+    status_disks: dict[str, str] = {}  # UUID -> file state
 
 
-@dataclass(frozen=True, slots=True)
-class Bim:
+class Bim(_Record):
     name: str
     node: str
     disk_uuid: str
@@ -147,12 +147,12 @@ def parse_node(node: wire.Node, source: str) -> tuple[list[Disk], list[Skipped]]
 
 
 def parse_replica(obj: wire.Replica) -> Replica:
-    labels = obj.metadata.labels or {}
+    labels = obj.metadata.labels or wire.ReplicaLabels()
     return Replica(
         name=obj.metadata.name,
-        node=_s(obj.spec.nodeID) or labels.get("longhornnode", ""),
+        node=_s(obj.spec.nodeID) or _s(labels.longhornnode),
         disk_id=_s(obj.spec.diskID).lower(),
-        disk_label=labels.get(LABEL_REPLICA_DISK_UUID, "").lower(),
+        disk_label=_s(labels.longhorndiskuuid).lower(),
         backing_image=_s(obj.spec.backingImage),
         state=_s(obj.status.currentState),
     )

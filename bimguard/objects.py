@@ -16,60 +16,81 @@ import msgspec
 LONGHORN_GROUP = "longhorn.io"
 
 
-class Meta(msgspec.Struct):
+class _Wire(msgspec.Struct, gc=False):
+    """Decoded objects hold no reference cycles; keeping them out of the garbage collector's
+    tracking saves more than half the decoding time of a large dump."""
+
+
+class Meta(_Wire):
     name: str = ""
     namespace: str | None = ""
     labels: dict[str, str] | None = None
     deletionTimestamp: Any = None
 
 
-class Head(msgspec.Struct):
+class HeadMeta(_Wire):
+    name: str | None = ""
+
+
+class Head(_Wire):
     """Just enough of any object to route it to the right decoder."""
 
     apiVersion: str | None = ""
     kind: str | None = ""
-    metadata: Meta | None = None
+    metadata: HeadMeta | None = None
 
 
-class Condition(msgspec.Struct):
+class Condition(_Wire):
     type: str | None = ""
     status: str | None = ""
     reason: str | None = ""
     message: str | None = ""
 
 
-class DiskSpec(msgspec.Struct):
+class DiskSpec(_Wire):
     path: str | None = ""
     diskType: str | None = ""
     allowScheduling: bool | None = True
     evictionRequested: bool | None = False
 
 
-class DiskStatus(msgspec.Struct):
+class DiskStatus(_Wire):
     diskUUID: str | None = ""
     diskName: str | None = ""
     diskPath: str | None = ""
     diskType: str | None = ""
     # v1beta2: a list of conditions; v1beta1: a map keyed by condition type.
     conditions: list[Condition] | dict[str, Condition] | None = None
-    scheduledReplica: dict[str, Any] | None = None
+    scheduledReplica: dict[str, Any] | None = None  # only the names are used
 
 
-class NodeSpec(msgspec.Struct):
+class NodeSpec(_Wire):
     disks: dict[str, DiskSpec] | None = None
 
 
-class NodeStatus(msgspec.Struct):
+class NodeStatus(_Wire):
     diskStatus: dict[str, DiskStatus] | None = None
 
 
-class Node(msgspec.Struct):
+class Node(_Wire, tag_field="kind", tag="Node"):
+    apiVersion: str | None = ""
     metadata: Meta = msgspec.field(default_factory=Meta)
     spec: NodeSpec = msgspec.field(default_factory=NodeSpec)
     status: NodeStatus = msgspec.field(default_factory=NodeStatus)
 
 
-class ReplicaSpec(msgspec.Struct):
+class ReplicaLabels(_Wire):
+    # Only these keys are read; a struct skips the rest without building a dict per replica.
+    longhorndiskuuid: str | None = ""
+    longhornnode: str | None = ""
+
+
+class ReplicaMeta(_Wire):
+    name: str = ""
+    labels: ReplicaLabels | None = None
+
+
+class ReplicaSpec(_Wire):
     nodeID: str | None = ""
     diskID: str | None = ""
     diskPath: str | None = ""
@@ -77,37 +98,39 @@ class ReplicaSpec(msgspec.Struct):
     volumeName: str | None = ""
 
 
-class ReplicaStatus(msgspec.Struct):
+class ReplicaStatus(_Wire):
     currentState: str | None = ""
 
 
-class Replica(msgspec.Struct):
-    metadata: Meta = msgspec.field(default_factory=Meta)
+class Replica(_Wire, tag_field="kind", tag="Replica"):
+    apiVersion: str | None = ""
+    metadata: ReplicaMeta = msgspec.field(default_factory=ReplicaMeta)
     spec: ReplicaSpec = msgspec.field(default_factory=ReplicaSpec)
     status: ReplicaStatus = msgspec.field(default_factory=ReplicaStatus)
 
 
-class FileStatus(msgspec.Struct):
+class FileStatus(_Wire):
     state: str | None = ""
 
 
-class BackingImageSpec(msgspec.Struct):
+class BackingImageSpec(_Wire):
     diskFileSpecMap: dict[str, Any] | None = None
     # v1beta1 (and clusters upgraded from < v1.7 that skipped the migration): uuid -> "".
     disks: dict[str, Any] | None = None
 
 
-class BackingImageStatus(msgspec.Struct):
+class BackingImageStatus(_Wire):
     diskFileStatusMap: dict[str, FileStatus | None] | None = None
 
 
-class BackingImage(msgspec.Struct):
+class BackingImage(_Wire, tag_field="kind", tag="BackingImage"):
+    apiVersion: str | None = ""
     metadata: Meta = msgspec.field(default_factory=Meta)
     spec: BackingImageSpec = msgspec.field(default_factory=BackingImageSpec)
     status: BackingImageStatus = msgspec.field(default_factory=BackingImageStatus)
 
 
-class BimSpec(msgspec.Struct):
+class BimSpec(_Wire):
     diskUUID: str | None = ""
     nodeID: str | None = ""
     diskPath: str | None = ""
@@ -115,17 +138,20 @@ class BimSpec(msgspec.Struct):
     backingImages: dict[str, Any] | None = None
 
 
-class BackingImageManager(msgspec.Struct):
+class BackingImageManager(_Wire, tag_field="kind", tag="BackingImageManager"):
+    apiVersion: str | None = ""
     metadata: Meta = msgspec.field(default_factory=Meta)
     spec: BimSpec = msgspec.field(default_factory=BimSpec)
 
 
-class Setting(msgspec.Struct):
+class Setting(_Wire, tag_field="kind", tag="Setting"):
+    apiVersion: str | None = ""
     metadata: Meta = msgspec.field(default_factory=Meta)
     value: Any = ""
 
 
-# kind -> wire type, for objects of the longhorn.io group.
+# kind -> wire type, for objects of the longhorn.io group. Each is tagged by `kind` so that a
+# whole List decodes in one pass as a union of them (decode.py).
 KINDS: dict[str, type[msgspec.Struct]] = {
     "Node": Node,
     "Replica": Replica,
