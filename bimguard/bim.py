@@ -10,6 +10,7 @@ in the Setting `default-backing-image-manager-image` and every BIM's spec.image 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -26,6 +27,7 @@ _PREFIX_NAME_RE = re.compile(r"^backing-image-manager-[0-9a-f]{4}-[0-9a-f]{4}$")
 _FULL_HASH_NAME_RE = re.compile(r"^bim-[0-9a-f]{56}(?:[0-9a-f]{8})?$")
 
 
+@functools.lru_cache(maxsize=64)
 def image_prefix(image: str) -> str:
     """lm util.GetStringChecksum is SHA-512 hex; the name uses its first 4 characters."""
     return hashlib.sha512(image.encode()).hexdigest()[:4]

@@ -94,8 +94,13 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     doc = report.to_json(findings, source)
     if args.output == "json":
         # msgspec encodes a 30,000-group report ~10x faster than json.dump(indent=...).
-        out.write(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode())
-        out.write("\n")
+        encoded = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
+        if hasattr(out, "buffer"):
+            out.flush()
+            out.buffer.write(encoded)
+            out.buffer.flush()
+        else:
+            out.write(encoded.decode())
     else:
         out.write(report.to_table(doc))
     return EXIT_COLLISIONS if findings.actionable else EXIT_OK
