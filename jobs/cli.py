@@ -13,6 +13,23 @@ Backing Image Manager name (Longhorn v1.9.1 and earlier name BIMs after the firs
 4 hex characters of the disk UUID)."""
 
 
+class _Lazy:
+    """A subcommand module imported only when used: the emulator pulls in the API server and
+    kubernetes_asyncio, which a scan of a dump does not need."""
+
+    def __init__(self, module: str) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._module), name)
+
+
+demo = _Lazy("jobs.demo")
+serve = _Lazy("bimguard.sim.serve")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bimguard", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=scan.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     scan.add_arguments(p)
     p.set_defaults(func=scan.run)
+
+    p = sub.add_parser("demo", help="show the collision and the scan in the built-in cluster emulator",
+                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
+
+    sim = sub.add_parser("sim", help="the cluster emulator (an API server with a simulated Longhorn v1.7.2)")
+    sim_sub = sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
+    p = sim_sub.add_parser("serve", help="serve a simulated Longhorn cluster until interrupted",
+                           description="Run the emulated Kubernetes API server with a simulated Longhorn v1.7.2 "
+                                       "cluster; write a kubeconfig once every initial disk is Ready.")
+    serve.add_arguments(p)
+    p.set_defaults(func=serve.run)
     return parser
 
 

@@ -1,0 +1,95 @@
+"""Run the emulated API server with a simulated Longhorn v1.7.2 cluster: `bimguard sim serve`.
+
+Also the context manager the demo and the end-to-end tests use to get a settled cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+from bimguard.sim.apiserver import ApiServer
+from bimguard.sim.clock import DEFAULT_TIME_SCALE
+from bimguard.sim.longhorn.cluster import SimCluster
+
+
+def ready_timeout(nodes: int, disks_per_node: int, time_scale: float) -> float:
+    """Real seconds to allow for every disk to be recorded: a few monitor polls (30 s each,
+    BRIEF §1.2, scaled) plus per-disk work on this machine."""
+    return max(30.0, 6 * 30 * time_scale + 0.05 * nodes * disks_per_node)
+
+
+@contextlib.asynccontextmanager
+async def simulated_cluster(*, nodes: int, disks_per_node: int, seed: int | None, time_scale: float,
+                            root: Path, host: str = "127.0.0.1", port: int = 0,
+                            ) -> AsyncIterator[tuple[ApiServer, SimCluster]]:
+    """A started API server and a simulated Longhorn cluster whose initial disks are all Ready."""
+    api = ApiServer()
+    await api.start(host, port)
+    cluster = SimCluster(api, root, nodes=nodes, disks_per_node=disks_per_node, seed=seed, time_scale=time_scale)
+    try:
+        await cluster.start()
+        await cluster.wait_until_ready(timeout=ready_timeout(nodes, disks_per_node, time_scale))
+        yield api, cluster
+    finally:
+        await cluster.stop()
+        await api.stop()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=3, help="simulated nodes (default %(default)s)")
+    p.add_argument("--disks-per-node", type=int, default=2, help="v1 disks per node (default %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="seed for UUIDs and names (default: random)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
+    p.add_argument("--kubeconfig", default="./sim.kubeconfig", metavar="PATH",
+                   help="kubeconfig to write once every initial disk is Ready (default %(default)s)")
+    p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE, metavar="F",
+                   help="simulated Longhorn seconds per real second, inverted: 0.02 makes a 30 s poll "
+                        "0.6 s; 1 is real time (default %(default)s)")
+    p.add_argument("--root", metavar="DIR", help="where node disk directories live (default: a temporary directory)")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.ExitStack() as stack:
+        root = Path(args.root) if args.root else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bimguard-sim-")))
+        started = time.monotonic()
+        print(f"starting a simulated Longhorn v1.7.2 cluster: {args.nodes} nodes x {args.disks_per_node} disks, "
+              f"time scale {args.time_scale}, disks under {root}", flush=True)
+        async with simulated_cluster(nodes=args.nodes, disks_per_node=args.disks_per_node, seed=args.seed,
+                                     time_scale=args.time_scale, root=root, host=args.host, port=args.port,
+                                     ) as (api, _cluster):
+            api.kubeconfig(args.kubeconfig)
+            print(f"ready in {time.monotonic() - started:.1f} s: API server {api.url}", flush=True)
+            print(f"kubeconfig written to {args.kubeconfig}; try:", flush=True)
+            print(f"  kubectl --kubeconfig {args.kubeconfig} get nodes.longhorn.io -n longhorn-system", flush=True)
+            print(f"  bimguard scan --kubeconfig {args.kubeconfig}", flush=True)
+            print("press Ctrl-C to stop", flush=True)
+            await stop.wait()
+    print("stopped", flush=True)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nodes < 1 or args.disks_per_node < 1:
+        print("bimguard sim serve: --nodes and --disks-per-node must be at least 1", file=sys.stderr)
+        return 2
+    if args.time_scale <= 0:
+        print("bimguard sim serve: --time-scale must be positive", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(args))
+    except OSError as err:  # e.g. the port is taken
+        print(f"bimguard sim serve: {err.strerror or err}", file=sys.stderr)
+        return 2
