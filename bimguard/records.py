@@ -1,0 +1,59 @@
+"""bimguard's own objects: DiskRewrite records and PrefixClaims (CRDs in charts/bimguard/crds/).
+
+Pure: names, phases and manifests. A record's name is derived from (node, disk, old UUID), so
+every retry of the same admission review (the API server calling twice, longhorn-manager's
+retry after a 409) lands on the same record and reuses its new UUID (DESIGN invariant 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+GROUP = "bimguard.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+REWRITES = "diskrewrites"
+CLAIMS = "prefixclaims"
+
+Phase = Literal["Pending", "Rewriting", "Done", "Abandoned", "RolledBack", "Blocked"]
+# Phases after which status and cfg agree and nothing more happens (DESIGN invariant 2).
+FINAL_PHASES: frozenset[str] = frozenset({"Done", "Abandoned", "RolledBack", "Blocked"})
+Origin = Literal["webhook", "job"]
+
+
+def record_name(node: str, disk: str, old_uuid: str) -> str:
+    digest = hashlib.sha256(f"{node}/{disk}/{old_uuid.lower()}".encode()).hexdigest()
+    return f"r-{digest[:16]}"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rewrite_manifest(*, name: str, namespace: str, node: str, disk: str, disk_name: str, disk_path: str,
+                     old_uuid: str, new_uuid: str, reason: str, origin: Origin) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "DiskRewrite",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "bimguard", "bimguard.io/node": node}},
+        "spec": {"node": node, "disk": disk, "diskName": disk_name, "diskPath": disk_path, "oldUUID": old_uuid,
+                 "newUUID": new_uuid, "reason": reason, "origin": origin},
+    }
+
+
+def claim_manifest(*, prefix: str, namespace: str, node: str, disk: str, uuid: str, record: str = "") -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "PrefixClaim",
+        "metadata": {"name": prefix, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "bimguard", "bimguard.io/node": node}},
+        "spec": {"node": node, "disk": disk, "uuid": uuid, "record": record},
+    }
+
+
+def claim_owner(claim: dict[str, Any]) -> tuple[str, str, str]:
+    spec = claim.get("spec") or {}
+    return spec.get("node", ""), spec.get("disk", ""), str(spec.get("uuid", "")).lower()
