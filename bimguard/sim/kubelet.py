@@ -242,11 +242,9 @@ class SimKubelet:
             if run.proc and run.proc.returncode is None:
                 run.proc.kill()
             run.task.cancel()
-        for t in self._tasks + [r.task for r in self._runs.values()]:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        pending = set(self._tasks + [r.task for r in self._runs.values()])
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
         self._tasks.clear()
         self._runs.clear()
         await self._client.close()

@@ -61,7 +61,7 @@ async def test_rewriter_pod_via_hostpath_brings_disk_back(api: ApiServer, tmp_pa
         p = await c.wait_for(done, 15, "rewriter pod finished")
         assert p["status"]["phase"] == "Succeeded"
         assert p["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == f"rewrote {new}"
-        assert (await c.read_cfg("worker-2", "disk-1")) == disks.DiskConfig("disk-1", new)
+        assert (c.read_cfg("worker-2", "disk-1")) == disks.DiskConfig("disk-1", new)
 
         async def ready() -> bool:
             e = (await c.get_node("worker-2"))["status"]["diskStatus"]["disk-1"]

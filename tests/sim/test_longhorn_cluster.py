@@ -156,7 +156,7 @@ async def test_vanished_cfg_gets_new_uuid_and_disk_turns_not_ready(api: ApiServe
     try:
         await c.wait_until_ready(20)
         recorded = await c.disk_uuid("worker-1", "disk-1")
-        cfg = await c.cfg_path("worker-1", "disk-1")
+        cfg = c.cfg_path("worker-1", "disk-1")
         cfg.unlink()  # vanishes "for a moment": the next poll regenerates it
         regenerated = await c.wait_for(lambda: cfg.exists(), 10, "cfg regenerated")
         assert regenerated
@@ -199,7 +199,7 @@ async def test_status_cfg_mismatch_then_recovery(api: ApiServer, tmp_path: Path)
         events = await _events(c, "worker-1")
         assert any(e["reason"] == "Ready" and e["type"] == "Warning" and "doesn't match" in e["message"] for e in events)
         # cfg rewritten atomically to the new UUID -> Ready again within a poll
-        ddir = await c.disk_dir("worker-1", disk)
+        ddir = c.disk_dir("worker-1", disk)
         disks.replace_cfg_atomically(ddir, disks.DiskConfig(disk, new))
         await c.wait_for(lambda: _is(ready_status(), "True"), 10, "Ready again")
         entry = _disk(await c.get_node("worker-1"), disk)

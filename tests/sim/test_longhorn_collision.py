@@ -126,7 +126,7 @@ async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiS
         await c.kube.delete("replicas", r_b)
         new_ub = "d00d" + ub[4:]
         await c.set_status_disk_uuid("worker-b", db, new_ub)
-        disks.replace_cfg_atomically(await c.disk_dir("worker-b", db), disks.DiskConfig(db, new_ub))
+        disks.replace_cfg_atomically(c.disk_dir("worker-b", db), disks.DiskConfig(db, new_ub))
 
         async def disk_ready() -> bool:
             e = (await c.get_node("worker-b"))["status"]["diskStatus"][db]

@@ -54,7 +54,7 @@ async def test_uuid_change_turns_replica_dirs_into_orphans_that_auto_deletion_re
         # Change the disk's UUID in status and cfg while the replica directory is still there.
         new = "0123" + (await c.disk_uuid("worker-1", "disk-1"))[4:]
         await c.set_status_disk_uuid("worker-1", "disk-1", new)
-        disks.replace_cfg_atomically(await c.disk_dir("worker-1", "disk-1"), disks.DiskConfig("disk-1", new))
+        disks.replace_cfg_atomically(c.disk_dir("worker-1", "disk-1"), disks.DiskConfig("disk-1", new))
         expected = "orphan-" + hashlib.sha256(
             f"worker-1-disk-1-/mnt/disk1-{new}-{rep['spec']['dataDirectoryName']}".encode()).hexdigest()
 
@@ -143,5 +143,39 @@ async def test_eviction_does_nothing_on_a_not_ready_disk(api: ApiServer, tmp_pat
         assert rep is not None and rep["spec"]["evictionRequested"] is False
         assert c.kube is not None
         assert len(await c.kube.list("replicas", "longhornvolume=vol2")) == 1
+    finally:
+        await c.stop()
+
+
+async def test_reconnected_disk_relinks_replicas_by_uuid(api: ApiServer, tmp_path: Path) -> None:
+    """A disk moved to another node keeps its cfg; Longhorn re-records the old UUID there and
+    rewrites the Replica's nodeID/diskPath (BRIEF §0.7, lh enhancements/20201106-disk-reconnection.md)."""
+    import shutil
+
+    c = SimCluster(api, tmp_path, nodes=2, disks_per_node=2, seed=12, time_scale=0.01)
+    await c.start()
+    try:
+        await c.wait_until_ready(20)
+        u = await c.disk_uuid("worker-1", "disk-1")
+        [r] = await c.create_volume_replicas("vol3", None, [("worker-1", "disk-1")])
+        await c.wait_for(lambda: _running(c, r), 10, "replica running")
+        await c.set_disk_flags("worker-1", "disk-1", allow_scheduling=False)
+        await c.remove_disk("worker-1", "disk-1")
+        shutil.copytree(c.disk_dir("worker-1", "disk-1"), tmp_path / "worker-2" / "mnt" / "moved")
+        await c.add_disk("worker-2", "disk-moved", "/mnt/moved")
+        await c.wait_until_ready(20)
+        assert await c.disk_uuid("worker-2", "disk-moved") == u
+
+        async def relinked() -> dict[str, Any] | None:
+            rep = await _get(c, "replicas", r)
+            if rep and rep["spec"]["nodeID"] == "worker-2" and rep["spec"]["diskPath"] == "/mnt/moved":
+                return rep
+            return None
+
+        rep = await c.wait_for(relinked, 10, "replica re-linked")
+        assert rep["metadata"]["labels"]["longhornnode"] == "worker-2"
+        assert rep["metadata"]["labels"]["longhorndiskuuid"] == u
+        e = (await c.get_node("worker-2"))["status"]["diskStatus"]["disk-moved"]
+        assert r in e["scheduledReplica"]
     finally:
         await c.stop()

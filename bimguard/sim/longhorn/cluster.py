@@ -90,6 +90,7 @@ class SimCluster:
         self.managers: dict[str, LonghornManager] = {}
         self.down: set[str] = set()
         self._hosts: dict[str, HostDisks] = {}
+        self._paths: dict[tuple[str, str], str] = {}  # (node, disk) -> host path, as laid out here
         self._watch_tasks: list[asyncio.Task[None]] = []
         self.kube: LonghornClient | None = None
         self.kubelet: SimKubelet | None = None
@@ -154,11 +155,8 @@ class SimCluster:
             self.kubelet = None
         for t in self._watch_tasks:
             t.cancel()
-        for t in self._watch_tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._watch_tasks:
+            await asyncio.wait(set(self._watch_tasks), timeout=5.0)
         self._watch_tasks.clear()
         for m in list(self.managers.values()):
             await m.stop()
@@ -251,7 +249,8 @@ class SimCluster:
     async def _create_node(self, node: str) -> None:
         assert self.kube is not None
         layout = self._disk_layout(node)
-        for path in layout.values():
+        for disk_name, path in layout.items():
+            self._paths[(node, disk_name)] = path
             self.host(node).dir(path).mkdir(parents=True, exist_ok=True)
             if self.disk_size:
                 self.host(node).sizes[path] = self.disk_size
@@ -311,6 +310,7 @@ class SimCluster:
         generates this disk's cfg -- only used if the directory has no cfg yet.
         """
         path = path or f"/mnt/{disk_name}"
+        self._paths[(node, disk_name)] = path
         if create_dir:
             self.host(node).dir(path).mkdir(parents=True, exist_ok=True)
         if self.disk_size:
@@ -352,16 +352,26 @@ class SimCluster:
 
         await self.update_node_spec(node, mutate)
 
-    async def disk_dir(self, node: str, disk_name: str) -> Path:
-        """Real directory of a disk (from the node's current spec)."""
-        obj = await self.get_node(node)
-        return self.host(node).dir(obj["spec"]["disks"][disk_name]["path"])
+    def disks_of(self, node: str) -> list[str]:
+        """Disk names of ``node`` as laid out by this SimCluster (creation order)."""
+        return [d for (n, d) in self._paths if n == node]
 
-    async def cfg_path(self, node: str, disk_name: str) -> Path:
-        return (await self.disk_dir(node, disk_name)) / disks.DISK_CONFIG_FILE
+    def host_path(self, node: str, disk_name: str) -> str:
+        """The disk's host path (``spec.disks[disk].path``) as laid out by this SimCluster."""
+        try:
+            return self._paths[(node, disk_name)]
+        except KeyError:
+            raise KeyError(f"unknown disk {node}/{disk_name}") from None
 
-    async def read_cfg(self, node: str, disk_name: str) -> disks.DiskConfig:
-        return disks.decode_cfg((await self.cfg_path(node, disk_name)).read_bytes())
+    def disk_dir(self, node: str, disk_name: str) -> Path:
+        """Real directory of a disk: ``<root>/<node>/<host path>``."""
+        return self.host(node).dir(self.host_path(node, disk_name))
+
+    def cfg_path(self, node: str, disk_name: str) -> Path:
+        return self.disk_dir(node, disk_name) / disks.DISK_CONFIG_FILE
+
+    def read_cfg(self, node: str, disk_name: str) -> disks.DiskConfig:
+        return disks.decode_cfg(self.cfg_path(node, disk_name).read_bytes())
 
     async def disk_uuid(self, node: str, disk_name: str) -> str:
         """The recorded ``status.diskStatus[disk].diskUUID`` ("" if none yet)."""
@@ -410,8 +420,7 @@ class SimCluster:
             uuid = await self.disk_uuid(node, disk)
             if not uuid:
                 raise RuntimeError(f"disk {node}/{disk} has no recorded UUID yet")
-            obj = await self.get_node(node)
-            path = obj["spec"]["disks"][disk]["path"]
+            path = self.host_path(node, disk)
             name = f"{volume}-r-{self.uuids.random_id()}"
             await self.kube.create("replicas", replica_manifest(
                 name, volume, node, path, uuid, size, f"{volume}-{self.uuids.random_id()}", backing_image))

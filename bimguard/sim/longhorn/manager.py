@@ -79,11 +79,16 @@ class Loop:
         self.trigger()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            # A timer that sets the event instead of asyncio.wait_for(): on Python 3.11 a
+            # cancellation racing with wait_for's own completion can be lost (gh-86296), which
+            # left stop() waiting forever.
+            resync = loop.call_later(self.clock.real(self.period), self._ev.set)
             try:
-                await asyncio.wait_for(self._ev.wait(), timeout=self.clock.real(self.period))
-            except asyncio.TimeoutError:
-                pass
+                await self._ev.wait()
+            finally:
+                resync.cancel()
             self._ev.clear()
             try:
                 self.runs += 1
@@ -98,12 +103,16 @@ class Loop:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = 5.0) -> None:
+    """Cancel a task and wait (bounded) until it is done."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout)
+    if not task.done():
+        log.error("task %s did not stop within %.1fs", task.get_name(), timeout)
 
 
 def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
