@@ -1,6 +1,5 @@
 """SimClock scaling and the steerable UUID generator."""
 
-import asyncio
 import time
 import uuid
 

@@ -7,7 +7,6 @@ BRIEF §1.3/§1.4 and lm v1.7.2 node_controller.go:705,708,773,807, not from the
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import ipaddress
@@ -257,5 +256,17 @@ async def test_bad_cfg_is_no_disk_info(api: ApiServer, tmp_path: Path) -> None:
         assert r["status"] == "False" and r["reason"] == "NoDiskInfo"
         assert r["message"].startswith(f"Disk disk-bad({path}) on node worker-1 is not ready: failed to get disk config: error: ")
         assert (tmp_path / "worker-1" / "mnt" / "bad" / "longhorn-disk.cfg").read_text() == "{not json"
+    finally:
+        await c.stop()
+
+
+async def test_disk_table_reports_recorded_and_cfg_uuids(api: ApiServer, tmp_path: Path) -> None:
+    c = await _cluster(api, tmp_path, nodes=2, disks_per_node=2)
+    try:
+        await c.wait_until_ready(20)
+        rows = await c.disk_table()
+        assert len(rows) == 4
+        assert all(r["diskUUID"] == r["cfgUUID"] != "" and r["ready"] == "True" for r in rows)
+        assert {r["node"] for r in rows} == {"worker-1", "worker-2"}
     finally:
         await c.stop()

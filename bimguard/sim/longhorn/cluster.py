@@ -460,6 +460,32 @@ class SimCluster:
                 raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
             await asyncio.sleep(min(0.05, self.clock.real(1)))
 
+    async def disk_table(self) -> list[dict[str, Any]]:
+        """One row per spec disk (for the demo and for humans): node, disk, path, recorded UUID,
+        cfg UUID ("" if no cfg, "?" if unreadable), Ready and Schedulable status and reason."""
+        assert self.kube is not None
+        rows: list[dict[str, Any]] = []
+        for n in sorted(await self.kube.list("nodes"), key=lambda o: o["metadata"]["name"]):
+            name = n["metadata"]["name"]
+            st = (n.get("status") or {}).get("diskStatus") or {}
+            for d, spec in sorted((n.get("spec", {}).get("disks") or {}).items()):
+                e = st.get(d) or {}
+                cfg_file = self.host(name).dir(spec.get("path", "")) / disks.DISK_CONFIG_FILE
+                try:
+                    cfg_uuid = disks.decode_cfg(cfg_file.read_bytes()).disk_uuid
+                except FileNotFoundError:
+                    cfg_uuid = ""
+                except (OSError, ValueError):
+                    cfg_uuid = "?"
+                ready = get_condition(e.get("conditions"), "Ready")
+                sched = get_condition(e.get("conditions"), "Schedulable")
+                rows.append({
+                    "node": name, "disk": d, "path": spec.get("path", ""), "diskUUID": e.get("diskUUID", ""),
+                    "cfgUUID": cfg_uuid, "ready": ready.get("status"), "readyReason": ready.get("reason", ""),
+                    "schedulable": sched.get("status"), "scheduledReplicas": len(e.get("scheduledReplica") or {}),
+                })
+        return rows
+
     def manager_log(self, node: str) -> str:
         m = self.managers.get(node)
         return m.log.text() if m else ""
