@@ -84,3 +84,39 @@ async def test_recreated_node_object_re_records_existing_uuids_in_one_write(api:
         assert after == before  # the cfg files are the identity (BRIEF §0.7)
     finally:
         await c.stop()
+
+
+async def test_down_node_runs_no_pods_and_is_reported_not_ready(api: ApiServer, tmp_path: Path) -> None:
+    import asyncio
+
+    c = SimCluster(api, tmp_path, nodes=2, disks_per_node=1, seed=2, time_scale=0.01)
+    await c.start()
+    try:
+        await c.wait_until_ready(20)
+        await c.start_kubelet()
+        await c.set_node_down("worker-2")
+        api.store.create("v1/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"nodeName": "worker-2", "containers": [{"name": "c", "image": "bimguard", "command": ["true"]}]},
+        })
+
+        async def node_down() -> bool:
+            cond = get_condition((await c.get_node("worker-2"))["status"]["conditions"], "Ready")
+            return cond["status"] == "False" and cond["reason"] == "ManagerPodDown"
+
+        await c.wait_for(node_down, 10, "worker-2 reported down by the other manager")
+        await asyncio.sleep(0.3)
+        assert (api.store.get("v1/pods", "default", "p").get("status") or {}).get("phase") in (None, "Pending")
+        await c.set_node_down("worker-2", False)
+
+        async def ran() -> bool:
+            return (api.store.get("v1/pods", "default", "p").get("status") or {}).get("phase") == "Succeeded"
+
+        await c.wait_for(ran, 10, "pod ran after the node came back")
+        await c.wait_for(lambda: _not(node_down()), 10, "worker-2 Ready again")
+    finally:
+        await c.stop()
+
+
+async def _not(coro: Any) -> bool:
+    return not await coro
