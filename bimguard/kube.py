@@ -1,0 +1,246 @@
+"""A thin async layer over kubernetes_asyncio: objects as plain dicts, errors as three exceptions.
+
+The controller and the leader elector read and write custom objects (Longhorn Nodes, bimguard's
+DiskRewrites and PrefixClaims), Pods, Events and Leases. Everything is requested with
+`_preload_content=False` and decoded as JSON, so built-in kinds come back as the same dicts the
+API server sent (no generated model classes, no datetime conversion). API failures become
+`NotFound`, `Conflict` (409 on a resourceVersion precondition or a failed JSON Patch `test`
+is 422 Invalid, see `Invalid`), `AlreadyExists`, or `KubeError` for the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+Obj = dict[str, Any]
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = 30  # seconds; a hung request must not stall a control loop forever
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """409 Conflict: the object changed since it was read (resourceVersion precondition)."""
+
+
+class AlreadyExists(KubeError):
+    pass
+
+
+class Invalid(KubeError):
+    """422: includes a JSON Patch whose `test` operation failed."""
+
+
+def translate(exc: ApiException) -> KubeError:
+    return _error(int(exc.status or 0), exc.reason, exc.body)
+
+
+def _error(status: int, http_reason: Any, raw: Any) -> KubeError:
+    """A metav1.Status body (or anything else) as the exception a caller acts on."""
+    if isinstance(raw, (bytes, bytearray)):
+        raw = raw.decode("utf-8", "replace")
+    reason, message = str(http_reason or ""), str(raw or "")
+    try:
+        body = json.loads(raw or "{}")
+        reason = body.get("reason", reason) or reason
+        message = body.get("message", message) or message
+    except (ValueError, TypeError, AttributeError):
+        pass
+    if status == 404:
+        return NotFound(status, reason, message)
+    if status == 409 and reason == "AlreadyExists":
+        return AlreadyExists(status, reason, message)
+    if status == 409:
+        return Conflict(status, reason, message)
+    if status == 422:
+        return Invalid(status, reason, message)
+    return KubeError(status, reason, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A resource as the REST paths name it; group "" is core/v1."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+PODS = Resource("", "v1", "pods")
+EVENTS = Resource("", "v1", "events")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+
+
+class Kube:
+    """Dict-in, dict-out access to any namespaced resource through one ApiClient (not owned)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+
+    # Every call goes through here: one place for timeouts, decoding and error mapping.
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+        try:
+            resp = await fn(*args, _preload_content=False, **kwargs)
+        except ApiException as exc:
+            raise translate(exc) from None
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        # Without preloading, kubernetes_asyncio hands back error responses too.
+        if not 200 <= resp.status <= 299:
+            raise _error(resp.status, resp.reason, raw)
+        return json.loads(raw) if raw else {}
+
+    def _generic(self, res: Resource, verb: str) -> tuple[Any, tuple[Any, ...]]:
+        """(bound method, leading args) for a verb; built-ins use their typed API objects."""
+        if res == PODS:
+            return getattr(self.core, {"get": "read_namespaced_pod", "list": "list_namespaced_pod",
+                                       "create": "create_namespaced_pod", "replace": "replace_namespaced_pod",
+                                       "delete": "delete_namespaced_pod"}[verb]), ()
+        if res == EVENTS:
+            return getattr(self.core, {"get": "read_namespaced_event", "list": "list_namespaced_event",
+                                       "create": "create_namespaced_event", "replace": "replace_namespaced_event",
+                                       "delete": "delete_namespaced_event"}[verb]), ()
+        if res == LEASES:
+            return getattr(self.coordination, {"get": "read_namespaced_lease", "list": "list_namespaced_lease",
+                                               "create": "create_namespaced_lease",
+                                               "replace": "replace_namespaced_lease",
+                                               "delete": "delete_namespaced_lease"}[verb]), ()
+        return getattr(self.custom, {"get": "get_namespaced_custom_object", "list": "list_namespaced_custom_object",
+                                     "create": "create_namespaced_custom_object",
+                                     "replace": "replace_namespaced_custom_object",
+                                     "delete": "delete_namespaced_custom_object"}[verb]), (
+            res.group, res.version)
+
+    async def get(self, res: Resource, namespace: str, name: str) -> Obj:
+        fn, lead = self._generic(res, "get")
+        if lead:
+            return await self._call(fn, *lead, namespace, res.plural, name)
+        return await self._call(fn, name, namespace)
+
+    async def get_or_none(self, res: Resource, namespace: str, name: str) -> Obj | None:
+        try:
+            return await self.get(res, namespace, name)
+        except NotFound:
+            return None
+
+    async def list(self, res: Resource, namespace: str, label_selector: str | None = None) -> Obj:
+        """The whole list object (items and metadata.resourceVersion)."""
+        fn, lead = self._generic(res, "list")
+        kwargs: dict[str, Any] = {}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        if lead:
+            return await self._call(fn, *lead, namespace, res.plural, **kwargs)
+        return await self._call(fn, namespace, **kwargs)
+
+    async def items(self, res: Resource, namespace: str, label_selector: str | None = None) -> list[Obj]:
+        return list((await self.list(res, namespace, label_selector)).get("items") or [])
+
+    async def create(self, res: Resource, namespace: str, body: Obj) -> Obj:
+        fn, lead = self._generic(res, "create")
+        if lead:
+            return await self._call(fn, *lead, namespace, res.plural, body)
+        return await self._call(fn, namespace, body)
+
+    async def replace(self, res: Resource, namespace: str, body: Obj) -> Obj:
+        """PUT with the body's metadata.resourceVersion: 409 `Conflict` if it changed meanwhile."""
+        name = body["metadata"]["name"]
+        fn, lead = self._generic(res, "replace")
+        if lead:
+            return await self._call(fn, *lead, namespace, res.plural, name, body)
+        return await self._call(fn, name, namespace, body)
+
+    async def replace_status(self, res: Resource, namespace: str, body: Obj) -> Obj:
+        """PUT .../<name>/status (custom resources only), RV-guarded like `replace`."""
+        return await self._call(self.custom.replace_namespaced_custom_object_status, res.group, res.version,
+                                namespace, res.plural, body["metadata"]["name"], body)
+
+    async def json_patch_status(self, res: Resource, namespace: str, name: str, ops: list[Obj]) -> Obj:
+        """RFC 6902 JSON Patch on the status subresource (custom resources only)."""
+        return await self._call(self.custom.patch_namespaced_custom_object_status, res.group, res.version,
+                                namespace, res.plural, name, ops, _content_type=JSON_PATCH)
+
+    async def delete(self, res: Resource, namespace: str, name: str, *, resource_version: str | None = None,
+                     uid: str | None = None, grace_period_seconds: int | None = None) -> bool:
+        """Delete; False if it was already gone. Preconditions make it a compare-and-delete."""
+        fn, lead = self._generic(res, "delete")
+        body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        pre: Obj = {}
+        if resource_version:
+            pre["resourceVersion"] = resource_version
+        if uid:
+            pre["uid"] = uid
+        if pre:
+            body["preconditions"] = pre
+        if grace_period_seconds is not None:
+            body["gracePeriodSeconds"] = grace_period_seconds
+        try:
+            if lead:
+                await self._call(fn, *lead, namespace, res.plural, name, body=body)
+            else:
+                await self._call(fn, name, namespace, body=body)
+        except NotFound:
+            return False
+        return True
+
+    async def watch(self, res: Resource, namespace: str, resource_version: str, *, label_selector: str | None = None,
+                    timeout_seconds: int = 300) -> AsyncIterator[tuple[str, Obj]]:
+        """Raw watch events (type, object) from `resource_version` until the server ends the stream.
+
+        A 410 arrives as an ("ERROR", Status) event; reconnecting (and relisting) is the caller's job.
+        """
+        fn, lead = self._generic(res, "list")
+        kwargs: dict[str, Any] = {"watch": True, "resource_version": resource_version,
+                                  "timeout_seconds": timeout_seconds, "allow_watch_bookmarks": True,
+                                  "_preload_content": False, "_request_timeout": timeout_seconds + 30}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        try:
+            if lead:
+                resp = await fn(*lead, namespace, res.plural, **kwargs)
+            else:
+                resp = await fn(namespace, **kwargs)
+        except ApiException as exc:
+            raise translate(exc) from None
+        if not 200 <= resp.status <= 299:
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            raise _error(resp.status, resp.reason, raw)
+        try:
+            async for line in resp.content:
+                line = line.strip()
+                if not line:
+                    continue
+                ev = json.loads(line)
+                yield str(ev.get("type") or ""), ev.get("object") or {}
+        finally:
+            resp.release()
