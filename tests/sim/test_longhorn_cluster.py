@@ -270,3 +270,27 @@ async def test_disk_table_reports_recorded_and_cfg_uuids(api: ApiServer, tmp_pat
         assert {r["node"] for r in rows} == {"worker-1", "worker-2"}
     finally:
         await c.stop()
+
+
+async def test_converges_despite_api_errors_and_dropped_watches(api: ApiServer, tmp_path: Path) -> None:
+    c = await _cluster(api, tmp_path, nodes=2, disks_per_node=1)
+    try:
+        await c.wait_until_ready(20)
+        api.faults.error_rate(0.25, 500, verbs=["get", "list", "update"], resource=NODES)
+        api.faults.error_rate(0.25, 503, verbs=["create", "update"], resource="longhorn.io/v1beta2/backingimagemanagers")
+        await c.add_disk("worker-2", "disk-x", "/mnt/x")
+        for _ in range(3):
+            api.faults.drop_watches()
+
+        def recorded() -> bool:  # read in-process: the faults only hit HTTP clients
+            node = api.store.get(NODES, "longhorn-system", "worker-2")
+            e = _disk(node, "disk-x")
+            return bool(e.get("diskUUID")) and _ready(e)["status"] == "True"
+
+        await c.wait_for(recorded, 20, "disk-x recorded despite faults")
+        cfg = disks.decode_cfg((tmp_path / "worker-2" / "mnt" / "x" / "longhorn-disk.cfg").read_bytes())
+        assert _disk(api.store.get(NODES, "longhorn-system", "worker-2"), "disk-x")["diskUUID"] == cfg.disk_uuid
+        assert api.faults.injected > 0
+    finally:
+        api.faults.clear()
+        await c.stop()
