@@ -279,10 +279,11 @@ class LonghornManager:
                 obj["metadata"].setdefault("labels", {})["longhornnode"] = r.node_id
             else:
                 obj["metadata"].setdefault("labels", {})["longhorn.io/node"] = r.node_id
+            if r.kind == "backingimagemanagers":  # only the BIM path logs (line 837); replicas are silent
+                self.log.emit("info", f"Node Controller: updating Node & disk info in backing image manager {r.name}",
+                              "controller.(*NodeController).updateDiskStatusSchedulableCondition", "node_controller.go:837",
+                              controller="longhorn-node")
             await self.kube.replace(r.kind, obj)
-            self.log.emit("info", f"Node Controller: updating Node & disk info in {r.kind} {r.name}",
-                          "controller.(*NodeController).updateDiskStatusSchedulableCondition", "node_controller.go:830",
-                          controller="longhorn-node")
         except (Conflict, NotFound):
             self.loops["node"].trigger()
 
@@ -595,7 +596,7 @@ class LonghornManager:
             disk = next((d for d in bil.ready_disks(nodes) if d.uuid == uuid), None)
             if disk is None:
                 self.log.emit("warning", "Disk is not ready hence backing image manager can not be created",
-                              "controller.(*BackingImageController).handleBackingImageManagers", "backing_image_controller.go:737",
+                              "controller.(*BackingImageController).handleBackingImageManagers", "backing_image_controller.go:738",
                               backingImageName=name, controller="longhorn-backing-image", diskUUID=uuid)
                 continue
             required[name] = bi_uuid
@@ -678,10 +679,16 @@ class LonghornManager:
             for bi_name, bi_uuid in wanted.items():
                 fdir = base / f"{bi_name}-{bi_uuid}"
                 backing = fdir / "backing"
-                if not backing.exists():
-                    fdir.mkdir(parents=True, exist_ok=True)
-                    backing.write_bytes(bil.BACKING_FILE_CONTENT)
-                files[bi_name] = bil.bim_file_entry(bi_name, bi_uuid, "ready", 100)
+                if backing.exists():
+                    files[bi_name] = bil.bim_file_entry(bi_name, bi_uuid, "ready", 100)
+                    continue
+                # The "download" takes one sync: report in-progress now, ready next time (about
+                # one Longhorn second later), so BackingImage and Replica pass through the same
+                # states as on a real cluster.
+                fdir.mkdir(parents=True, exist_ok=True)
+                backing.write_bytes(bil.BACKING_FILE_CONTENT)
+                files[bi_name] = bil.bim_file_entry(bi_name, bi_uuid, "in-progress", 50)
+                asyncio.get_running_loop().call_later(self.cluster.clock.real(1.0), self.loops["bim"].trigger)
             if base.is_dir():
                 keep = {f"{n}-{u}" for n, u in wanted.items()}
                 for d in base.iterdir():
