@@ -80,10 +80,17 @@ def _repo_of(image: str) -> str:
 
 
 def image_allowed(image: str, allowed: Iterable[str] | None) -> bool:
-    """Exact match, or same repository (any tag) as one of the configured images."""
+    """Exact match, same repository (any tag), or -- for a configured bare name such as
+    ``bimguard`` -- the same last repository component (``ghcr.io/org/bimguard:0.1.0``)."""
     if allowed is None:
         return True
-    return any(image == a or _repo_of(image) == _repo_of(a) for a in allowed)
+    repo = _repo_of(image)
+    for a in allowed:
+        if image == a or repo == _repo_of(a):
+            return True
+        if "/" not in a and repo.rsplit("/", 1)[-1] == _repo_of(a):
+            return True
+    return False
 
 
 def rewrite(value: str, mounts: dict[str, str]) -> str:

@@ -158,3 +158,15 @@ def test_plan_maps_env_workdir_and_termination_path(tmp_path: Path) -> None:
     bad = _pod("p", ["true"], env=[{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}])
     with pytest.raises(Refused):
         plan_pod(bad, tmp_path / "node", work, images=["bimguard"], bin_dir=Path(sys.executable).parent, kubeconfig=None)
+
+
+def test_image_matching() -> None:
+    from bimguard.sim.kubelet import image_allowed
+
+    assert image_allowed("bimguard:dev", ["bimguard"])
+    assert image_allowed("ghcr.io/org/bimguard:0.1.0", ["bimguard"])
+    assert image_allowed("reg:5000/bimguard@sha256:abc", ["bimguard"])
+    assert not image_allowed("ghcr.io/org/bimguard-evil:1", ["bimguard"])
+    assert not image_allowed("busybox", ["bimguard"])
+    assert image_allowed("ghcr.io/org/bimguard:2", ["ghcr.io/org/bimguard:1"])
+    assert not image_allowed("docker.io/other/bimguard:2", ["ghcr.io/org/bimguard:1"])

@@ -222,6 +222,7 @@ class DiskMonitor:
         self._on_change = on_change
         self._collected: dict[str, DiskInfo] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one pass at a time, like the single poll goroutine
 
     @property
     def collected(self) -> dict[str, DiskInfo] | None:
@@ -230,11 +231,12 @@ class DiskMonitor:
 
     async def run_once(self) -> bool:
         """One poll; returns True (and calls on_change) when the snapshot changed."""
-        node, replicas = await self._fetch()
-        data = await asyncio.to_thread(collect_disk_data, node, self.host, self.uuids, replicas)
-        if data == self._collected:
-            return False
-        self._collected = data
+        async with self._lock:
+            node, replicas = await self._fetch()
+            data = await asyncio.to_thread(collect_disk_data, node, self.host, self.uuids, replicas)
+            if data == self._collected:
+                return False
+            self._collected = data
         self._on_change()
         return True
 
