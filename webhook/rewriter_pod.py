@@ -1,0 +1,137 @@
+"""The rewriter pod: one short-lived pod per DiskRewrite attempt, on the disk's node. Pure.
+
+It runs `bimguard rewrite-cfg` (the compare-and-swap of `longhorn-disk.cfg`, DESIGN invariant 4)
+with exactly one hostPath volume: the disk directory, `type: Directory`, so a path that is not
+(or no longer) a directory keeps the pod Pending instead of creating an empty directory where the
+disk should be (BRIEF §1.6).
+
+Why it runs as root and why it needs no capability at all: Longhorn (a privileged root process)
+creates the disk directory and writes the cfg as root with mode 0644 (BRIEF §1.1). The rewrite
+creates a temporary file in that directory, renames it over the cfg and fsyncs the directory:
+that needs write and search permission on the directory and nothing on the old file. Root owns
+the directory (mode 0755 or stricter for the owner), and the owner's permission bits apply to
+uid 0 like to anyone else, so plain uid 0 is enough; CAP_DAC_OVERRIDE (bypassing permission
+bits), CAP_FOWNER (chmod of files one does not own) and CAP_CHOWN are only needed for files
+owned by someone else. `rewrite-cfg` keeps the old owner with `fchown` only when it differs
+from its own uid and treats EPERM there as harmless. So: uid 0, every capability dropped, no
+privilege escalation, read-only root filesystem. A disk directory owned by another user (a
+hand-mounted filesystem) makes the rename fail with EACCES: the pod reports an error and the
+controller rolls the status back, which is the safe outcome.
+
+The pod gets `nodeName` (no scheduler: a cordoned or tainted node is still the node the disk is
+on), tolerates every taint, mounts no service account token (it never talks to the API), and has
+an `activeDeadlineSeconds` so a wedged rewrite ends as Failed instead of hanging forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+from bimguard import records
+
+MOUNT_PATH = "/disk"
+TERMINATION_LOG = "/dev/termination-log"
+CONTAINER = "rewrite-cfg"
+DEFAULT_COMMAND = ("bimguard", "rewrite-cfg")
+DEFAULT_SERVICE_ACCOUNT = "bimguard-rewriter"
+DEFAULT_ACTIVE_DEADLINE = 120  # seconds; a rewrite takes milliseconds
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_RECORD = "bimguard.io/record"
+LABEL_ATTEMPT = "bimguard.io/attempt"
+COMPONENT = "rewriter"
+#: Selects every rewriter pod (the controller's watch and clean-up).
+SELECTOR = f"{LABEL_MANAGED_BY}=bimguard,{LABEL_COMPONENT}={COMPONENT}"
+
+_MAX_NAME = 63  # pod names end up as hostnames: keep them DNS labels
+
+
+def pod_name(record_name: str, attempt: int) -> str:
+    """Deterministic per (record, attempt): creating it twice is a 409, never a second pod."""
+    name = f"{record_name}-rw{attempt}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(record_name.encode()).hexdigest()[:10]
+    suffix = f"-{digest}-rw{attempt}"
+    return record_name[: _MAX_NAME - len(suffix)].rstrip("-.") + suffix
+
+
+def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image: str,
+                 service_account: str = DEFAULT_SERVICE_ACCOUNT,
+                 command: Sequence[str] = DEFAULT_COMMAND,
+                 active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE,
+                 image_pull_policy: str = "IfNotPresent",
+                 priority_class_name: str | None = None) -> dict[str, Any]:
+    """The pod manifest for one attempt at rewriting the cfg of `record` (a DiskRewrite object)."""
+    spec = record["spec"]
+    name = record["metadata"]["name"]
+    for key in ("node", "diskPath", "oldUUID", "newUUID"):
+        if not spec.get(key):
+            raise ValueError(f"DiskRewrite {name}: spec.{key} is empty")
+    argv = [*command, "--path", MOUNT_PATH, "--disk-name", spec.get("diskName", ""),
+            "--old", spec["oldUUID"], "--new", spec["newUUID"], "--termination-log", TERMINATION_LOG]
+    pod_spec: dict[str, Any] = {
+        "nodeName": spec["node"],
+        "restartPolicy": "Never",
+        "tolerations": [{"operator": "Exists"}],
+        "serviceAccountName": service_account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "activeDeadlineSeconds": active_deadline_seconds,
+        "terminationGracePeriodSeconds": 10,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": CONTAINER,
+            "image": image,
+            "imagePullPolicy": image_pull_policy,
+            "command": argv,
+            "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+            "volumeMounts": [{"name": "disk", "mountPath": MOUNT_PATH}],
+            "terminationMessagePath": TERMINATION_LOG,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+            "securityContext": {
+                "runAsUser": 0,
+                "runAsGroup": 0,
+                "runAsNonRoot": False,
+                "privileged": False,
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }],
+        "volumes": [{"name": "disk", "hostPath": {"path": spec["diskPath"], "type": "Directory"}}],
+    }
+    if priority_class_name:
+        pod_spec["priorityClassName"] = priority_class_name
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, attempt),
+            "namespace": namespace,
+            "labels": {
+                LABEL_MANAGED_BY: "bimguard",
+                "app.kubernetes.io/name": "bimguard",
+                LABEL_COMPONENT: COMPONENT,
+                LABEL_RECORD: name,
+                LABEL_ATTEMPT: str(attempt),
+            },
+            # Node and disk names need not be valid label values; annotations take anything.
+            "annotations": {
+                "bimguard.io/node": spec["node"],
+                "bimguard.io/disk": spec.get("disk", ""),
+                "bimguard.io/change": f"{spec['oldUUID']} -> {spec['newUUID']}",
+            },
+        },
+        "spec": pod_spec,
+    }
+    uid = record["metadata"].get("uid")
+    if uid:
+        # Deleting a record (retention) takes its pods with it.
+        pod["metadata"]["ownerReferences"] = [{"apiVersion": records.API_VERSION, "kind": "DiskRewrite",
+                                               "name": name, "uid": uid, "controller": True,
+                                               "blockOwnerDeletion": False}]
+    return pod
