@@ -507,7 +507,8 @@ class Store:
         if not isinstance(obj.get("metadata", {}), dict):
             raise bad_request("metadata: expected an object")
         pruned, dropped = prune(obj, rt.schema)
-        warnings = [f'unknown field "{p}"' for p in dropped]
+        # Sorted, so messages do not depend on map order (Go randomises it).
+        warnings = [f'unknown field "{p}"' for p in sorted(dropped)]
         if strict and warnings:
             raise bad_request("strict decoding error: " + ", ".join(warnings))
         return pruned, warnings
