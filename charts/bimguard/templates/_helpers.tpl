@@ -1,0 +1,90 @@
+{{/*
+Names shared by several templates. Every name the webhook needs at run time (its Service, TLS
+Secret, Lease, webhook configuration, rewriter ServiceAccount) is defined here once and passed
+to it on the command line by deployment.yaml, so RBAC resourceNames and the process agree.
+*/}}
+
+{{- define "bimguard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "bimguard.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "bimguard.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object, without a component. */}}
+{{- define "bimguard.baseLabels" -}}
+helm.sh/chart: {{ include "bimguard.chart" . }}
+app.kubernetes.io/name: {{ include "bimguard.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels of the webhook's objects. */}}
+{{- define "bimguard.labels" -}}
+{{ include "bimguard.baseLabels" . }}
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{- define "bimguard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bimguard.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{- define "bimguard.serviceAccountName" -}}
+{{ include "bimguard.fullname" . }}
+{{- end }}
+
+{{- define "bimguard.rewriterServiceAccountName" -}}
+{{ include "bimguard.fullname" . | trunc 54 | trimSuffix "-" }}-rewriter
+{{- end }}
+
+{{- define "bimguard.serviceName" -}}
+{{ include "bimguard.fullname" . }}
+{{- end }}
+
+{{/* Cluster-scoped, so it carries the release namespace: two releases never fight over it. */}}
+{{- define "bimguard.webhookConfigurationName" -}}
+{{ printf "%s-%s" (include "bimguard.fullname" .) .Release.Namespace | trunc 253 }}
+{{- end }}
+
+{{- define "bimguard.clusterRoleName" -}}
+{{ include "bimguard.webhookConfigurationName" . }}
+{{- end }}
+
+{{- define "bimguard.leaseName" -}}
+{{ include "bimguard.fullname" . | trunc 56 | trimSuffix "-" }}-leader
+{{- end }}
+
+{{- define "bimguard.tlsSecretName" -}}
+{{- if .Values.tls.secretName }}
+{{- .Values.tls.secretName }}
+{{- else if eq .Values.tls.mode "files" }}
+{{- fail "tls.mode=files needs tls.secretName: the Secret (keys tls.crt, tls.key) to mount, e.g. one cert-manager issues" }}
+{{- else }}
+{{- include "bimguard.fullname" . | trunc 59 | trimSuffix "-" }}-tls
+{{- end }}
+{{- end }}
+
+{{- define "bimguard.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "bimguard.selfManagedTLS" -}}
+{{- if eq .Values.tls.mode "selfManaged" }}true{{ end }}
+{{- end }}

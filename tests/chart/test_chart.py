@@ -1,0 +1,396 @@
+"""The Helm chart, rendered by real Helm (helm_python: Helm's Go SDK as a library, offline).
+
+Most important: the MutatingWebhookConfiguration the chart installs registers exactly the scope
+the server routes on (webhook/scope.py), so code and registration cannot drift apart. Then the
+operational contract: non-root pod, probes and ports that agree, least-privilege RBAC,
+both TLS modes.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python")
+
+from webhook import scope  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "bimguard"
+RELEASE, NAMESPACE = "bg", "bimguard-system"
+FILES_MODE = {"tls": {"mode": "files", "secretName": "bimguard-serving-cert"}}
+
+Manifest = dict[str, Any]
+
+
+@lru_cache(maxsize=None)
+def _render(values_json: str, namespace: str) -> tuple[tuple[str, str], ...]:
+    with helm.Chart.load(CHART) as chart:
+        out = chart.render(json.loads(values_json), name=RELEASE, namespace=namespace, is_install=True)
+    return tuple(sorted(out.items()))
+
+
+def render(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[Manifest]:
+    docs: list[Manifest] = []
+    for path, text in _render(json.dumps(values or {}, sort_keys=True), namespace):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d is not None)
+    return docs
+
+
+def notes(values: dict[str, Any] | None = None) -> str:
+    return dict(_render(json.dumps(values or {}, sort_keys=True), NAMESPACE))["bimguard/templates/NOTES.txt"]
+
+
+def one(docs: list[Manifest], kind: str, namespace: str | None = None) -> Manifest:
+    found = [d for d in docs if d["kind"] == kind and (namespace is None or d["metadata"].get("namespace") == namespace)]
+    assert len(found) == 1, f"{len(found)} {kind} in {namespace}"
+    return found[0]
+
+
+def container(docs: list[Manifest]) -> Manifest:
+    containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def port_number(c: Manifest, port: int | str) -> int:
+    """A probe's or Service's targetPort, by number or by the container port's name."""
+    if isinstance(port, int):
+        return port
+    (match,) = [p["containerPort"] for p in c["ports"] if p["name"] == port]
+    return match
+
+
+def flag(args: list[str], name: str) -> str:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    assert len(values) == 1, (name, args)
+    return values[0]
+
+
+BOTH_MODES = pytest.mark.parametrize("values", [{}, FILES_MODE], ids=["selfManaged", "files"])
+
+
+# -- rendering and lint ----------------------------------------------------------------------------------
+
+@BOTH_MODES
+def test_every_manifest_parses_and_is_named(values: dict[str, Any]) -> None:
+    docs = render(values)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "ServiceAccount",
+                            "Role", "Role", "RoleBinding", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+                            "MutatingWebhookConfiguration"])
+    for d in docs:
+        assert d["apiVersion"] and d["metadata"]["name"]
+        assert len(d["metadata"]["name"]) <= 63
+        assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+        cluster_scoped = d["kind"] in ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration")
+        assert ("namespace" in d["metadata"]) != cluster_scoped, d["kind"]
+
+
+@BOTH_MODES
+def test_lint_is_clean_even_strict(values: dict[str, Any]) -> None:
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_crds_ship_with_the_chart() -> None:
+    with helm.Chart.load(CHART) as chart:
+        names = sorted(yaml.safe_load(c["data"] if isinstance(c["data"], str) else bytes(c["data"]))["metadata"]["name"]
+                       for c in chart.crds)
+    assert names == ["diskrewrites.bimguard.io", "prefixclaims.bimguard.io"]
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(helm.HelmError, match="tls.mode|/tls/mode"):
+        render({"tls": {"mode": "bogus"}})
+    with pytest.raises(helm.HelmError, match="secretName"):
+        render({"tls": {"mode": "files"}})
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render({"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 30})
+    with pytest.raises(helm.HelmError):
+        render({"longhorn": {"namespace": "Not_A_Namespace"}})
+
+
+# -- the webhook configuration == webhook/scope.py ------------------------------------------------------
+
+@BOTH_MODES
+def test_webhook_configuration_matches_the_declared_scope(values: dict[str, Any]) -> None:
+    docs = render(values)
+    mwc = one(docs, "MutatingWebhookConfiguration")
+    (hook,) = mwc["webhooks"]
+    s = scope.LONGHORN_NODE_STATUS
+    assert hook["name"] == scope.WEBHOOK_NAME
+    assert hook["rules"] == [{
+        "apiGroups": [s.group], "apiVersions": [s.version], "resources": [s.rule_resource],
+        "operations": list(s.operations), "scope": "Namespaced",
+    }]
+    assert hook["failurePolicy"] == scope.FAILURE_POLICY
+    assert hook["sideEffects"] == scope.SIDE_EFFECTS
+    assert hook["timeoutSeconds"] == scope.TIMEOUT_SECONDS
+    assert hook["admissionReviewVersions"] == list(scope.ADMISSION_REVIEW_VERSIONS)
+    assert hook["matchPolicy"] == "Equivalent"  # v1beta1 requests converted for us (BRIEF §6)
+    assert hook["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "longhorn-system"}}
+    assert "objectSelector" not in hook
+
+    service = one(docs, "Service")
+    https = [p for p in service["spec"]["ports"] if p["name"] == "https"][0]
+    assert hook["clientConfig"] == {"service": {
+        "name": service["metadata"]["name"], "namespace": NAMESPACE, "path": s.path, "port": https["port"]}}
+    assert https["port"] == 443
+    # The server is told this configuration's name (caBundle injection) and RBAC grants exactly it.
+    assert flag(container(docs)["args"], "webhook-configuration") == mwc["metadata"]["name"]
+
+
+def test_scope_values_are_not_overridable() -> None:
+    # The scope is rendered from the template, not from values: no value can change it.
+    with helm.Chart.load(CHART) as chart:
+        values = json.dumps(chart.values)
+    for word in (scope.WEBHOOK_NAME, scope.LONGHORN_NODE_STATUS.rule_resource, scope.FAILURE_POLICY,
+                 scope.SIDE_EFFECTS):
+        assert word not in values
+
+
+def test_longhorn_namespace_drives_the_selector_and_the_role() -> None:
+    docs = render({"longhorn": {"namespace": "storage"}})
+    (hook,) = one(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "storage"}}
+    one(docs, "Role", "storage")
+    one(docs, "RoleBinding", "storage")
+    assert flag(container(docs)["args"], "longhorn-namespace") == "storage"
+
+
+def test_ca_bundle_is_never_rendered_empty() -> None:
+    (hook,) = one(render(), "MutatingWebhookConfiguration")["webhooks"]
+    assert "caBundle" not in hook["clientConfig"]  # the leader injects it; an empty one would be applied over it
+    values = {**FILES_MODE, "tls": {**FILES_MODE["tls"], "caBundle": "TFMwdExTMUNSVWRKVGc9PQ=="}}
+    (hook,) = one(render(values), "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["clientConfig"]["caBundle"] == "TFMwdExTMUNSVWRKVGc9PQ=="
+
+
+def test_cert_manager_ca_injection() -> None:
+    values = {"tls": {**FILES_MODE["tls"], "certManager": {"injectCAFrom": f"{NAMESPACE}/bimguard-serving-cert"}}}
+    mwc = one(render(values), "MutatingWebhookConfiguration")
+    assert mwc["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": f"{NAMESPACE}/bimguard-serving-cert"}
+    assert "WARNING" not in notes(values)
+    assert "WARNING" in notes(FILES_MODE)
+
+
+# -- the Deployment --------------------------------------------------------------------------------------
+
+@BOTH_MODES
+def test_pod_runs_as_non_root_with_nothing_extra(values: dict[str, Any]) -> None:
+    docs = render(values)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    assert all("hostPath" not in v for v in pod.get("volumes", []))
+    sc = container(docs)["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+@BOTH_MODES
+def test_ports_probes_and_service_agree(values: dict[str, Any]) -> None:
+    docs = render(values)
+    c = container(docs)
+    https = port_number(c, "https")
+    metrics = port_number(c, "metrics")
+    assert (https, metrics) == (9443, 9090)
+    assert int(flag(c["args"], "port")) == https
+    assert int(flag(c["args"], "metrics-port")) == metrics
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = c[probe]["httpGet"]
+        assert (get["path"], get["scheme"], port_number(c, get["port"])) == (path, "HTTPS", https)
+    assert port_number(c, c["startupProbe"]["httpGet"]["port"]) == https
+    ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    assert (ports["https"]["port"], port_number(c, ports["https"]["targetPort"])) == (443, https)
+    assert (ports["metrics"]["port"], port_number(c, ports["metrics"]["targetPort"])) == (9090, metrics)
+
+
+def test_custom_ports_stay_consistent() -> None:
+    docs = render({"containerPorts": {"https": 10443, "metrics": 18080}})
+    c = container(docs)
+    assert int(flag(c["args"], "port")) == port_number(c, "https") == 10443
+    assert int(flag(c["args"], "metrics-port")) == port_number(c, "metrics") == 18080
+    ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    assert port_number(c, ports["https"]["targetPort"]) == 10443
+
+
+def test_selectors_match_the_pods() -> None:
+    docs = render()
+    deployment = one(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for selector in (deployment["spec"]["selector"]["matchLabels"], one(docs, "Service")["spec"]["selector"],
+                     one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]):
+        assert selector.items() <= labels.items()
+
+
+def test_availability_settings() -> None:
+    docs = render()
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    sleep = container(docs)["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep" and pod["terminationGracePeriodSeconds"] > int(sleep[1]) > 0
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert container(docs)["resources"]["requests"] and container(docs)["resources"]["limits"]
+    # One replica: a PDB with minAvailable 1 would block every drain.
+    assert not [d for d in render({"replicaCount": 1}) if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_webhook_command_line() -> None:
+    docs = render({"extraArgs": ["--foo=bar"], "logLevel": "debug", "image": {"repository": "r.io/b", "tag": "t1"}})
+    c = container(docs)
+    assert c["image"] == "r.io/b:t1"
+    args = c["args"]
+    assert args[0] == "webhook"
+    assert flag(args, "namespace") == NAMESPACE
+    assert flag(args, "longhorn-namespace") == "longhorn-system"
+    assert flag(args, "service-name") == one(docs, "Service")["metadata"]["name"]
+    assert flag(args, "rewriter-image") == "r.io/b:t1"
+    assert flag(args, "log-level") == "debug"
+    assert args[-1] == "--foo=bar"
+    rewriter = [d for d in docs if d["kind"] == "ServiceAccount"
+                and d["metadata"]["labels"]["app.kubernetes.io/component"] == "rewriter"]
+    assert flag(args, "rewriter-service-account") == rewriter[0]["metadata"]["name"]
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] != rewriter[0]["metadata"]["name"]
+
+
+def test_tls_modes() -> None:
+    self_managed = container(render())
+    assert "--tls-secret=bg-bimguard-tls" in self_managed["args"]
+    assert not [a for a in self_managed["args"] if a.startswith("--tls-cert-file")]
+    assert [m["name"] for m in self_managed["volumeMounts"]] == ["tmp"]
+
+    docs = render(FILES_MODE)
+    files = container(docs)
+    assert flag(files["args"], "tls-cert-file") == "/etc/bimguard/tls/tls.crt"
+    assert flag(files["args"], "tls-key-file") == "/etc/bimguard/tls/tls.key"
+    assert not [a for a in files["args"] if a.startswith("--tls-secret")]
+    mount = [m for m in files["volumeMounts"] if m["name"] == "tls"][0]
+    assert mount == {"name": "tls", "mountPath": "/etc/bimguard/tls", "readOnly": True}
+    volume = [v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"][0]
+    assert volume["secret"]["secretName"] == "bimguard-serving-cert"
+
+
+# -- RBAC ------------------------------------------------------------------------------------------------
+
+def rules(docs: list[Manifest], kind: str, namespace: str | None = None) -> list[Manifest]:
+    return one(docs, kind, namespace)["rules"]
+
+
+def grants(rule_list: list[Manifest], group: str, resource: str) -> set[str]:
+    return {v for r in rule_list if group in r["apiGroups"] and resource in r["resources"] for v in r["verbs"]}
+
+
+@BOTH_MODES
+def test_rbac_has_no_wildcards_and_no_cluster_wide_secrets(values: dict[str, Any]) -> None:
+    docs = render(values)
+    for d in docs:
+        if d["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for r in d["rules"]:
+            for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert not any("*" in x for x in r.get(key, [])), (d["kind"], r)
+            assert "nonResourceURLs" not in r
+            assert not {"escalate", "bind", "impersonate"} & set(r["verbs"])
+    cluster = rules(docs, "ClusterRole")
+    assert all(r.get("resourceNames") for r in cluster), "every cluster-scoped grant names its object"
+    assert not grants(cluster, "", "secrets") and not grants(cluster, "", "pods")
+    assert not grants(rules(docs, "Role", "longhorn-system"), "", "secrets")
+
+
+def test_rbac_longhorn_namespace_is_read_only_but_for_status_rollback_and_events() -> None:
+    lh = rules(render(), "Role", "longhorn-system")
+    for resource in ("nodes", "replicas", "backingimages", "backingimagemanagers", "backingimagedatasources",
+                     "orphans", "settings"):
+        assert grants(lh, "longhorn.io", resource) == {"get", "list", "watch"}, resource
+    assert grants(lh, "longhorn.io", "nodes/status") == {"patch"}
+    assert grants(lh, "", "events") == {"create", "patch"}
+    writable = {res for r in lh for res in r["resources"] if set(r["verbs"]) - {"get", "list", "watch"}}
+    assert writable == {"nodes/status", "events"}
+
+
+def test_rbac_release_namespace() -> None:
+    docs = render()
+    own = rules(docs, "Role", NAMESPACE)
+    for resource in ("diskrewrites", "diskrewrites/status", "prefixclaims"):
+        assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= grants(own, "bimguard.io", resource)
+    assert grants(own, "", "pods") == {"create", "get", "list", "watch", "delete"}
+    # Secrets: get/update only the TLS Secret by name; create cannot be restricted by name in Kubernetes RBAC.
+    secret_rules = [r for r in own if "secrets" in r["resources"]]
+    assert {v for r in secret_rules if not r.get("resourceNames") for v in r["verbs"]} == {"create"}
+    named = [r for r in secret_rules if r.get("resourceNames")]
+    assert named == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["bg-bimguard-tls"],
+                      "verbs": ["get", "update"]}]
+    lease = flag(container(docs)["args"], "lease-name")
+    lease_rules = [r for r in own if "leases" in r["resources"]]
+    assert {v for r in lease_rules if not r.get("resourceNames") for v in r["verbs"]} == {"create"}
+    assert [r["resourceNames"] for r in lease_rules if r.get("resourceNames")] == [[lease]]
+
+    files = rules(render(FILES_MODE), "Role", NAMESPACE)
+    assert not [r for r in files if "secrets" in r["resources"]], "files mode mounts the Secret; no API access"
+
+
+def test_rbac_cluster_scope_is_by_name() -> None:
+    docs = render()
+    mwc = one(docs, "MutatingWebhookConfiguration")["metadata"]["name"]
+    cluster = rules(docs, "ClusterRole")
+    by_resource = {r["resources"][0]: r for r in cluster}
+    assert set(by_resource) == {"mutatingwebhookconfigurations", "customresourcedefinitions"}
+    assert by_resource["mutatingwebhookconfigurations"]["resourceNames"] == [mwc]
+    assert set(by_resource["mutatingwebhookconfigurations"]["verbs"]) == {"get", "patch"}
+    crd_names = sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (CHART / "crds").glob("*.yaml"))
+    assert sorted(by_resource["customresourcedefinitions"]["resourceNames"]) == crd_names
+    assert by_resource["customresourcedefinitions"]["verbs"] == ["get"]
+    files = {r["resources"][0]: r for r in rules(render(FILES_MODE), "ClusterRole")}
+    assert files["mutatingwebhookconfigurations"]["verbs"] == ["get"]  # nothing to inject
+
+
+def test_rbac_covers_bimguards_crds() -> None:
+    own = rules(render(), "Role", NAMESPACE)
+    for path in (CHART / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        assert grants(own, crd["spec"]["group"], crd["spec"]["names"]["plural"]), path.name
+
+
+def test_bindings_point_at_the_webhook_service_account_only() -> None:
+    docs = render()
+    sa = one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert len(bindings) == 3
+    for b in bindings:
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+        target = [d for d in docs if d["kind"] == b["roleRef"]["kind"] and d["metadata"]["name"] == b["roleRef"]["name"]
+                  and d["metadata"].get("namespace") == b["metadata"].get("namespace")]
+        assert len(target) == 1, b["metadata"]["name"]
+
+
+def test_rewriter_service_account_has_no_token_and_no_permissions() -> None:
+    docs = render()
+    (rewriter,) = [d for d in docs if d["kind"] == "ServiceAccount"
+                   and d["metadata"]["labels"]["app.kubernetes.io/component"] == "rewriter"]
+    assert rewriter["automountServiceAccountToken"] is False
+    name = rewriter["metadata"]["name"]
+    assert not [b for b in docs if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and any(s["name"] == name for s in b["subjects"])]
