@@ -28,6 +28,8 @@ class _Lazy:
 
 demo = _Lazy("jobs.demo")
 serve = _Lazy("bimguard.sim.serve")
+webhook = _Lazy("webhook.main")
+rewrite_cfg = _Lazy("bimguard.rewrite_cfg")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                                        "cluster; write a kubeconfig once every initial disk is Ready.")
     serve.add_arguments(p)
     p.set_defaults(func=serve.run)
+
+    p = sub.add_parser("webhook", help="run the mutating admission webhook that keeps new disks' prefixes unique",
+                       description="Serve AdmissionReviews for Longhorn Node status writes over HTTPS; give a new "
+                                   "v1 disk whose UUID prefix is taken a unique one, and make its cfg agree.")
+    webhook.add_arguments(p)
+    p.set_defaults(func=webhook.run)
+
+    p = sub.add_parser("rewrite-cfg", help="compare-and-swap a disk's longhorn-disk.cfg (runs on the node)",
+                       description="Atomically replace the diskUUID in <path>/longhorn-disk.cfg, only if the file "
+                                   "names the expected disk and holds the old UUID (or already the new one).")
+    rewrite_cfg.add_arguments(p)
+    p.set_defaults(func=rewrite_cfg.run)
     return parser
 
 

@@ -1,0 +1,238 @@
+"""One admission review of a Longhorn Node status write, from bytes in to bytes out.
+
+The decision is pure (`bimguard.decision`); this module carries out its effects in the order the
+invariants demand: claim the disk's prefix, decide, then for a rewrite create the record (and the
+claim of the new prefix) before answering with the patch. Any failure, and the 2 s deadline,
+mean "allow without a patch" and a counted reason (DESIGN invariant 1): the repair Job is the
+backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from bimguard import records
+from bimguard.decision import ClaimedByOther, Decision, NewDisk, decide, first_recorded, rewrite_patch
+from bimguard.prefixes import PrefixSpaceExhausted, allocate_uuid
+from webhook import review as wire
+from webhook.index import ClusterIndex
+from webhook.metrics import Metrics
+from webhook.records_api import AlreadyExists, Conflict, RecordsApi
+from webhook.scope import LONGHORN_NODE_STATUS as SCOPE
+
+log = logging.getLogger("bimguard.webhook.admission")
+
+# A claim whose disk is not recorded yet may belong to a status write still in flight on another
+# replica (the race DESIGN invariant 5 is about); only a claim older than this, of a disk that
+# never showed up, may be taken over.
+CLAIM_GRACE_SECONDS = 300.0
+ALLOCATION_ATTEMPTS = 8
+
+
+class Skip(Exception):
+    """Allow without a patch, counted under this reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Rewritten:
+    disk: NewDisk
+    new_uuid: str
+    record: str
+    decision: Decision
+
+
+class Admission:
+    def __init__(self, index: ClusterIndex, api: RecordsApi, metrics: Metrics, *, ready: Any,
+                 deadline: float = 2.0, rng: random.Random | None = None) -> None:
+        self.index = index
+        self.api = api
+        self.metrics = metrics
+        self._ready = ready  # () -> str | None: why the index cannot be trusted yet
+        self.deadline = deadline
+        self._rng = rng
+
+    async def handle(self, body: bytes) -> bytes:
+        """Raises review.BadReview for input that is not an AdmissionReview (answered 400)."""
+        review = wire.decode(body)
+        req = review.request
+        assert req is not None
+        if not self._in_scope(req):
+            return wire.allowed(req.uid)
+        node = (req.object.metadata.name if req.object and req.object.metadata else "") or req.name or ""
+        disks = first_recorded(node, wire.disk_entries(req.object), wire.disk_entries(req.oldObject))
+        if not disks:
+            self.metrics.outcomes.labels("unchanged").inc()
+            return wire.allowed(req.uid)  # the hot path: routine status writes
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._decide(req, node, disks)
+        except Skip as skip:
+            self.metrics.skipped.labels(skip.reason).inc()
+            log.warning("allowed without a patch: %s", skip.reason, extra={"uid": req.uid, "node": node})
+        except TimeoutError:
+            self.metrics.skipped.labels("deadline").inc()
+            log.error("allowed without a patch: the %.1f s deadline passed", self.deadline,
+                      extra={"uid": req.uid, "node": node})
+        except Exception as err:  # never block Longhorn (DESIGN invariant 1)
+            self.metrics.skipped.labels("internal_error").inc()
+            log.exception("allowed without a patch: %r", err, extra={"uid": req.uid, "node": node})
+        return wire.allowed(req.uid)
+
+    @staticmethod
+    def _in_scope(req: wire.RequestIn) -> bool:
+        r = req.resource
+        return (r is not None and r.group == SCOPE.group and r.version == SCOPE.version
+                and r.resource == SCOPE.resource and req.subResource == SCOPE.subresource
+                and req.operation in SCOPE.operations)
+
+    async def _decide(self, req: wire.RequestIn, node: str, disks: list[NewDisk]) -> bytes:
+        why_not = self._ready()
+        if why_not:
+            raise Skip(why_not)
+        if not self.index.prefix_naming:
+            self.metrics.full_hash.set(1)
+            raise Skip("full_hash_bim_names")
+        dry_run = bool(req.dryRun)
+        node_uid = (req.object.metadata.uid if req.object and req.object.metadata else "") or ""
+        patch: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        audit: dict[str, str] = {}
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Disks first recorded in this same write must not collide with each other either.
+        taken_here: set[str] = set()
+        for disk in disks:
+            claim = await self._claim(disk, dry_run)
+            decision = decide(disk, claim, self.index)
+            if decision.verdict == "keep" and disk.prefix in taken_here:
+                decision = Decision("rewrite", f"prefix {disk.prefix} is recorded for another disk in the same write")
+            if decision.verdict == "keep":
+                taken_here.add(disk.prefix)
+                continue
+            self.metrics.collisions.inc()
+            if decision.verdict == "block":
+                self.metrics.blocked.inc()
+                self.metrics.outcomes.labels("blocked").inc()
+                if not dry_run:
+                    await self._block(disk, decision, node_uid)
+                log.warning("disk %s/%s (%s) collides and is left for the repair Job: %s", disk.node, disk.disk,
+                            disk.uuid, decision.reason, extra={"uid": req.uid})
+                continue
+            done = await self._rewrite(disk, decision, dry_run, taken_here)
+            taken_here.add(done.new_uuid[:4])
+            if not dry_run:
+                await self.api.delete_claim_if(disk.prefix, disk.uuid)  # the old UUID gives the prefix up
+            message = (f"bimguard changed the UUID of disk {disk.disk} from {disk.uuid} to {done.new_uuid} "
+                       f"({decision.reason}); waiting for longhorn-disk.cfg to be rewritten (DiskRewrite {done.record})")
+            patch += rewrite_patch(disk.disk, done.new_uuid, wire.disk_conditions(req.object, disk.disk), message, now)
+            warnings.append(message)
+            audit[f"bimguard.io/rewrite-{len(audit)}"] = f"{disk.disk}: {disk.uuid} -> {done.new_uuid}"
+            self.metrics.outcomes.labels("rewritten").inc()
+            log.info("rewrote disk %s/%s: %s -> %s (%s)", disk.node, disk.disk, disk.uuid, done.new_uuid,
+                     decision.reason, extra={"uid": req.uid, "record": done.record, "dryRun": dry_run})
+            if decision.clone_of and not dry_run:
+                await self._event(disk.node, node_uid, True, "ClonedDiskUUID",
+                                  f"disk {disk.disk} had the same UUID {disk.uuid} as "
+                                  f"{', '.join(f'{d.node}/{d.disk}' for d in decision.clone_of)}; it now has "
+                                  f"{done.new_uuid}. Its stale replica directories will show up as orphans: check "
+                                  "them before deleting, and keep orphan-auto-deletion off until then")
+        return wire.allowed(req.uid, patch=patch, warnings=warnings, audit=audit)
+
+    async def _claim(self, disk: NewDisk, dry_run: bool) -> ClaimedByOther | None:
+        """Claim the disk's prefix; who else holds it, if anyone still does."""
+        if dry_run:
+            owner = self.index.claims.get(disk.prefix)
+            if owner and owner != (disk.node, disk.disk, disk.uuid):
+                return ClaimedByOther(*owner)
+            return None
+        for _ in range(3):
+            try:
+                await self.api.create_claim(disk.prefix, disk.node, disk.disk, disk.uuid)
+                return None
+            except AlreadyExists:
+                pass
+            claim = await self.api.get_claim(disk.prefix)
+            if claim is None:
+                continue  # released in between: try again
+            owner = records.claim_owner(claim)
+            if owner == (disk.node, disk.disk, disk.uuid):
+                return None  # our own claim from an earlier call of the same review
+            if self._alive(claim, owner):
+                return ClaimedByOther(*owner)
+            try:
+                await self.api.take_over_claim(claim, disk.node, disk.disk, disk.uuid)
+                return None
+            except Conflict:
+                continue
+        raise Skip("claim_contention")
+
+    def _alive(self, claim: dict[str, Any], owner: tuple[str, str, str]) -> bool:
+        if self.index.disk(*owner) is not None or (claim.get("spec") or {}).get("record"):
+            return True
+        created = (claim.get("metadata") or {}).get("creationTimestamp") or ""
+        try:
+            age = time.time() - datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            return True
+        return age < CLAIM_GRACE_SECONDS
+
+    async def _rewrite(self, disk: NewDisk, decision: Decision, dry_run: bool, taken_here: set[str]) -> Rewritten:
+        name = records.record_name(disk.node, disk.disk, disk.uuid)
+        existing = None if dry_run else await self.api.get_record(name)
+        if existing and (existing.get("spec") or {}).get("newUUID"):
+            return Rewritten(disk, existing["spec"]["newUUID"], name, decision)  # a retried review
+        occupied = set(self.index.occupied()) | set(self.index.claims) | taken_here
+        for _ in range(ALLOCATION_ATTEMPTS):
+            try:
+                new_uuid = allocate_uuid(occupied, self._rng)
+            except PrefixSpaceExhausted:
+                raise Skip("prefix_space_exhausted") from None
+            if dry_run:
+                return Rewritten(disk, new_uuid, name, decision)
+            try:
+                await self.api.create_claim(new_uuid[:4], disk.node, disk.disk, new_uuid, record=name)
+                break
+            except AlreadyExists:
+                occupied.add(new_uuid[:4])  # another replica got there first
+        else:
+            raise Skip("claim_contention")
+        manifest = records.rewrite_manifest(name=name, namespace=self.api.namespace, node=disk.node, disk=disk.disk,
+                                            disk_name=disk.disk_name, disk_path=disk.disk_path, old_uuid=disk.uuid,
+                                            new_uuid=new_uuid, reason=decision.reason, origin="webhook")
+        try:
+            await self.api.create_record(manifest)
+        except AlreadyExists:
+            existing = await self.api.get_record(name)
+            await self.api.delete_claim_if(new_uuid[:4], new_uuid)
+            if not existing or not (existing.get("spec") or {}).get("newUUID"):
+                raise Skip("record_conflict") from None
+            return Rewritten(disk, existing["spec"]["newUUID"], name, decision)
+        return Rewritten(disk, new_uuid, name, decision)
+
+    async def _block(self, disk: NewDisk, decision: Decision, node_uid: str) -> None:
+        name = records.record_name(disk.node, disk.disk, disk.uuid)
+        manifest = records.rewrite_manifest(name=name, namespace=self.api.namespace, node=disk.node, disk=disk.disk,
+                                            disk_name=disk.disk_name, disk_path=disk.disk_path, old_uuid=disk.uuid,
+                                            new_uuid="", reason=decision.reason, origin="webhook")
+        try:
+            await self.api.create_record(manifest, phase="Blocked", message=decision.reason)
+        except AlreadyExists:
+            return  # already recorded (and its Event emitted) by an earlier call
+        await self._event(disk.node, node_uid, True, "DiskUUIDCollision",
+                          f"disk {disk.disk} ({disk.uuid}) shares its BIM name prefix but holds data, so bimguard "
+                          f"did not change it: {decision.reason}. Run the repair Job (DiskRewrite {name})")
+
+    async def _event(self, node: str, node_uid: str, warning: bool, reason: str, message: str) -> None:
+        try:
+            await self.api.node_event(node, node_uid, warning=warning, reason=reason, message=message)
+        except Exception as err:  # an Event is best effort; the record is the durable trail
+            log.warning("could not emit Event %s on node %s: %r", reason, node, err)

@@ -1,0 +1,334 @@
+"""The webhook's view of the cluster: every referenced disk UUID, kept by list + watch.
+
+Occupied prefixes are every disk's UUID (v1 and v2), every UUID still referenced by Longhorn
+objects (Replica spec.diskID / label, BackingImage map keys, BIM spec.diskUUID / label and the
+disk part of its name, BackingImageDataSource spec.diskUUID, Orphan parameters.DiskUUID: a disk
+that is briefly absent comes back with its old UUID and its data, BRIEF §3), and bimguard's own
+PrefixClaims. Counts are kept per UUID (`PrefixIndex`); each object's last contribution is kept
+so that a MODIFIED or DELETED event can be undone exactly.
+
+Each resource is listed page by page, then watched from the list's resourceVersion with
+bookmarks; a `410 Gone` or a dropped stream re-lists that resource and replaces its
+contributions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from bimguard import records
+from bimguard.bim import SETTING_VERSION, parse_version, prefix_naming
+from bimguard.decision import RecordedDisk
+from bimguard.dependents import SPEC_ONLY, Dependents
+from bimguard.model import LABEL_BIM_DISK_UUID, LABEL_REPLICA_DISK_UUID, DiskType, prefix_of
+from bimguard.prefixes import PrefixIndex
+
+log = logging.getLogger("bimguard.webhook.index")
+
+_BIM_NAME_RE = re.compile(r"^backing-image-manager-[0-9a-f]{4}-(?P<prefix>[0-9a-f]{4})$")
+LONGHORN = ("longhorn.io", "v1beta2")
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    namespace_attr: str  # "longhorn" or "own": which namespace it lives in
+
+
+RESOURCES = (
+    Resource(*LONGHORN, "nodes", "longhorn"),
+    Resource(*LONGHORN, "replicas", "longhorn"),
+    Resource(*LONGHORN, "backingimages", "longhorn"),
+    Resource(*LONGHORN, "backingimagemanagers", "longhorn"),
+    Resource(*LONGHORN, "backingimagedatasources", "longhorn"),
+    Resource(*LONGHORN, "orphans", "longhorn"),
+    Resource(*LONGHORN, "settings", "longhorn"),
+    Resource(records.GROUP, records.VERSION, records.CLAIMS, "own"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Contribution:
+    """What one object adds to the index; removed as a whole when the object changes."""
+
+    uuids: tuple[str, ...] = ()
+    disks: tuple[RecordedDisk, ...] = ()
+    replicas: tuple[tuple[str, str], ...] = ()  # (node, uuid)
+    bims: tuple[tuple[str, str], ...] = ()  # (node, uuid)
+    copies: tuple[tuple[str, str], ...] = ()  # (uuid, state)
+    claim: tuple[str, str, str, str] | None = None  # prefix, node, disk, uuid
+    version: str | None = None
+
+
+def _lower(value: Any) -> str:
+    return str(value or "").lower()
+
+
+def contribution(plural: str, obj: dict[str, Any]) -> _Contribution:
+    """Pure: the UUID references of one object."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    labels = meta.get("labels") or {}
+    if plural == "nodes":
+        node = meta.get("name", "")
+        disks, uuids = [], []
+        spec_disks = spec.get("disks") or {}
+        for name, st in (status.get("diskStatus") or {}).items():
+            u = _lower((st or {}).get("diskUUID"))
+            if not u:
+                continue
+            uuids.append(u)
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in (st.get("conditions") or [])
+                        if isinstance(c, dict))
+            dtype = st.get("diskType") or (spec_disks.get(name) or {}).get("diskType")
+            disks.append(RecordedDisk(node, name, u, ready and DiskType.parse(dtype) is not None))
+        return _Contribution(uuids=tuple(uuids), disks=tuple(disks))
+    if plural == "replicas":
+        node = spec.get("nodeID") or labels.get("longhornnode", "")
+        us = {_lower(spec.get("diskID")), _lower(labels.get(LABEL_REPLICA_DISK_UUID))} - {""}
+        return _Contribution(uuids=tuple(us), replicas=tuple((node, u) for u in us))
+    if plural == "backingimages":
+        states: dict[str, str] = {}
+        for u in list((spec.get("diskFileSpecMap") or {})) + list((spec.get("disks") or {})):
+            states.setdefault(_lower(u), SPEC_ONLY)
+        for u, fs in (status.get("diskFileStatusMap") or {}).items():
+            states[_lower(u)] = str((fs or {}).get("state") or SPEC_ONLY)
+        return _Contribution(uuids=tuple(states), copies=tuple(states.items()))
+    if plural == "backingimagemanagers":
+        node = spec.get("nodeID", "")
+        us = {_lower(spec.get("diskUUID")), _lower(labels.get(LABEL_BIM_DISK_UUID))} - {""}
+        refs = set(us)
+        m = _BIM_NAME_RE.match(meta.get("name", ""))
+        if m and m["prefix"] not in {prefix_of(u) for u in us}:
+            refs.add(m["prefix"])  # the name holds a prefix even if its disk's UUID is unknown
+        return _Contribution(uuids=tuple(refs), bims=tuple((node, u) for u in us))
+    if plural == "backingimagedatasources":
+        u = _lower(spec.get("diskUUID"))
+        return _Contribution(uuids=(u,) if u else ())
+    if plural == "orphans":
+        u = _lower((spec.get("parameters") or {}).get("DiskUUID"))
+        return _Contribution(uuids=(u,) if u else ())
+    if plural == "settings":
+        if meta.get("name") == SETTING_VERSION:
+            return _Contribution(version=str(obj.get("value") or ""))
+        return _Contribution()
+    if plural == records.CLAIMS:
+        node, disk, u = records.claim_owner(obj)
+        return _Contribution(uuids=(u,) if u else (), claim=(meta.get("name", ""), node, disk, u))
+    raise ValueError(plural)
+
+
+@dataclass
+class ClusterIndex:
+    """Implements bimguard.decision.IndexView; fed by `Informers`."""
+
+    prefixes: PrefixIndex = field(default_factory=PrefixIndex)
+    _contrib: dict[tuple[str, str], _Contribution] = field(default_factory=dict)
+    _disks: dict[str, dict[tuple[str, str], RecordedDisk]] = field(default_factory=lambda: defaultdict(dict))
+    _replicas: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    _bims: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    _copies: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    claims: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    longhorn_version: str | None = None
+
+    # -- feeding ------------------------------------------------------------------------------
+    def upsert(self, plural: str, obj: dict[str, Any]) -> None:
+        key = self._key(plural, obj)
+        self.remove_key(key)
+        c = contribution(plural, obj)
+        self._contrib[key] = c
+        name = key[1]
+        for u in c.uuids:
+            self.prefixes.add(u)
+        for d in c.disks:
+            self._disks[d.uuid][(d.node, d.disk)] = d
+        for nu in c.replicas:
+            self._replicas[nu].add(name)
+        for nu in c.bims:
+            self._bims[nu].add(name)
+        for u, state in c.copies:
+            self._copies[u][name] = state
+        if c.claim:
+            prefix, node, disk, u = c.claim
+            self.claims[prefix] = (node, disk, u)
+        if c.version is not None:
+            self.longhorn_version = c.version or None
+
+    def remove_key(self, key: tuple[str, str]) -> None:
+        c = self._contrib.pop(key, None)
+        if c is None:
+            return
+        name = key[1]
+        for u in c.uuids:
+            self.prefixes.remove(u)
+        for d in c.disks:
+            self._disks[d.uuid].pop((d.node, d.disk), None)
+            if not self._disks[d.uuid]:
+                del self._disks[d.uuid]
+        for nu in c.replicas:
+            self._discard(self._replicas, nu, name)
+        for nu in c.bims:
+            self._discard(self._bims, nu, name)
+        for u, _ in c.copies:
+            self._copies[u].pop(name, None)
+            if not self._copies[u]:
+                del self._copies[u]
+        if c.claim and self.claims.get(c.claim[0]) == c.claim[1:]:
+            del self.claims[c.claim[0]]
+        if c.version is not None:
+            self.longhorn_version = None
+
+    def replace_all(self, plural: str, objs: list[dict[str, Any]]) -> None:
+        """A fresh list of one resource replaces everything it contributed before."""
+        keep = {self._key(plural, o) for o in objs}
+        for key in [k for k in self._contrib if k[0] == plural and k not in keep]:
+            self.remove_key(key)
+        for o in objs:
+            self.upsert(plural, o)
+
+    @staticmethod
+    def _key(plural: str, obj: dict[str, Any]) -> tuple[str, str]:
+        return (plural, (obj.get("metadata") or {}).get("name", ""))
+
+    @staticmethod
+    def _discard(table: dict[tuple[str, str], set[str]], key: tuple[str, str], name: str) -> None:
+        names = table.get(key)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del table[key]
+
+    # -- IndexView --------------------------------------------------------------------------
+    def holders(self, prefix: str) -> frozenset[str]:
+        return self.prefixes.holders(prefix)
+
+    def occupied(self) -> frozenset[str]:
+        return self.prefixes.occupied()
+
+    def dependents(self, node: str, uuid: str) -> Dependents:
+        return Dependents(
+            replicas=tuple(sorted(self._replicas.get((node, uuid), ()))),
+            backing_image_copies=dict(self._copies.get(uuid, {})),
+            bims=tuple(sorted(self._bims.get((node, uuid), ()))),
+        )
+
+    def disks_with_uuid(self, uuid: str) -> list[RecordedDisk]:
+        return sorted(self._disks.get(uuid, {}).values(), key=lambda d: (d.node, d.disk))
+
+    def disk(self, node: str, disk: str, uuid: str) -> RecordedDisk | None:
+        return self._disks.get(uuid, {}).get((node, disk))
+
+    @property
+    def prefix_naming(self) -> bool:
+        """False on Longhorn v1.9.2+, whose BIM names use the whole UUID: nothing to prevent."""
+        parsed = parse_version(self.longhorn_version)
+        return True if parsed is None else prefix_naming(parsed)
+
+
+ListFn = Callable[..., Awaitable[Any]]
+
+
+class Informers:
+    """List + watch of every resource in RESOURCES into one ClusterIndex."""
+
+    def __init__(self, api_client: client.ApiClient, index: ClusterIndex, *, longhorn_namespace: str,
+                 namespace: str, page_size: int = 500, watch_timeout: int = 300) -> None:
+        self._api = client.CustomObjectsApi(api_client)
+        self.index = index
+        self._ns = {"longhorn": longhorn_namespace, "own": namespace}
+        self._page_size = page_size
+        self._watch_timeout = watch_timeout
+        self.synced: dict[str, bool] = {r.plural: False for r in RESOURCES}
+        self.missing: dict[str, str] = {}  # plural -> why it cannot be listed (e.g. CRD not served)
+        self.relists = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return all(self.synced.values())
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(r), name=f"informer-{r.plural}") for r in RESOURCES]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _list(self, r: Resource) -> tuple[list[dict[str, Any]], str]:
+        items: list[dict[str, Any]] = []
+        token, rv = "", ""
+        while True:
+            kwargs: dict[str, Any] = {"limit": self._page_size}
+            if token:
+                kwargs["_continue"] = token
+            page = await self._api.list_namespaced_custom_object(r.group, r.version, self._ns[r.namespace_attr],
+                                                                 r.plural, **kwargs)
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            rv, token = meta.get("resourceVersion", ""), meta.get("continue") or ""
+            if not token:
+                return items, rv
+
+    async def _run(self, r: Resource) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                items, rv = await self._list(r)
+                self.index.replace_all(r.plural, items)
+                self.synced[r.plural] = True
+                self.missing.pop(r.plural, None)
+                backoff = 0.2
+                await self._watch(r, rv)
+                self.relists += 1  # the stream ended or expired: list again
+            except asyncio.CancelledError:
+                raise
+            except ApiException as err:
+                if err.status == 404:
+                    self.missing[r.plural] = f"{r.plural}.{r.group}/{r.version} is not served"
+                    self.synced[r.plural] = False
+                else:
+                    log.warning("listing %s failed: %s %s", r.plural, err.status, err.reason)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception as err:  # network errors: retry, the index keeps its last state
+                log.warning("watching %s failed: %r", r.plural, err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _watch(self, r: Resource, rv: str) -> None:
+        from kubernetes_asyncio import watch
+
+        ns = self._ns[r.namespace_attr]
+        while True:
+            w = watch.Watch()
+            try:
+                async with w.stream(self._api.list_namespaced_custom_object, r.group, r.version, ns, r.plural,
+                                    resource_version=rv, allow_watch_bookmarks=True,
+                                    timeout_seconds=self._watch_timeout) as stream:
+                    async for event in stream:
+                        kind, obj = event["type"], event["raw_object"]
+                        new_rv = (obj.get("metadata") or {}).get("resourceVersion")
+                        if kind == "BOOKMARK":
+                            pass
+                        elif kind == "DELETED":
+                            self.index.remove_key(ClusterIndex._key(r.plural, obj))
+                        elif kind in ("ADDED", "MODIFIED"):
+                            self.index.upsert(r.plural, obj)
+                        rv = new_rv or rv
+            except ApiException as err:
+                if err.status == 410:
+                    return  # too old: re-list
+                raise
+            # A server-side timeout ends the stream normally: watch again from the last version.

@@ -1,0 +1,157 @@
+"""`bimguard webhook` (also `python -m webhook`): the admission webhook process.
+
+Wires the parts together: Kubernetes client, list+watch index, certificates, the admission
+handler and its HTTPS server, metrics, and -- while this replica leads -- the caBundle
+injection and the rewrite controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from kubernetes_asyncio import client, config
+
+log = logging.getLogger("bimguard.webhook")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields (uid, node, record) become keys."""
+
+    _SKIP = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update({k: v for k, v in vars(record).items() if k not in self._SKIP})
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: in-cluster configuration)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "bimguard"),
+                   help="bimguard's namespace: records, claims, certificate Secret, Lease (default $POD_NAMESPACE "
+                        "or %(default)s)")
+    p.add_argument("--longhorn-namespace", default="longhorn-system", help="Longhorn's namespace (default %(default)s)")
+    p.add_argument("--host", default="0.0.0.0", help="address to serve on (default %(default)s)")
+    p.add_argument("--port", type=int, default=9443, help="HTTPS port for admission reviews (default %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=9090, help="plain-HTTP port for /metrics (default %(default)s)")
+    p.add_argument("--tls-cert-file", metavar="PATH", help="serve this certificate (files mode, e.g. cert-manager); "
+                                                           "default: self-managed CA and certificate in a Secret")
+    p.add_argument("--tls-key-file", metavar="PATH", help="the key of --tls-cert-file")
+    p.add_argument("--tls-ca-file", metavar="PATH", help="CA of --tls-cert-file, injected into caBundle if given")
+    p.add_argument("--service-name", default="bimguard-webhook", help="the webhook Service (certificate SANs)")
+    p.add_argument("--secret-name", default="bimguard-webhook-tls", help="Secret of the self-managed certificates")
+    p.add_argument("--webhook-configuration", default="bimguard",
+                   help="MutatingWebhookConfiguration whose caBundle the leader keeps current (default %(default)s)")
+    p.add_argument("--shutdown-delay", type=float, default=5.0,
+                   help="seconds to keep serving after SIGTERM while not ready (default %(default)s)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+async def kube_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
+    cfg = client.Configuration()
+    if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    from webhook.admission import Admission
+    from webhook.index import ClusterIndex, Informers
+    from webhook.metrics import Metrics
+    from webhook.records_api import RecordsApi
+    from webhook.server import WebhookServer
+
+    api_client = await kube_client(args.kubeconfig, args.context)
+    metrics = Metrics()
+    index = ClusterIndex()
+    informers = Informers(api_client, index, longhorn_namespace=args.longhorn_namespace, namespace=args.namespace)
+    certs = await _cert_source(args, api_client)
+
+    def not_ready() -> str | None:
+        if informers.missing:
+            return "; ".join(sorted(informers.missing.values())) + " (are bimguard's CRDs installed?)"
+        if not informers.ready:
+            return "index not synced: " + ", ".join(p for p, ok in informers.synced.items() if not ok)
+        return None
+
+    for plural, ok in informers.synced.items():
+        metrics.synced.labels(plural).set(1 if ok else 0)
+    admission = Admission(index, RecordsApi(api_client, args.namespace, args.longhorn_namespace), metrics,
+                          ready=lambda: "index_not_ready" if not_ready() else None)
+    server = WebhookServer(admission, certs, metrics, not_ready=not_ready, host=args.host, port=args.port,
+                           metrics_port=args.metrics_port, shutdown_delay=args.shutdown_delay)
+    informers.start()
+    await certs.start()
+    await server.start()
+    log.info("serving admission reviews on :%d, metrics on :%d", server.bound_port, server.bound_metrics_port)
+    try:
+        while not stop.is_set():
+            for plural, ok in informers.synced.items():
+                metrics.synced.labels(plural).set(1 if ok else 0)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+    finally:
+        log.info("shutting down: not ready now, serving %.1f s more", args.shutdown_delay)
+        await server.stop()
+        await informers.stop()
+        await certs.stop()
+        await api_client.close()
+
+
+async def _cert_source(args: argparse.Namespace, api_client: client.ApiClient) -> Any:
+    if args.tls_cert_file or args.tls_key_file:
+        if not (args.tls_cert_file and args.tls_key_file):
+            raise SystemExit("bimguard webhook: --tls-cert-file and --tls-key-file go together")
+        from webhook.tls import FileCerts
+
+        return FileCerts(args.tls_cert_file, args.tls_key_file, ca_file=args.tls_ca_file)
+    from webhook.certs import SelfManagedCerts
+
+    return SelfManagedCerts(api_client, args.namespace, args.secret_name, args.service_name)
+
+
+def run(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("bimguard")
+    root.handlers[:] = [handler]
+    root.setLevel(args.log_level.upper())
+    root.propagate = False
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args, stop)
+
+    try:
+        asyncio.run(main())
+    except (config.ConfigException, OSError) as err:
+        print(f"bimguard webhook: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def identity() -> str:
+    return os.environ.get("POD_NAME") or socket.gethostname()
