@@ -206,8 +206,11 @@ def sync_node_status(
     name = node["metadata"]["name"]
     status = copy.deepcopy(node.get("status") or {})
     status["conditions"] = node_conditions(node, manager_up, now, events)
+    # NodeStatus fields without omitempty (lm v1beta2 node.go); the sim never auto-evicts.
     status.setdefault("region", "")
     status.setdefault("zone", "")
+    status.setdefault("autoEvicting", False)
+    status.setdefault("snapshotCheckStatus", {})
     if not owner:
         return NodeSyncResult(status, events)
     if not disks_matched(node, collected):
