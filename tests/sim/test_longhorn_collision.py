@@ -145,3 +145,43 @@ async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiS
 async def _running(c: SimCluster, name: str) -> bool:
     r = await _replica(c, name)
     return (r.get("status") or {}).get("currentState") == "running"
+
+
+async def test_eviction_cannot_drain_the_stuck_copy(api: ApiServer, tmp_path: Path) -> None:
+    """BRIEF §0.9: on the colliding disk Longhorn flags the replica for eviction but never the
+    backing-image copy, because eviction only looks at ``status.diskFileStatusMap``."""
+    import asyncio
+
+    c = SimCluster(api, tmp_path, nodes=["worker-a", "worker-b"], disks_per_node=1, seed=3, time_scale=0.01)
+    c.uuids.force("c012")
+    c.uuids.force("c012")
+    await c.start()
+    try:
+        await c.wait_until_ready(20)
+        da = next(iter((await c.get_node("worker-a"))["spec"]["disks"]))
+        db = next(iter((await c.get_node("worker-b"))["spec"]["disks"]))
+        ua, ub = await c.disk_uuid("worker-a", da), await c.disk_uuid("worker-b", db)
+        assert ua[:4] == ub[:4] == "c012" and ua != ub
+        await c.create_backing_image("parrot", disks_=[("worker-a", da)])
+        _, r_b = await c.create_volume_replicas("vol", "parrot", [("worker-a", da), ("worker-b", db)])
+
+        async def stuck() -> bool:
+            bi = await _bi(c, "parrot")
+            return ub in bi["spec"]["diskFileSpecMap"] and any("already exists" in l for l in c.all_log_lines())
+
+        await c.wait_for(stuck, 15, "collision")
+        await c.set_disk_flags("worker-b", db, allow_scheduling=False, eviction_requested=True)
+
+        async def flagged() -> bool:
+            return (await _replica(c, r_b))["spec"]["evictionRequested"] is True
+
+        await c.wait_for(flagged, 10, "stuck replica flagged for eviction")
+        await asyncio.sleep(0.5)  # ~50 Longhorn seconds of syncs
+        bi = await _bi(c, "parrot")
+        assert bi["spec"]["diskFileSpecMap"][ub] == {"evictionRequested": False}
+        assert ub not in (bi["status"].get("diskFileStatusMap") or {})
+        # no other node is free for the replacement (anti-affinity), so the replica stays
+        assert await _replica(c, r_b)
+        assert any("Failed to evict replica" in l for l in c.all_log_lines())
+    finally:
+        await c.stop()
