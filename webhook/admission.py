@@ -98,7 +98,8 @@ class Admission:
     async def _decide(self, req: wire.RequestIn, node: str, disks: list[NewDisk]) -> bytes:
         why_not = self._ready()
         if why_not:
-            raise Skip(why_not)
+            log.warning("index not ready: %s", why_not, extra={"uid": req.uid})
+            raise Skip("index_not_ready")
         if not self.index.prefix_naming:
             self.metrics.full_hash.set(1)
             raise Skip("full_hash_bim_names")

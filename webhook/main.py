@@ -95,7 +95,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     for plural, ok in informers.synced.items():
         metrics.synced.labels(plural).set(1 if ok else 0)
     admission = Admission(index, RecordsApi(api_client, args.namespace, args.longhorn_namespace), metrics,
-                          ready=lambda: "index_not_ready" if not_ready() else None)
+                          ready=not_ready)
     server = WebhookServer(admission, certs, metrics, not_ready=not_ready, host=args.host, port=args.port,
                            metrics_port=args.metrics_port, shutdown_delay=args.shutdown_delay)
     informers.start()
