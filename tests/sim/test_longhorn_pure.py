@@ -220,3 +220,40 @@ def test_orphan_dirs_need_volume_meta_and_no_matching_replica(tmp_path: Path) ->
     info = collect_disk_data(node, host, UuidGen(2), [rep])["d1"]
     assert info.orphaned_dirs == frozenset({"vol-aaaaaaaa"})
     json.dumps(orphans.orphan_manifest(node, "d1", u, "vol-aaaaaaaa"))
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from bimguard.sim.longhorn.disks import DiskStat  # noqa: E402
+from bimguard.sim.longhorn.monitor import DiskInfo  # noqa: E402
+
+UUIDS = ["", "c01200da-8a5c-4692-92e6-c4a983087951", "c012eb76-f8eb-4ea1-b81d-472eac9d98bf"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(recorded=st.sampled_from(UUIDS), cfg=st.sampled_from(UUIDS + ["<error>"]), entry_exists=st.booleans())
+def test_recorded_uuid_is_never_overwritten_and_ready_iff_agreeing(recorded: str, cfg: str, entry_exists: bool) -> None:
+    """BRIEF §1.3 step 5 / §0.3 as a property over (recorded UUID, cfg UUID, monitor error)."""
+    status: dict = {}
+    if entry_exists or recorded:
+        status = {"diskStatus": {"d": {"diskUUID": recorded, "conditions": []}}}
+    node = _node({"d": "/mnt/d"}, status)
+    stat = DiskStat("fsid-1", 200 * 1024**3, 190 * 1024**3)
+    if cfg == "<error>":
+        info = DiskInfo("d", "", "/mnt/d", "", False, None, frozenset(), "NoDiskInfo", "Disk d(/mnt/d) on node worker-1 is not ready: x")
+    else:
+        info = DiskInfo("d", cfg, "/mnt/d", "", False, stat)
+    entry = _sync(node, {"d": info}).status["diskStatus"]["d"]
+    ready = ns.get_condition(entry["conditions"], "Ready")["status"]
+    if recorded:
+        assert entry["diskUUID"] == recorded
+    elif cfg not in ("", "<error>"):
+        assert entry["diskUUID"] == cfg
+    else:
+        assert entry["diskUUID"] == ""
+    # Longhorn checks the cfg only against a non-empty recorded UUID (node_controller.go:700-712):
+    # with nothing recorded even a cfg whose diskUUID is "" makes a Ready disk.
+    agree = cfg != "<error>" and (recorded in ("", cfg))
+    assert (ready == "True") == agree
+    sched = ns.get_condition(entry["conditions"], "Schedulable")
+    assert (sched["status"] == "True") == agree

@@ -388,7 +388,6 @@ class LonghornManager:
                     pass
             return
         status = copy.deepcopy(r.get("status") or {})
-        status.setdefault("ownerID", self.node_name)
         status["ownerID"] = self.node_name
         disk_uuid = r["spec"].get("diskID", "")
         disk_entry = None
