@@ -34,6 +34,7 @@ store. Authentication accepts any bearer token; there is no RBAC.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import logging
@@ -92,6 +93,9 @@ def _error(err: ApiError) -> web.Response:
 def _warning_header(text: str) -> str:
     # RFC 7234 warn-text as k8s.io/apiserver/pkg/endpoints/filters/warning.go writes it.
     return '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_BODY_TYPES = ("application/json", "application/yaml")
 
 
 def _truthy(value: str | None) -> bool:
@@ -305,6 +309,10 @@ class ApiServer:
         if not raw:
             raise bad_request("the body of the request was empty")
         ctype = request.content_type or "application/json"
+        if ctype == PROTOBUF and request.method in ("POST", "PUT"):
+            return decode_protobuf(raw)
+        if ctype not in _BODY_TYPES and request.method != "PATCH":
+            raise unsupported_media_type(ctype, list(_BODY_TYPES) + [PROTOBUF])
         try:
             if "yaml" in ctype:
                 return yaml.safe_load(raw)
@@ -384,6 +392,10 @@ class ApiServer:
         self._streams.add(resp)
         rt = req.rt
         initial_pending = _truthy(send_initial)
+        accept = request.headers.get("Accept", "")
+        as_table = "as=Table" in accept and "g=meta.k8s.io" in accept
+        include_object = q.get("includeObject") == "Object"
+        first_table = True
         deadline = time.monotonic() + timeout
         last_bookmark = time.monotonic()
 
@@ -418,6 +430,14 @@ class ApiServer:
                 if item is None:
                     break  # dropped (fault injection or shutdown)
                 type_, obj = item
+                if as_table:
+                    # Watch events in Table form, as `kubectl get -w` asks for; the column
+                    # definitions come with the first event only (handlers/watch.go).
+                    obj = _table(rt, [obj], obj["metadata"].get("resourceVersion", ""), "", include_object,
+                                 self.store.clock())
+                    if not first_table:
+                        obj["columnDefinitions"] = []
+                    first_table = False
                 await write({"type": type_, "object": obj})
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -636,3 +656,113 @@ def _table(rt: ResourceType, items: list[dict], resource_version: Any, continue_
     if continue_token:
         meta["continue"] = continue_token
     return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": columns, "rows": rows}
+
+
+# --- protobuf request bodies -----------------------------------------------------------------
+# kubectl's typed generators (`kubectl create namespace|secret|configmap`) POST protobuf and do
+# not fall back to JSON. The emulator decodes just those kinds (field numbers from
+# k8s.io/api/core/v1/generated.proto and apimachinery's meta/v1 generated.proto); anything else
+# is a 415.
+
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+_PB_MAGIC = b"k8s\x00"
+
+
+def _pb_fields(data: bytes) -> list[tuple[int, Any]]:
+    """Wire-level decode: (field number, int | bytes) in order."""
+    out: list[tuple[int, Any]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = result = 0
+        while True:
+            b = data[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((number, varint()))
+        elif wire == 2:
+            length = varint()
+            out.append((number, data[i:i + length]))
+            i += length
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise bad_request("the body of the request could not be decoded: bad protobuf wire type")
+    return out
+
+
+def _pb_map(entries: list[bytes], binary: bool = False) -> dict[str, str]:
+    out = {}
+    for entry in entries:
+        fields = dict(_pb_fields(entry))
+        value = fields.get(2, b"")
+        out[fields.get(1, b"").decode()] = base64.b64encode(value).decode() if binary else value.decode()
+    return out
+
+
+def _pb_object_meta(data: bytes) -> dict:
+    meta: dict[str, Any] = {}
+    labels: list[bytes] = []
+    annotations: list[bytes] = []
+    finalizers: list[str] = []
+    for number, value in _pb_fields(data):
+        if number in (1, 2, 3, 6) and value:
+            meta[{1: "name", 2: "generateName", 3: "namespace", 6: "resourceVersion"}[number]] = value.decode()
+        elif number == 11:
+            labels.append(value)
+        elif number == 12:
+            annotations.append(value)
+        elif number == 14:
+            finalizers.append(value.decode())
+    if labels:
+        meta["labels"] = _pb_map(labels)
+    if annotations:
+        meta["annotations"] = _pb_map(annotations)
+    if finalizers:
+        meta["finalizers"] = finalizers
+    return meta
+
+
+def decode_protobuf(raw: bytes) -> dict:
+    if not raw.startswith(_PB_MAGIC):
+        raise bad_request("the body of the request could not be decoded: missing protobuf envelope")
+    envelope = dict(_pb_fields(raw[len(_PB_MAGIC):]))
+    type_meta = dict(_pb_fields(envelope.get(1, b"")))
+    api_version, kind = type_meta.get(1, b"").decode(), type_meta.get(2, b"").decode()
+    if api_version != "v1" or kind not in ("Namespace", "Secret", "ConfigMap"):
+        raise unsupported_media_type(PROTOBUF + f" ({api_version}, Kind={kind})", list(_BODY_TYPES))
+    obj: dict[str, Any] = {"apiVersion": api_version, "kind": kind}
+    maps: dict[int, list[bytes]] = {}
+    for number, value in _pb_fields(envelope.get(2, b"")):
+        if number == 1:
+            obj["metadata"] = _pb_object_meta(value)
+        elif kind == "Namespace" and number == 2:
+            obj["spec"] = {"finalizers": [v.decode() for n, v in _pb_fields(value) if n == 1]}
+        elif kind == "Secret" and number == 3:
+            obj["type"] = value.decode()
+        elif isinstance(value, bytes):
+            maps.setdefault(number, []).append(value)
+        elif number == (5 if kind == "Secret" else 4):
+            obj["immutable"] = bool(value)
+    if kind == "Secret":
+        if 2 in maps:
+            obj["data"] = _pb_map(maps[2], binary=True)
+        if 4 in maps:
+            obj["stringData"] = _pb_map(maps[4])
+    elif kind == "ConfigMap":
+        if 2 in maps:
+            obj["data"] = _pb_map(maps[2])
+        if 3 in maps:
+            obj["binaryData"] = _pb_map(maps[3], binary=True)
+    return obj
