@@ -22,7 +22,10 @@ probes, resources, secrets/configMap volumes and env ``valueFrom`` other than ``
 pods are *refused*: phase ``Failed``, reason ``SimKubeletRefused`` and a message saying why, plus a
 Warning Event. A ``hostPath`` of type ``Directory`` that does not exist keeps the pod ``Pending``
 with a ``FailedMount`` Warning Event, like kubelet, and is retried. Pods on a node marked down are
-never started.
+never started. There is no kube-scheduler: a pod without ``nodeName`` that is pinned to one of
+the kubelet's nodes (nodeSelector ``kubernetes.io/hostname`` or a required node affinity on it
+with a single value) is bound by setting ``spec.nodeName``; any other unscheduled pod stays
+Pending.
 """
 
 from __future__ import annotations
@@ -199,6 +202,25 @@ def plan_pod(pod: dict[str, Any], node_root: Path, workdir: Path, *, images: Ite
     return PodPlan(argv, env, cwd, mounts, term_file, workdir)
 
 
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def wanted_hostname(pod: dict[str, Any]) -> str | None:
+    """The one node an unscheduled pod is pinned to: nodeSelector ``kubernetes.io/hostname`` or a
+    required node affinity ``kubernetes.io/hostname In [<one value>]``; else None."""
+    spec = pod.get("spec") or {}
+    sel = (spec.get("nodeSelector") or {}).get(HOSTNAME_LABEL)
+    if sel:
+        return str(sel)
+    req = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+           .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    for term in req.get("nodeSelectorTerms") or []:
+        for expr in term.get("matchExpressions") or []:
+            if expr.get("key") == HOSTNAME_LABEL and expr.get("operator") == "In" and len(expr.get("values") or []) == 1:
+                return str(expr["values"][0])
+    return None
+
+
 @dataclass
 class _Run:
     task: asyncio.Task[None]
@@ -220,6 +242,7 @@ class SimKubelet:
     _logs: dict[tuple[str, str], bytearray] = field(default_factory=dict, init=False)
     _runs: dict[tuple[str, str], _Run] = field(default_factory=dict, init=False)
     _pending_mount: set[tuple[str, str]] = field(default_factory=set, init=False)
+    _binding: set[tuple[str, str]] = field(default_factory=set, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _tmp: Path | None = field(default=None, init=False)
 
@@ -306,6 +329,13 @@ class SimKubelet:
 
     def _consider(self, pod: dict[str, Any]) -> None:
         node = (pod.get("spec") or {}).get("nodeName")
+        if not node:
+            target = wanted_hostname(pod)
+            key = (pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
+            if target in self.nodes and key not in self._binding:
+                self._binding.add(key)
+                self._tasks.append(asyncio.create_task(self._bind(pod, target), name=f"bind-{key[1]}"))
+            return
         if node not in self.nodes or node in self.down:
             return
         if pod["metadata"].get("deletionTimestamp"):
@@ -318,6 +348,25 @@ class SimKubelet:
         if key in self._runs and key not in self._pending_mount:
             return  # ran already (status write may be in flight)
         self._runs[key] = _Run(asyncio.create_task(self._run_pod(pod), name=f"pod-{key[0]}-{key[1]}"))
+
+    async def _bind(self, pod: dict[str, Any], node: str) -> None:
+        """Stand-in for kube-scheduler: set ``spec.nodeName`` of a pod pinned to one hostname."""
+        ns, name = pod["metadata"].get("namespace", ""), pod["metadata"]["name"]
+        try:
+            for _ in range(20):
+                cur = await self._read(ns, name)
+                if cur is None or (cur.get("spec") or {}).get("nodeName"):
+                    return
+                cur["spec"]["nodeName"] = node
+                try:
+                    await self.core.replace_namespaced_pod(name, ns, cur)
+                    return
+                except ApiException as exc:
+                    if exc.status != 409:
+                        log.warning("could not bind pod %s/%s to %s: %s", ns, name, node, exc.reason)
+                        return
+        finally:
+            self._binding.discard((ns, name))
 
     # ------------------------------------------------------------------ running
     async def _run_pod(self, pod: dict[str, Any]) -> None:

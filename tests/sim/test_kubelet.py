@@ -170,3 +170,24 @@ def test_image_matching() -> None:
     assert not image_allowed("busybox", ["bimguard"])
     assert image_allowed("ghcr.io/org/bimguard:2", ["ghcr.io/org/bimguard:1"])
     assert not image_allowed("docker.io/other/bimguard:2", ["ghcr.io/org/bimguard:1"])
+
+
+async def test_pod_pinned_by_hostname_is_bound_and_run(api: ApiServer, kubelet: SimKubelet) -> None:
+    import asyncio
+
+    sel = _pod("sel", ["true"], node="")
+    del sel["spec"]["nodeName"]
+    sel["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "worker-2"}
+    aff = _pod("aff", ["true"], node="")
+    del aff["spec"]["nodeName"]
+    aff["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["worker-1"]}]}]}}}
+    free = _pod("free", ["true"], node="")
+    del free["spec"]["nodeName"]
+    for p in (sel, aff, free):
+        api.store.create(PODS, p)
+    for name, node in (("sel", "worker-2"), ("aff", "worker-1")):
+        got = await _wait_phase(api, name, {"Succeeded", "Failed"})
+        assert got["status"]["phase"] == "Succeeded" and got["spec"]["nodeName"] == node
+    await asyncio.sleep(0.2)
+    assert not api.store.get(PODS, "default", "free")["spec"].get("nodeName")
