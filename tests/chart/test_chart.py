@@ -95,8 +95,9 @@ def test_every_manifest_parses_and_is_named(values: dict[str, Any]) -> None:
 
 
 @BOTH_MODES
-def test_lint_is_clean_even_strict(values: dict[str, Any]) -> None:
-    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+@pytest.mark.parametrize("namespace", [NAMESPACE, None], ids=["namespace", "no-namespace"])
+def test_lint_is_clean_even_strict(values: dict[str, Any], namespace: str | None) -> None:
+    report = helm.lint(CHART, values, strict=True, namespace=namespace)
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 

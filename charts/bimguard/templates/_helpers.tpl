@@ -60,7 +60,7 @@ app.kubernetes.io/component: webhook
 
 {{/* Cluster-scoped, so it carries the release namespace: two releases never fight over it. */}}
 {{- define "bimguard.webhookConfigurationName" -}}
-{{ printf "%s-%s" (include "bimguard.fullname" .) .Release.Namespace | trunc 253 }}
+{{ printf "%s-%s" (include "bimguard.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "bimguard.clusterRoleName" -}}
