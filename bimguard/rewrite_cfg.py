@@ -39,6 +39,7 @@ import re
 import secrets
 import stat
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,9 @@ DATA_DIRS = ("replicas", "backing-images")
 CFG_KEYS = frozenset({"diskName", "diskUUID", "diskDriver"})
 MAX_CFG_BYTES = 64 * 1024  # a real cfg is ~120 bytes; anything huge is not one
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+# A rewriter of the same disk that holds the lock longer than this is stuck (hung storage?): give
+# up with a transient error rather than hang the pod.
+LOCK_TIMEOUT_SECONDS = 30.0
 # Longhorn writes lower-case v4 UUIDs from google/uuid (BRIEF §1.1).
 UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
@@ -110,14 +114,7 @@ def validate(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> str:
 def _rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> Outcome:
     dir_fd = _open_disk_dir(path)
     try:
-        # Serialise rewriters of the same disk (a retried pod next to a slow one). Longhorn never
-        # writes an existing cfg (BRIEF §0.3), so only bimguard competes for it. Filesystems
-        # without flock get no lock rather than no rewrite.
-        try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX)
-        except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
+        _lock(dir_fd, path)
         _remove_stale_temps(dir_fd)
         raw, st = _read_cfg(dir_fd, path)
         cfg = _parse_cfg(raw, path)
@@ -134,7 +131,27 @@ def _rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> Outcome
         _replace(dir_fd, encode_cfg(cfg), st)
         return Outcome(EXIT_OK, f"written: {path}/{CFG} diskUUID {old_uuid} -> {new_uuid}")
     finally:
-        os.close(dir_fd)  # also releases the flock
+        os.close(dir_fd)  # also releases the lock
+
+
+def _lock(dir_fd: int, path: str) -> None:
+    """Serialise rewriters of the same disk (a retried pod beside a slow one). Longhorn never
+    writes an existing cfg (BRIEF §0.3), so only bimguard competes for it. A filesystem without
+    flock gets no lock rather than no rewrite."""
+    deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+    while True:
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise _Stop(EXIT_TRANSIENT, f"{path}: another rewriter of this disk still holds the lock "
+                                            f"after {LOCK_TIMEOUT_SECONDS:g} s") from None
+            time.sleep(0.05)
+        except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                return
+            raise
 
 
 def _open_disk_dir(path: str) -> int:
@@ -295,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     return outcome.code
 
 
-DESCRIPTION = __doc__.split("\n\n", 1)[0]
+DESCRIPTION = (__doc__ or "").split("\n\n", 1)[0]  # __doc__ is None under python -OO
 EPILOG = """\
 exit codes:
   0  written, or the cfg already holds --new

@@ -4,6 +4,7 @@ invariant 4, BRIEF §0.4, §1.1, §12)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -230,6 +231,19 @@ def test_io_error_while_writing_is_transient_and_leaves_no_temp(disk: Path, monk
     out = rewrite(str(disk), NAME, OLD, NEW)
     assert out.code == EXIT_TRANSIENT and "Input/output error" in out.message
     assert_untouched(disk)
+
+
+def test_a_rewriter_stuck_holding_the_lock_is_a_transient_error(disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rewrite_cfg, "LOCK_TIMEOUT_SECONDS", 0.2)
+    fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        out = rewrite(str(disk), NAME, OLD, NEW)
+    finally:
+        os.close(fd)
+    assert out.code == EXIT_TRANSIENT and "lock" in out.message
+    assert_untouched(disk)
+    assert rewrite(str(disk), NAME, OLD, NEW).code == EXIT_OK  # released with the descriptor
 
 
 def test_stale_temp_files_of_a_killed_rewriter_are_removed(disk: Path) -> None:
