@@ -82,7 +82,9 @@ class SimCluster:
         self.seed = seed
         self.clock = SimClock(time_scale)
         self.uuids = UuidGen(seed)
-        self._rng = random.Random(seed)
+        # Own stream for disk names: sharing UuidGen's seed would make default-disk-<hex> names
+        # repeat the hex digits of other disks' UUIDs.
+        self._rng = random.Random(None if seed is None else f"sim-disk-names-{seed}")
         self.longhorn_version = longhorn_version
         self.bim_image = bim_image
         self.token = token
