@@ -44,6 +44,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import yaml
 from aiohttp import web
 
@@ -82,7 +83,7 @@ class _Request:
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), status=status,
+    return web.Response(body=msgspec.json.encode(body), status=status,
                         content_type="application/json", headers=headers)
 
 
@@ -400,7 +401,7 @@ class ApiServer:
         last_bookmark = time.monotonic()
 
         async def write(event: dict) -> None:
-            await resp.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+            await resp.write(msgspec.json.encode(event) + b"\n")
 
         def bookmark(extra: dict | None = None) -> dict:
             meta: dict[str, Any] = {"resourceVersion": str(self.store.resource_version), "creationTimestamp": None}
@@ -439,8 +440,8 @@ class ApiServer:
                         obj["columnDefinitions"] = []
                     first_table = False
                 await write({"type": type_, "object": obj})
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away; CancelledError (server shutdown) propagates
         finally:
             self.store.stop_watch(watcher)
             self._streams.discard(resp)
