@@ -16,7 +16,7 @@ rare; the serving certificate, whose key is in every replica's memory, is short-
 reissued when less than a third of its life is left (~4 months ahead, many chances to succeed
 before expiry). The CA is rotated when less than a third of its life is left (3.3 years ahead).
 Serving certificates never outlive their CA. `Policy` makes all of this configurable (tests use
-seconds). Keys are ECDSA P-256: fast to generate (a replica that loses the creation race has
+days and minutes). Keys are ECDSA P-256: fast to generate (a replica that loses the creation race has
 wasted microseconds, not an RSA key search), small, and accepted by Go's crypto/tls.
 
 Protocol (no leader needed for the Secret; every step is a compare-and-swap):
@@ -33,16 +33,26 @@ Protocol (no leader needed for the Secret; every step is a compare-and-swap):
        yet, so the leader's caBundle update and the replicas' reloads can happen in any order.
     2. switch: next becomes ca.crt/ca.key, the old ca.crt moves to ca-previous.crt, and a new
        serving certificate is issued by the new CA. Bundle = {new, previous}: trusts both the
-       certificates replicas serve until they reload and the new one.
+       certificates replicas serve until they reload and the new one. With `mwc_name` given,
+       the switch also waits until every webhook's caBundle in that configuration contains
+       the new CA (a missing configuration counts as yes: nobody calls us), so an absent
+       leader delays the rotation instead of breaking the webhook.
     3. drop: ca-previous.crt removed once every replica has had `overlap` to load phase 2.
   Safety condition: `overlap` must exceed the replicas' Secret poll interval plus the leader's
-  caBundle reconcile interval (defaults: 30 s poll, 10 min overlap). Then at every moment the
-  caBundle in the MutatingWebhookConfiguration trusts every certificate any replica serves.
+  caBundle reconcile interval and the clock skew between replicas (defaults: 30 s poll, 30 s
+  `keep_ca_bundle`, 10 min overlap). Then at every moment the caBundle in the
+  MutatingWebhookConfiguration trusts every certificate any replica serves.
+- Time-based, not acknowledged: replicas do not report which certificate they loaded, so phase 3
+  relies on every live replica polling within `overlap`. A replica cut off from the API for
+  longer keeps serving its old certificate, which the bundle stops trusting at phase 3: its
+  calls then fail and are ignored (failurePolicy Ignore, the repair Job is the backstop) until
+  it reads the Secret again.
 - A Secret that cannot be parsed (hand-edited, or a placeholder without keys) is replaced with a
   fresh CA, again with the resourceVersion precondition.
 
-The leader (chosen elsewhere) calls `ensure_ca_bundle` with `source.ca_bundle_pem` periodically;
-it repairs drift, e.g. a `helm upgrade` that resets `caBundle`.
+The leader (chosen elsewhere) runs `keep_ca_bundle` (or calls `ensure_ca_bundle` with
+`source.ca_bundle_pem` itself) periodically; that repairs drift, e.g. a `helm upgrade` that
+resets `caBundle`.
 
 Key material never reaches a log: log lines name certificates by serial, fingerprint and
 expiry; reprs omit keys; Secret responses are read with `_preload_content=False` because
@@ -52,12 +62,21 @@ are logged as status and reason only.
 Public API:
     Policy(ca_validity, serving_validity, renew_fraction, overlap, backdate)
     service_dns_names(service, namespace, cluster_domain="cluster.local") -> tuple[str, ...]
-    Issuer, Material, advance(material, now, policy, dns_names) -> (Material, reasons) | None
+    Issuer, Material, fresh(now, policy, dns_names) -> Material
+    advance(material, now, policy, dns_names, *, next_ca_published=True) -> (Material, reasons) | None
     new_ca(now, validity, common_name) -> Issuer
     issue_serving(ca, dns_names, now, validity, backdate) -> (certificate, key)
-    SelfManagedCerts(api_client, namespace, secret_name, service_name, *, policy, poll_interval,
-                     cluster_domain, clock)   # a CertSource (webhook/tls.py); refresh() -> bool
+    SelfManagedCerts(api_client, namespace, secret_name, service_name, *, policy=Policy(),
+                     poll_interval=30.0, cluster_domain="cluster.local", clock=utcnow,
+                     tmp_dir=None, mwc_name=None)
+        a CertSource (webhook/tls.py): start(), stop(), ssl_context, certificate, not_after,
+        ca_bundle_pem, cert_expiry_seconds(); plus refresh() -> bool (one poll, for tests and
+        the controller) and material (the parsed Secret; its repr shows no keys)
     async ensure_ca_bundle(api_client, mwc_name, bundle_pem) -> bool   # True if it patched
+    async keep_ca_bundle(api_client, mwc_name, source, interval=30.0)   # the leader's loop
+    ApiFailure                 # .status, .reason of a failed API call (raised by the above)
+`start()` raises when the API server cannot be reached: the pod then restarts rather than serve
+nothing; after that, API failures are logged and the last certificate keeps serving.
 """
 
 from __future__ import annotations
@@ -70,6 +89,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+import aiohttp
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -116,15 +136,21 @@ def service_dns_names(service: str, namespace: str, cluster_domain: str = "clust
 
 # --- certificates (pure) ------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Issuer:
-    """A CA certificate and its key."""
+    """A CA certificate and its key (checked to match, so the certificate identifies it)."""
 
     cert: x509.Certificate
     key: CertificateIssuerPrivateKeyTypes = field(repr=False)
 
     def __repr__(self) -> str:
         return f"Issuer({describe(self.cert)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Issuer) and other.cert == self.cert
+
+    def __hash__(self) -> int:
+        return hash(self.cert)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -217,9 +243,10 @@ class InvalidMaterial(ValueError):
     """A Secret that does not hold a usable bimguard CA and serving certificate."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Material:
-    """What the Secret holds, parsed. Reprs show certificates only, never keys."""
+    """What the Secret holds, parsed. Reprs show certificates only, never keys. Compared by
+    identity: compare `bundle` or `serving_cert` instead."""
 
     ca: Issuer
     serving_cert: x509.Certificate
@@ -323,12 +350,14 @@ def fresh(now: datetime, policy: Policy, dns_names: tuple[str, ...]) -> Material
     return Material(ca, cert, key)
 
 
-def advance(material: Material | None, now: datetime, policy: Policy,
-            dns_names: tuple[str, ...]) -> tuple[Material, list[str]] | None:
+def advance(material: Material | None, now: datetime, policy: Policy, dns_names: tuple[str, ...], *,
+            next_ca_published: bool = True) -> tuple[Material, list[str]] | None:
     """What the Secret should hold next, and why; None when it is fine as it is.
 
     The single decision of the rotation protocol (see the module docstring). Applied to its own
     output at the same `now` it returns None: every replica converges on one answer.
+    `next_ca_published`: the webhook configuration already trusts the announced CA (phase 2
+    waits for it even after `overlap`).
     """
     if material is None:
         return fresh(now, policy, dns_names), ["no usable CA"]
@@ -340,7 +369,7 @@ def advance(material: Material | None, now: datetime, policy: Policy,
         # Mid-rotation without a timestamp (annotation lost): restart the overlap rather than guess.
         return replace(m, step_at=now), ["CA rotation: timestamp missing"]
     since_step = now - m.step_at if m.step_at is not None else policy.overlap
-    if m.next_ca is not None and since_step >= policy.overlap:
+    if m.next_ca is not None and since_step >= policy.overlap and next_ca_published:
         cert, key = issue_serving(m.next_ca, dns_names, now, policy.serving_validity, policy.backdate)
         m = Material(m.next_ca, cert, key, None, m.ca.cert, now)
         why.append("CA rotation: switch to the announced CA")
@@ -366,8 +395,8 @@ def advance(material: Material | None, now: datetime, policy: Policy,
 
 # --- Kubernetes I/O -----------------------------------------------------------------------------
 
-class _ApiFailure(Exception):
-    """An API call failed; the message is status and reason only (bodies may echo objects)."""
+class ApiFailure(Exception):
+    """An API call failed: `.status`, `.reason`; the message is just those (bodies may echo objects)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}")
@@ -380,7 +409,7 @@ async def _raw(call: Any) -> tuple[int, dict[str, Any]]:
     try:
         resp = await call
     except ApiException as e:  # raised for transport-level issues even without preloading
-        raise _ApiFailure(int(e.status or 0), str(e.reason or "")) from None
+        raise ApiFailure(int(e.status or 0), str(e.reason or "")) from None
     try:
         body = await resp.read()
     finally:
@@ -390,7 +419,7 @@ async def _raw(call: Any) -> tuple[int, dict[str, Any]]:
     except ValueError:
         obj = {}
     if not 200 <= resp.status <= 299:
-        raise _ApiFailure(resp.status, str(obj.get("reason") or resp.reason or ""))
+        raise ApiFailure(resp.status, str(obj.get("reason") or resp.reason or ""))
     return resp.status, obj
 
 
@@ -398,17 +427,27 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _bundle_certs(ca_bundle: str | None) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(base64.b64decode(ca_bundle or ""))
+    except ValueError:
+        return []
+
+
 class SelfManagedCerts(CertSource):
     """A CA and serving certificate kept in one Secret, shared by every replica (module docstring)."""
 
     def __init__(self, api_client: client.ApiClient, namespace: str, secret_name: str, service_name: str, *,
                  policy: Policy = Policy(), poll_interval: float = 30.0, cluster_domain: str = "cluster.local",
-                 clock: Callable[[], datetime] = _utcnow, tmp_dir: str | None = None) -> None:
+                 clock: Callable[[], datetime] = _utcnow, tmp_dir: str | None = None,
+                 mwc_name: str | None = None) -> None:
         super().__init__(tmp_dir)
+        self.mwc_name = mwc_name
         self.namespace, self.secret_name = namespace, secret_name
         self.dns_names = service_dns_names(service_name, namespace, cluster_domain)
         self.policy, self.poll_interval, self.clock = policy, poll_interval, clock
         self._core = client.CoreV1Api(api_client)
+        self._admission = client.AdmissionregistrationV1Api(api_client)
         self._material: Material | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -438,7 +477,8 @@ class SelfManagedCerts(CertSource):
     async def refresh(self) -> bool:
         """Read the Secret, write the protocol's next step if one is due, serve what it holds.
 
-        True if the served certificate or the CA bundle changed.
+        True if the served certificate or the CA bundle changed. Raises ApiFailure when the
+        API server cannot be read or written (the current certificate keeps serving).
         """
         for _ in range(10):
             now = self.clock()
@@ -449,19 +489,27 @@ class SelfManagedCerts(CertSource):
                     continue  # another replica created it first: read and use theirs
                 log.info("created Secret %s/%s: %s", self.namespace, self.secret_name, describe(material.serving_cert))
                 return self._use(material)
-            rv, data, annotations = current
+            obj, data = current
             parsed: Material | None = None
             try:
-                parsed = Material.from_secret(data, annotations)
+                parsed = Material.from_secret(data, (obj.get("metadata") or {}).get("annotations"))
             except InvalidMaterial as e:
                 log.warning("Secret %s/%s holds no usable certificates (%s); replacing it",
                             self.namespace, self.secret_name, e)
-            step = advance(parsed, now, self.policy, self.dns_names)
+            published = True
+            if (parsed is not None and parsed.next_ca is not None and parsed.step_at is not None
+                    and now - parsed.step_at >= self.policy.overlap and self.mwc_name):
+                published = await self._trusted_by_webhooks(parsed.next_ca.cert)
+                if not published:
+                    log.warning("CA rotation waits: MutatingWebhookConfiguration %s does not trust the new CA "
+                                "(%s) yet; is the leader injecting caBundle?", self.mwc_name,
+                                describe(parsed.next_ca.cert))
+            step = advance(parsed, now, self.policy, self.dns_names, next_ca_published=published)
             if step is None and parsed is not None:
                 return self._use(parsed)
             assert step is not None
             nxt, why = step
-            if not await self._replace(nxt, rv):
+            if not await self._replace(nxt, obj):
                 continue  # someone else wrote first: recompute from theirs
             log.info("updated Secret %s/%s (%s): %s", self.namespace, self.secret_name, "; ".join(why), nxt)
             return self._use(nxt)
@@ -475,47 +523,69 @@ class SelfManagedCerts(CertSource):
             return True
         return before is None or before.bundle != material.bundle
 
-    async def _read(self) -> tuple[str, dict[str, bytes], dict[str, str]] | None:
+    async def _read(self) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+        """(the Secret as stored, its decoded data); None if there is none."""
         try:
             _, obj = await _raw(self._core.read_namespaced_secret(
                 self.secret_name, self.namespace, _preload_content=False))
-        except _ApiFailure as e:
+        except ApiFailure as e:
             if e.status == 404:
                 return None
             raise
-        meta = obj.get("metadata") or {}
-        data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-        return str(meta.get("resourceVersion", "")), data, dict(meta.get("annotations") or {})
+        try:
+            data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+        except (ValueError, TypeError):
+            data = {}
+        return obj, data
 
-    def _body(self, material: Material, rv: str | None) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.secret_name, "namespace": self.namespace,
-                                "labels": dict(MANAGED_BY), "annotations": material.annotations()}
-        if rv is not None:
-            meta["resourceVersion"] = rv
-        return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": SECRET_TYPE,
+    def _body(self, material: Material, current: dict[str, Any] | None) -> dict[str, Any]:
+        """The Secret to write. A replacement keeps what others put in the metadata (labels,
+        annotations, owners) and the type (immutable in the API)."""
+        meta: dict[str, Any] = dict((current or {}).get("metadata") or {})
+        meta.pop("managedFields", None)
+        meta.update(name=self.secret_name, namespace=self.namespace)
+        meta["labels"] = {**(meta.get("labels") or {}), **MANAGED_BY}
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != STEP_ANNOTATION}
+        meta["annotations"] = {**annotations, **material.annotations()}
+        secret_type = (current or {}).get("type") or SECRET_TYPE
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": secret_type,
                 "data": {k: _b64(v) for k, v in material.secret_data().items()}}
 
     async def _create(self, material: Material) -> bool:
         try:
             await _raw(self._core.create_namespaced_secret(
                 self.namespace, self._body(material, None), _preload_content=False))
-        except _ApiFailure as e:
+        except ApiFailure as e:
             if e.status == 409:
                 log.info("Secret %s/%s was created by another replica; using it", self.namespace, self.secret_name)
                 return False
             raise
         return True
 
-    async def _replace(self, material: Material, rv: str) -> bool:
+    async def _replace(self, material: Material, current: dict[str, Any]) -> bool:
+        """PUT with the resourceVersion `current` was read at; False if it changed meanwhile."""
         try:
             await _raw(self._core.replace_namespaced_secret(
-                self.secret_name, self.namespace, self._body(material, rv), _preload_content=False))
-        except _ApiFailure as e:
+                self.secret_name, self.namespace, self._body(material, current), _preload_content=False))
+        except ApiFailure as e:
             if e.status in (404, 409):  # deleted or changed since we read it
                 log.info("Secret %s/%s changed under us (%s); re-reading", self.namespace, self.secret_name, e)
                 return False
             raise
         return True
+
+    async def _trusted_by_webhooks(self, ca: x509.Certificate) -> bool:
+        """Does every webhook of the configuration trust `ca`? (No configuration: nobody calls us.)"""
+        assert self.mwc_name is not None
+        try:
+            _, obj = await _raw(self._admission.read_mutating_webhook_configuration(self.mwc_name, _preload_content=False))
+        except ApiFailure as e:
+            if e.status == 404:
+                return True
+            log.warning("cannot read MutatingWebhookConfiguration %s: %s", self.mwc_name, e)
+            return False
+        return all(ca in _bundle_certs((hook.get("clientConfig") or {}).get("caBundle"))
+                   for hook in obj.get("webhooks") or [])
 
     async def _poll(self) -> None:
         while True:
@@ -524,7 +594,7 @@ class SelfManagedCerts(CertSource):
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except _ApiFailure as e:  # keep serving what we have; the API may be back next time
+            except ApiFailure as e:  # keep serving what we have; the API may be back next time
                 log.warning("cannot refresh Secret %s/%s: %s", self.namespace, self.secret_name, e)
             except Exception as e:  # noqa: BLE001 - the watcher must survive; never log the traceback's locals
                 log.warning("cannot refresh Secret %s/%s: %s", self.namespace, self.secret_name, type(e).__name__)
@@ -553,7 +623,7 @@ async def ensure_ca_bundle(api_client: client.ApiClient, mwc_name: str, bundle_p
         try:
             await _raw(api.patch_mutating_webhook_configuration(
                 mwc_name, ops, _content_type="application/json-patch+json", _preload_content=False))
-        except _ApiFailure as e:
+        except ApiFailure as e:
             if e.status in (409, 422):
                 continue
             raise
@@ -561,3 +631,21 @@ async def ensure_ca_bundle(api_client: client.ApiClient, mwc_name: str, bundle_p
                  mwc_name, len(ops) - 1, bundle_pem.count(b"-----BEGIN CERTIFICATE-----"))
         return True
     raise RuntimeError(f"MutatingWebhookConfiguration {mwc_name}: caBundle patch kept conflicting")
+
+
+async def keep_ca_bundle(api_client: client.ApiClient, mwc_name: str, source: CertSource,
+                         interval: float = 30.0) -> None:
+    """The leader's loop: `ensure_ca_bundle` with the source's bundle every `interval` seconds
+    until cancelled. Failures are logged and retried; a source without a bundle (files mode
+    without a CA file: cert-manager's injector owns caBundle) is left alone."""
+    while True:
+        bundle = source.ca_bundle_pem
+        if bundle:
+            try:
+                await ensure_ca_bundle(api_client, mwc_name, bundle)
+            except ApiFailure as e:
+                log.warning("cannot update caBundle of MutatingWebhookConfiguration %s: %s", mwc_name, e)
+            except (RuntimeError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
+                log.warning("cannot update caBundle of MutatingWebhookConfiguration %s: %s", mwc_name,
+                            type(e).__name__)
+        await asyncio.sleep(interval)

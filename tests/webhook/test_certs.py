@@ -28,9 +28,11 @@ from webhook.certs import (
     CA_PREVIOUS_CRT,
     Material,
     Policy,
+    STEP_ANNOTATION,
     SelfManagedCerts,
     advance,
     ensure_ca_bundle,
+    keep_ca_bundle,
     fresh,
     service_dns_names,
 )
@@ -148,16 +150,17 @@ def test_renamed_service_or_broken_secret_is_reissued():
     assert why == ["no usable CA"]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(gaps=st.lists(st.one_of(st.integers(1, 20 * 60), st.integers(1, 20 * 86400)), min_size=5, max_size=40))
-def test_rotation_never_leaves_a_served_certificate_untrusted(gaps):
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=st.integers(55 * 86400, 62 * 86400),  # the CA's renewal point is at day 60
+       gaps=st.lists(st.one_of(st.integers(1, 25 * 60), st.integers(1, 20 * 86400)), min_size=3, max_size=30))
+def test_rotation_never_leaves_a_served_certificate_untrusted(first, gaps):
     """Any poll schedule: whenever two Secret states can coexist (one replaced less than
     `overlap` before the other was written), each one's bundle trusts the other's certificate.
     """
     policy = SHORT
     now, m = T0, fresh(T0, policy, NAMES)
     states: list[tuple[datetime, Material]] = [(now, m)]  # (written at, content)
-    for gap in gaps:
+    for gap in [first, *gaps]:
         now += timedelta(seconds=gap)
         step = advance(m, now, policy, NAMES)
         if step is None:
@@ -185,12 +188,14 @@ def test_ca_rotation_phases():
     assert m1.bundle == (old, new) and m1.serving_cert.verify_directly_issued_by(old) is None
     assert advance(m1, t + policy.overlap - timedelta(seconds=1), policy, NAMES) is None
 
+    assert advance(m1, t + policy.overlap, policy, NAMES, next_ca_published=False) is None
     m2, why = advance(m1, t + policy.overlap, policy, NAMES)
     assert why == ["CA rotation: switch to the announced CA"]
     assert m2.ca.cert == new and m2.previous_ca == old and m2.bundle == (new, old)
     m2.serving_cert.verify_directly_issued_by(new)
     assert CA_PREVIOUS_CRT in m2.secret_data()
 
+    assert advance(m2, t + 2 * policy.overlap - timedelta(seconds=1), policy, NAMES) is None
     m3, why = advance(m2, t + 2 * policy.overlap, policy, NAMES)
     assert why == ["CA rotation: drop the previous CA"]
     assert m3.bundle == (new,) and m3.serving_cert == m2.serving_cert
@@ -300,6 +305,80 @@ async def test_ca_bundle_patch_is_conditional_on_the_resource_version(api, kube)
     assert raced and bundles(api) == [pem]
     statuses = [s for m, p, s in api.requests if m == "PATCH" and "mutatingwebhookconfigurations" in p]
     assert statuses == [422, 200], statuses
+
+
+async def test_the_switch_waits_for_the_webhook_configuration_to_trust_the_new_ca(api, kube, caplog):
+    mwc(api)
+    clock = Clock()
+    source = SelfManagedCerts(kube, NS, SECRET, SVC, policy=SHORT, clock=clock, mwc_name=MWC_NAME)
+    await source.start()
+    try:
+        await ensure_ca_bundle(kube, MWC_NAME, source.ca_bundle_pem)
+        clock.now = T0 + timedelta(days=61)
+        await source.refresh()
+        announced = stored_material(api)
+        assert announced.next_ca is not None
+        clock.now += 3 * SHORT.overlap  # long past the overlap, but no leader has published it
+        assert await source.refresh() is False
+        assert stored_material(api).next_ca == announced.next_ca
+        assert "does not trust the new CA" in caplog.text
+        await ensure_ca_bundle(kube, MWC_NAME, source.ca_bundle_pem)
+        assert await source.refresh() is True
+        switched = stored_material(api)
+        assert switched.ca == announced.next_ca and switched.previous_ca == announced.ca.cert
+        assert source.certificate == switched.serving_cert
+    finally:
+        await source.stop()
+
+
+async def test_a_replacement_keeps_foreign_metadata_and_the_type(api, kube):
+    source = SelfManagedCerts(kube, NS, SECRET, SVC, policy=SHORT, clock=Clock())
+    await source.start()
+    obj = stored(api)
+    obj["metadata"]["labels"] = {"team": "storage"}
+    obj["metadata"]["annotations"] = {"note": "kept"}
+    api.store.update(SECRETS, obj)
+    source.clock.now = T0 + timedelta(days=21)  # serving certificate due
+    assert await source.refresh() is True
+    await source.stop()
+    meta = stored(api)["metadata"]
+    assert meta["labels"] == {"team": "storage", "app.kubernetes.io/managed-by": "bimguard"}
+    assert meta["annotations"] == {"note": "kept"}
+    assert stored(api)["type"] == "kubernetes.io/tls"
+    clock = Clock(T0 + timedelta(days=61))
+    source = SelfManagedCerts(kube, NS, SECRET, SVC, policy=SHORT, clock=clock)
+    await source.start()
+    await source.stop()
+    assert set(stored(api)["metadata"]["annotations"]) == {"note", STEP_ANNOTATION}
+
+
+async def test_keep_ca_bundle_repairs_drift_until_cancelled(api, kube):
+    mwc(api)
+    source = SelfManagedCerts(kube, NS, SECRET, SVC)
+    await source.start()
+    task = asyncio.create_task(keep_ca_bundle(kube, MWC_NAME, source, interval=0.02))
+    try:
+        for _ in range(200):
+            if bundles(api) == [source.ca_bundle_pem] * 2:
+                break
+            await asyncio.sleep(0.01)
+        assert bundles(api) == [source.ca_bundle_pem] * 2
+        obj = api.store.get(MWC, None, MWC_NAME)
+        for hook in obj["webhooks"]:
+            hook["clientConfig"].pop("caBundle")
+        api.store.update(MWC, obj)  # helm upgrade
+        api.store.delete(MWC, None, MWC_NAME)  # even a missing configuration does not kill the loop
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        mwc(api)
+        for _ in range(200):
+            if bundles(api) == [source.ca_bundle_pem] * 2:
+                break
+            await asyncio.sleep(0.01)
+        assert bundles(api) == [source.ca_bundle_pem] * 2
+    finally:
+        task.cancel()
+        await source.stop()
 
 
 # --- end to end: the emulator's admission calls replicas while the CA rotates ----------------------
