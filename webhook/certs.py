@@ -93,7 +93,7 @@ import aiohttp
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes_asyncio import client
@@ -339,9 +339,9 @@ def _issuer(cert_pem: bytes, key_pem: bytes) -> Issuer:
         cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     except x509.ExtensionNotFound as e:
         raise InvalidCertificate(f"CA certificate lacks {e.oid}") from None
-    if not isinstance(key, (ec.EllipticCurvePrivateKey,)) and not hasattr(key, "sign"):
-        raise InvalidCertificate("CA key cannot sign")
-    return Issuer(cert, key)  # type: ignore[arg-type]
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise InvalidCertificate("CA key is neither ECDSA nor RSA")  # issue_serving signs with SHA-256
+    return Issuer(cert, key)
 
 
 def fresh(now: datetime, policy: Policy, dns_names: tuple[str, ...]) -> Material:
