@@ -362,7 +362,12 @@ def advance(material: Material | None, now: datetime, policy: Policy, dns_names:
     if material is None:
         return fresh(now, policy, dns_names), ["no usable CA"]
     if now >= material.ca.cert.not_valid_after_utc:
-        # Nothing signed by it is trusted any more; there is no overlap to preserve.
+        # Nothing signed by it is valid any more, so there is no overlap to preserve; an announced
+        # CA is already in the bundle, so use it rather than a new one.
+        nxt = material.next_ca
+        if nxt is not None and now < nxt.cert.not_valid_after_utc:
+            cert, key = issue_serving(nxt, dns_names, now, policy.serving_validity, policy.backdate)
+            return Material(nxt, cert, key), ["CA expired: switch to the announced CA at once"]
         return fresh(now, policy, dns_names), ["CA expired"]
     m, why = material, []
     if (m.next_ca is not None or m.previous_ca is not None) and m.step_at is None:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 log = logging.getLogger("bimguard.webhook.tls")
 
@@ -108,14 +109,32 @@ def load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, tmp_dir: st
             raise InvalidCertificate(f"OpenSSL refused the pair: {e.reason or e.library}") from None
 
 
+def _key_slot(key: object) -> str:
+    """Which of OpenSSL's per-algorithm certificate slots a key occupies in an SSL_CTX."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ec"
+    return type(key).__name__
+
+
 class ServingContext:
-    """One server SSLContext for the process's life; `load` swaps its chain for new handshakes."""
+    """One server SSLContext for the process's life; `load` swaps its chain for new handshakes.
+
+    OpenSSL keeps one certificate per key algorithm in a context: loading an ECDSA pair over an
+    RSA one leaves the RSA certificate in place and still served to clients that ask for RSA
+    (e.g. cert-manager switching `privateKey.algorithm`). So when the algorithm changes, the
+    pair goes into a fresh context and the live one's SNI callback (called for every handshake,
+    with or without SNI) moves each new connection onto it.
+    """
 
     def __init__(self, context: ssl.SSLContext | None = None, tmp_dir: str | None = None) -> None:
         self.context = context if context is not None else server_context()
         self.certificate: x509.Certificate | None = None
         self._tmp_dir = tmp_dir
         self._loaded: tuple[bytes, bytes] | None = None
+        self._slot: str | None = None
+        self._target = self.context  # where the current pair lives
 
     def __repr__(self) -> str:
         cert = describe(self.certificate) if self.certificate is not None else "none"
@@ -129,12 +148,21 @@ class ServingContext:
         if self._loaded == (cert_pem, key_pem):
             return False
         leaf = parse_pair(cert_pem, key_pem)
+        slot = _key_slot(serialization.load_pem_private_key(key_pem, password=None))
         # A dry run on a scratch context: a pair OpenSSL rejects must never reach the live one.
-        load_chain(server_context(), cert_pem, key_pem, self._tmp_dir)
-        load_chain(self.context, cert_pem, key_pem, self._tmp_dir)
-        self.certificate = leaf
-        self._loaded = (cert_pem, key_pem)
+        scratch = server_context()
+        load_chain(scratch, cert_pem, key_pem, self._tmp_dir)
+        if self._slot is not None and slot != self._slot:
+            self._target = scratch
+            self.context.sni_callback = self._switch
+        else:
+            load_chain(self._target, cert_pem, key_pem, self._tmp_dir)
+        self.certificate, self._loaded, self._slot = leaf, (cert_pem, key_pem), slot
         return True
+
+    def _switch(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        if self._target is not self.context:
+            conn.context = self._target
 
 
 class CertSource(abc.ABC):

@@ -156,6 +156,7 @@ def test_renamed_service_or_broken_secret_is_reissued():
 def test_rotation_never_leaves_a_served_certificate_untrusted(first, gaps):
     """Any poll schedule: whenever two Secret states can coexist (one replaced less than
     `overlap` before the other was written), each one's bundle trusts the other's certificate.
+    Gaps up to 20 days also cover polls that stop for longer than a phase (CA expiry included).
     """
     policy = SHORT
     now, m = T0, fresh(T0, policy, NAMES)
@@ -174,8 +175,11 @@ def test_rotation_never_leaves_a_served_certificate_untrusted(first, gaps):
         for written_at, b in states[i + 1:]:
             if written_at - replaced_at >= policy.overlap:
                 break
-            assert trusts(b.bundle, a.serving_cert), "a replica still serving the old certificate is refused"
-            assert trusts(a.bundle, b.serving_cert), "a new certificate is served before the bundle trusts it"
+            # (Once a certificate or every CA of a bundle has expired nothing can save it.)
+            if a.serving_cert.not_valid_after_utc > written_at:
+                assert trusts(b.bundle, a.serving_cert), "a replica still serving the old certificate is refused"
+            if any(ca.not_valid_after_utc > written_at for ca in a.bundle):
+                assert trusts(a.bundle, b.serving_cert), "a new certificate is served before the bundle trusts it"
 
 
 def test_ca_rotation_phases():
@@ -200,6 +204,13 @@ def test_ca_rotation_phases():
     assert why == ["CA rotation: drop the previous CA"]
     assert m3.bundle == (new,) and m3.serving_cert == m2.serving_cert
     assert advance(m3, t + 2 * policy.overlap, policy, NAMES) is None
+
+    # Polls stopped until the old CA expired mid-rotation: the announced CA takes over at once.
+    late = m1.ca.cert.not_valid_after_utc
+    m5, why = advance(m1, late, policy, NAMES)
+    assert why == ["CA expired: switch to the announced CA at once"]
+    assert m5.ca == m1.next_ca and m5.bundle == (new,)
+    m5.serving_cert.verify_directly_issued_by(new)
 
     # A lost timestamp mid-rotation restarts the overlap instead of dropping the old CA at once.
     lost = Material(m2.ca, m2.serving_cert, m2.serving_key, None, m2.previous_ca, None)

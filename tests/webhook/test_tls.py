@@ -273,3 +273,68 @@ async def test_file_certs_refuse_to_start_without_a_usable_pair(tmp_path: Path):
         await FileCerts(tmp_path / "tls.crt", tmp_path / "tls.key").start()
     with pytest.raises(InvalidCertificate):
         await FileCerts(tmp_path / "missing.crt", tmp_path / "missing.key").start()
+
+
+def rsa_pair(m: Material) -> tuple[bytes, bytes, x509.Certificate]:
+    """A serving certificate with an RSA key, signed by `m`'s CA (as cert-manager may issue)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ec_cert, _ = issue_serving(m.ca, NAMES, datetime.now(timezone.utc), timedelta(days=365))
+    key = rsa.generate_private_key(65537, 2048)
+    builder = x509.CertificateBuilder().subject_name(ec_cert.subject).issuer_name(ec_cert.issuer) \
+        .public_key(key.public_key()).serial_number(x509.random_serial_number()) \
+        .not_valid_before(ec_cert.not_valid_before_utc).not_valid_after(ec_cert.not_valid_after_utc)
+    for ext in ec_cert.extensions:
+        if not isinstance(ext.value, (x509.SubjectKeyIdentifier, x509.KeyUsage)):
+            builder = builder.add_extension(ext.value, ext.critical)
+    cert = builder.sign(m.ca.key, hashes.SHA256())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem, cert
+
+
+async def test_switching_key_algorithm_never_serves_the_old_certificate(https):
+    """OpenSSL keeps one certificate per key type in a context; an RSA -> ECDSA renewal must not
+    leave the old RSA certificate behind for clients that only offer RSA suites."""
+    m = material()
+    rsa_cert_pem, rsa_key_pem, rsa_cert = rsa_pair(m)
+    serving = ServingContext()
+    serving.load(rsa_cert_pem, rsa_key_pem)
+    port = await https(serving.context)
+    ca = client_context(m.bundle_pem)
+    kept = await Conn.open(port, ca)
+    assert kept.serial == rsa_cert.serial_number
+
+    serving.load(*m.serving_pem)  # now ECDSA
+    for hostname in (HOST, None):  # with and without SNI
+        ctx = client_context(m.bundle_pem)
+        if hostname is None:
+            ctx.check_hostname = False
+        conn = await Conn.open(port, ctx, hostname)
+        assert conn.serial == m.serving_cert.serial_number
+        assert await conn.get() == b"ok"
+        await conn.close()
+    rsa_only = client_context(m.bundle_pem)
+    rsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
+    rsa_only.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    try:
+        conn = await Conn.open(port, rsa_only)
+    except (ssl.SSLError, ConnectionError):
+        pass  # refused: right, there is no RSA certificate any more
+    else:
+        assert conn.serial != rsa_cert.serial_number, "the replaced RSA certificate is still served"
+        await conn.close()
+    assert await kept.get() == b"ok" and kept.serial == rsa_cert.serial_number
+
+    back_pem, back_key, back_cert = rsa_pair(m)  # and back to RSA, then a same-type renewal
+    serving.load(back_pem, back_key)
+    conn = await Conn.open(port, ca)
+    assert conn.serial == back_cert.serial_number
+    await conn.close()
+    again_pem, again_key, again_cert = rsa_pair(m)
+    serving.load(again_pem, again_key)
+    conn = await Conn.open(port, ca)
+    assert conn.serial == again_cert.serial_number
+    await conn.close()
+    await kept.close()
