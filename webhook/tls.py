@@ -6,6 +6,9 @@ and serving certificate kept in a Secret) or `FileCerts` (here: `--tls-cert-file
 `ssl_context` for its whole life and reload the chain into that same object:
 `SSLContext.load_cert_chain` affects only handshakes that start afterwards, so open keep-alive
 connections (kube-apiserver keeps them) carry on with the certificate they negotiated.
+One exception: OpenSSL keeps a certificate per key algorithm, so a pair of another algorithm
+(RSA -> ECDSA) goes into a fresh context that the live one's SNI callback hands every new
+handshake to; otherwise the replaced certificate would still be served to some clients.
 
 A new pair is checked before it touches the live context: parsed with `cryptography`, the key
 matched against the certificate, and loaded into a scratch context first. Loading a
