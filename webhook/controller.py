@@ -35,10 +35,11 @@ import copy
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
+import msgspec
 from kubernetes_asyncio import client
 
 from bimguard import records
@@ -62,6 +63,7 @@ from webhook.rewriter_pod import (
     DEFAULT_ACTIVE_DEADLINE,
     DEFAULT_COMMAND,
     DEFAULT_SERVICE_ACCOUNT,
+    LABEL_ATTEMPT,
     LABEL_RECORD,
     SELECTOR,
     pod_name,
@@ -123,6 +125,16 @@ def parse_time(value: str | None) -> float | None:
         return None
 
 
+def written_no_earlier_than(value: str | None) -> float | None:
+    """The latest moment a timestamp can stand for. `creationTimestamp` has whole seconds (the
+    API server truncates), so an object stamped 12:00:00Z may be 0.99 s younger than that; a
+    grace period measured from it must not come out shorter than configured."""
+    t = parse_time(value)
+    if t is None or value is None:
+        return None
+    return t if "." in value else t + 1.0
+
+
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -178,7 +190,7 @@ class RewriteController:
         self.leader = leader
         self.on_transition = on_transition
         # Metrics for the server to export.
-        self.phase_counts: dict[str, int] = {}  # records per phase, as of the last pass
+        self._phases: dict[str, str] = {}  # record -> phase, as of the last pass and our own writes
         self.transitions: Counter[str] = Counter()  # phase changes made by this process, by new phase
         self.errors = 0  # passes or records that failed with an unexpected error
         self._wake = asyncio.Event()
@@ -199,6 +211,11 @@ class RewriteController:
         if self._task is not None:
             await asyncio.wait({self._task}, timeout=30)
             self._task = None
+
+    @property
+    def phase_counts(self) -> dict[str, int]:
+        """Records per phase (a gauge for the server's metrics), as of the last pass."""
+        return dict(Counter(self._phases.values()))
 
     def wake(self) -> None:
         """Run a pass now (e.g. from the elector's on_started_leading)."""
@@ -262,7 +279,7 @@ class RewriteController:
     # ------------------------------------------------------------------ one pass
     async def reconcile_once(self) -> None:
         recs = await self.kube.items(REWRITES, self.namespace)
-        self.phase_counts = dict(Counter(phase_of(r) for r in recs))
+        self._phases = {r["metadata"]["name"]: phase_of(r) for r in recs}
         claims = {c["metadata"]["name"]: c for c in await self.kube.items(CLAIMS, self.namespace)}
         for rec in recs:
             self._act()
@@ -321,7 +338,7 @@ class RewriteController:
                                                message=f"stored status holds {spec['newUUID']}; rewriting the cfg")
             await self._create_pod(updated, 1)
             return
-        created = parse_time(rec["metadata"].get("creationTimestamp")) or time.time()
+        created = written_no_earlier_than(rec["metadata"].get("creationTimestamp")) or time.time()
         if time.time() - created < self.settings.pending_grace:
             return  # the admission write may still be in flight
         if node is None:
@@ -371,7 +388,7 @@ class RewriteController:
             else:
                 await self._roll_back(rec, f"{what} (attempt {attempt} of {self.settings.max_attempts})")
         elif not _started(pod):
-            created = parse_time(pod["metadata"].get("creationTimestamp")) or time.time()
+            created = written_no_earlier_than(pod["metadata"].get("creationTimestamp")) or time.time()
             if time.time() - created >= self.settings.pod_start_timeout:
                 # Delete first, then roll back: a pod that could still start after the rollback
                 # would write the new UUID under a status that holds the old one. Force-deleted,
@@ -516,6 +533,7 @@ class RewriteController:
         body["status"] = status
         updated = await self.kube.replace_status(REWRITES, self.namespace, body)
         new_phase = phase_of(updated)
+        self._phases[rec["metadata"]["name"]] = new_phase
         if new_phase != old_phase:
             self.transitions[new_phase] += 1
             if self.on_transition is not None:
@@ -583,7 +601,7 @@ class RewriteController:
         disk = Disk(node=spec["node"], name=spec["disk"], path=spec.get("diskPath", ""), type=DiskType.V1, uuid=old,
                     ready=None, schedulable=None, scheduled_replicas=tuple(sorted(entry.get("scheduledReplica") or ())))
         deps: Dependents = DependentsIndex([disk], inv.replicas, inv.backing_images, inv.bims).of(disk)
-        newer = replace(disk, uuid=new, scheduled_replicas=())
+        newer = msgspec.structs.replace(disk, uuid=new, scheduled_replicas=())
         new_deps = DependentsIndex([newer], inv.replicas, inv.backing_images, inv.bims).of(newer)
         if new_deps.holds_data:
             log.warning("record for %s/%s: data already refers to the new UUID %s (%s)", spec["node"], spec["disk"],
@@ -596,17 +614,29 @@ class RewriteController:
             await self.kube.delete(PODS, self.namespace, pod["metadata"]["name"])
 
     async def _clean_pods(self, recs: list[dict[str, Any]]) -> None:
-        """Rewriter pods of final or vanished records, and of superseded attempts."""
+        """Rewriter pods of final or vanished records, and of superseded attempts.
+
+        `recs` is the snapshot from the start of the pass: a pod created during the pass has an
+        attempt number above the snapshot's, so it is never mistaken for a superseded one.
+        """
         by_name = {r["metadata"]["name"]: r for r in recs}
         for pod in await self.kube.items(PODS, self.namespace, SELECTOR):
-            name = pod["metadata"]["name"]
-            rec = by_name.get((pod["metadata"].get("labels") or {}).get(LABEL_RECORD, ""))
-            if rec is not None and phase_of(rec) == "Pending":
-                continue
-            if rec is not None and phase_of(rec) == "Rewriting" and (rec.get("status") or {}).get("pod") == name:
-                continue
+            labels = pod["metadata"].get("labels") or {}
+            rec = by_name.get(labels.get(LABEL_RECORD, ""))
+            if rec is not None and phase_of(rec) not in records.FINAL_PHASES:
+                try:
+                    attempt = int(labels.get(LABEL_ATTEMPT, ""))
+                except ValueError:
+                    continue
+                if attempt >= int((rec.get("status") or {}).get("attempts") or 0):
+                    continue
+            elif rec is None and not await self._record_gone(labels.get(LABEL_RECORD, "")):
+                continue  # created after the snapshot
             self._act()
-            await self.kube.delete(PODS, self.namespace, name)
+            await self.kube.delete(PODS, self.namespace, pod["metadata"]["name"])
+
+    async def _record_gone(self, name: str) -> bool:
+        return not name or await self.kube.get_or_none(REWRITES, self.namespace, name) is None
 
     async def _collect_garbage(self, recs: list[dict[str, Any]], claims: dict[str, dict[str, Any]]) -> None:
         now = time.time()

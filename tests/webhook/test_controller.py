@@ -1,0 +1,335 @@
+"""The rewrite controller against the emulated API server, a simulated Longhorn v1.7.2 cluster
+with real cfg files, and the simulated kubelet running the real `bimguard rewrite-cfg` pods.
+
+Each test plays the webhook's part by hand (a DiskRewrite, a PrefixClaim, the status patch via
+`set_status_disk_uuid`) and then checks the DESIGN invariant 2 outcome: status and cfg agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import yaml
+
+from bimguard import records
+from bimguard.sim.apiserver import CRD_KEY, ApiServer
+from bimguard.sim.longhorn.cluster import SimCluster
+from bimguard.sim.longhorn.kube import api_client
+from bimguard.sim.longhorn.node_status import get_condition
+from webhook.controller import REASON_ABANDONED, REASON_DONE, REASON_ROLLED_BACK, RewriteController, Settings
+from webhook.leader import LeaderElector
+from webhook.rewriter_pod import SELECTOR, pod_name
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "bimguard"
+LH = "longhorn-system"
+NODE, DISK = "worker-2", "disk-1"
+IMAGE = "bimguard:test"
+RW = "bimguard.io/v1alpha1/diskrewrites"
+CLAIMS = "bimguard.io/v1alpha1/prefixclaims"
+FAST = Settings(pending_grace=0.6, pod_start_timeout=1.5, resync=0.1, gc_interval=0.2, gc_grace=3600,
+                active_deadline=30)
+
+
+@dataclass
+class Env:
+    api: ApiServer
+    cluster: SimCluster
+    tmp: Path
+    clients: list[Any] = field(default_factory=list)
+    controllers: list[RewriteController] = field(default_factory=list)
+
+    def controller(self, settings: Settings = FAST, **kw: Any) -> RewriteController:
+        c = api_client(self.api.url)
+        self.clients.append(c)
+        ctl = RewriteController(c, NS, LH, IMAGE, settings=settings, **kw)
+        self.controllers.append(ctl)
+        return ctl
+
+    async def make_record(self, new_prefix: str = "5eed", *, disk_name: str | None = None,
+                          node: str = NODE, disk: str = DISK) -> tuple[str, str, str]:
+        old = await self.cluster.disk_uuid(node, disk)
+        new = new_prefix + old[len(new_prefix):]
+        name = records.record_name(node, disk, old)
+        self.api.store.create(RW, records.rewrite_manifest(
+            name=name, namespace=NS, node=node, disk=disk, disk_name=disk if disk_name is None else disk_name,
+            disk_path=self.cluster.host_path(node, disk), old_uuid=old, new_uuid=new,
+            reason="prefix collides with another disk", origin="webhook"))
+        self.api.store.create(CLAIMS, records.claim_manifest(prefix=new[:4], namespace=NS, node=node, disk=disk,
+                                                             uuid=new, record=name))
+        return name, old, new
+
+    def rec(self, name: str) -> dict[str, Any]:
+        return self.api.store.get(RW, NS, name)
+
+    def phase(self, name: str) -> str:
+        return (self.rec(name).get("status") or {}).get("phase") or "Pending"
+
+    async def wait_phase(self, name: str, phases: set[str], timeout: float = 15) -> dict[str, Any]:
+        await self.cluster.wait_for(lambda: self.phase(name) in phases, timeout, f"{name} in {phases}")
+        return self.rec(name)
+
+    def pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.api.store.list("v1/pods", NS)[0] if p["metadata"].get("labels", {}).get(
+            "app.kubernetes.io/component") == "rewriter"]
+
+    def node_events(self, reason: str) -> list[dict[str, Any]]:
+        return [e for e in self.api.store.list("v1/events", LH)[0]
+                if e["involvedObject"].get("kind") == "Node" and e["reason"] == reason]
+
+    def claim(self, prefix: str) -> dict[str, Any] | None:
+        try:
+            return self.api.store.get(CLAIMS, NS, prefix)
+        except Exception:
+            return None
+
+    async def ready_with(self, uuid: str, node: str = NODE, disk: str = DISK) -> bool:
+        e = (await self.cluster.get_node(node))["status"]["diskStatus"][disk]
+        return e["diskUUID"] == uuid and get_condition(e["conditions"], "Ready").get("status") == "True"
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    api = ApiServer(namespace_seed=("default", LH, NS))
+    await api.start()
+    for path in sorted((REPO / "charts/bimguard/crds").glob("*.yaml")):
+        api.store.create(CRD_KEY, yaml.safe_load(path.read_text()))
+    cluster = SimCluster(api, tmp_path / "hosts", nodes=2, disks_per_node=2, seed=7, time_scale=0.01)
+    await cluster.start()
+    e = Env(api, cluster, tmp_path)
+    try:
+        await cluster.wait_until_ready(20)
+        await cluster.start_kubelet(images=["bimguard"])
+        yield e
+    finally:
+        for ctl in e.controllers:
+            await ctl.stop()
+        for c in e.clients:
+            await c.close()
+        await cluster.stop()
+        await api.stop()
+
+
+async def test_happy_path_rewrites_cfg_and_longhorn_turns_ready(env: Env) -> None:
+    name, old, new = await env.make_record()
+    cfg_before = env.cluster.read_cfg(NODE, DISK)
+    assert cfg_before.disk_uuid == old
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)  # the admission patch landed
+    seen: list[tuple[str, str]] = []
+    env.controller(on_transition=lambda r, a, b: seen.append((a, b))).start()
+
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "Done", rec["status"]
+    assert rec["status"]["attempts"] == 1
+    assert rec["status"]["pod"] == pod_name(name, 1)
+    assert "written" in rec["status"]["message"]
+    assert env.cluster.read_cfg(NODE, DISK).disk_uuid == new
+    assert env.cluster.read_cfg(NODE, DISK).disk_name == cfg_before.disk_name
+    assert seen == [("Pending", "Rewriting"), ("Rewriting", "Done")]
+    (ev,) = env.node_events(REASON_DONE)
+    assert ev["type"] == "Normal" and ev["involvedObject"]["name"] == NODE
+    assert ev["involvedObject"]["apiVersion"] == "longhorn.io/v1beta2"
+    assert old in ev["message"] and new in ev["message"] and DISK in ev["message"]
+    await env.cluster.wait_for(lambda: not env.pods(), 5, "rewriter pod deleted")
+    await env.cluster.wait_for(lambda: env.ready_with(new), 10, "disk Ready under the new UUID")
+    assert env.claim(new[:4]) is not None  # the disk keeps its new prefix
+
+
+async def test_status_kept_old_uuid_is_abandoned_and_cfg_untouched(env: Env) -> None:
+    name, old, new = await env.make_record()
+    raw = env.cluster.cfg_path(NODE, DISK).read_bytes()
+    ctl = env.controller()
+    ctl.start()
+    await asyncio.sleep(0.3)
+    assert env.phase(name) == "Pending"  # within the grace period nothing happens
+    rec = await env.wait_phase(name, {"Abandoned", "Done", "RolledBack"})
+    assert rec["status"]["phase"] == "Abandoned"
+    assert "did not land" in rec["status"]["message"]
+    assert env.cluster.cfg_path(NODE, DISK).read_bytes() == raw
+    assert await env.cluster.disk_uuid(NODE, DISK) == old
+    await env.cluster.wait_for(lambda: env.claim(new[:4]) is None, 5, "claim released")
+    assert not env.pods() and not [p for m, p, s in env.api.requests if m == "POST" and "/pods" in p]
+    assert env.node_events(REASON_ABANDONED)
+    assert ctl.phase_counts.get("Abandoned") == 1
+
+
+async def test_late_landing_patch_after_abandon_is_rolled_back(env: Env) -> None:
+    name, old, new = await env.make_record()
+    env.controller().start()
+    await env.wait_phase(name, {"Abandoned"})
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)  # a slow write lands after all
+    rec = await env.wait_phase(name, {"RolledBack"})
+    assert await env.cluster.disk_uuid(NODE, DISK) == old == env.cluster.read_cfg(NODE, DISK).disk_uuid
+    assert "landed after" in rec["status"]["message"]
+
+
+async def test_refused_rewrite_rolls_status_back(env: Env) -> None:
+    # The record names another disk than the cfg does: rewrite-cfg refuses (exit 3).
+    name, old, new = await env.make_record(disk_name="some-other-disk")
+    raw = env.cluster.cfg_path(NODE, DISK).read_bytes()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    env.controller().start()
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "RolledBack", rec["status"]
+    assert "exit 3" in rec["status"]["lastError"] and "refused" in rec["status"]["lastError"]
+    assert await env.cluster.disk_uuid(NODE, DISK) == old
+    assert env.cluster.cfg_path(NODE, DISK).read_bytes() == raw
+    (ev,) = env.node_events(REASON_ROLLED_BACK)
+    assert ev["type"] == "Warning" and "some-other-disk" in ev["message"]
+    await env.cluster.wait_for(lambda: env.claim(new[:4]) is None, 5, "claim released")
+    await env.cluster.wait_for(lambda: not env.pods(), 5, "rewriter pod deleted")
+    await env.cluster.wait_for(lambda: env.ready_with(old), 10, "disk Ready under the old UUID again")
+
+
+async def test_node_down_pod_never_runs_rolls_back(env: Env) -> None:
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    await env.cluster.set_node_down(NODE)
+    env.controller().start()
+    await env.wait_phase(name, {"Rewriting"})
+    assert [p["status"].get("phase") for p in env.pods()] == ["Pending"]
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "RolledBack", rec["status"]
+    assert "did not start" in rec["status"]["message"]
+    assert await env.cluster.disk_uuid(NODE, DISK) == old == env.cluster.read_cfg(NODE, DISK).disk_uuid
+    assert not env.pods()
+    await env.cluster.set_node_down(NODE, False)  # the node returns: nothing left to run
+    await asyncio.sleep(0.5)
+    assert env.cluster.read_cfg(NODE, DISK).disk_uuid == old
+
+
+async def test_transient_failures_are_retried_then_succeed(env: Env) -> None:
+    marker = env.tmp / "failed-once"
+    script = f'if [ ! -e {marker} ]; then touch {marker}; echo "error: injected" > /dev/termination-log; exit 1; fi; ' \
+             f'exec bimguard rewrite-cfg "$@"'
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    env.controller(Settings(**{**FAST.__dict__, "command": ("sh", "-c", script, "rewrite-cfg")})).start()
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "Done", (rec["status"]["lastError"], rec["status"]["message"])
+    assert rec["status"]["attempts"] == 2 and rec["status"]["pod"] == pod_name(name, 2)
+    assert "exit 1" in rec["status"]["lastError"]
+    assert env.cluster.read_cfg(NODE, DISK).disk_uuid == new
+
+
+async def test_transient_failures_exhausted_roll_back(env: Env) -> None:
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    env.controller(Settings(**{**FAST.__dict__, "max_attempts": 2, "command": ("sh", "-c", "exit 1", "x")})).start()
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "RolledBack" and rec["status"]["attempts"] == 2
+    assert await env.cluster.disk_uuid(NODE, DISK) == old == env.cluster.read_cfg(NODE, DISK).disk_uuid
+
+
+async def test_data_under_old_uuid_is_never_rewritten(env: Env) -> None:
+    # A re-recorded disk that still holds a replica (BRIEF §0.7): no pod, status back to old.
+    await env.cluster.create_volume_replicas("vol-1", placements=[(NODE, DISK)])
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    env.controller().start()
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "RolledBack" and "1 replica" in rec["status"]["message"]
+    assert await env.cluster.disk_uuid(NODE, DISK) == old == env.cluster.read_cfg(NODE, DISK).disk_uuid
+    assert not [p for m, p, s in env.api.requests if m == "POST" and "/pods" in p]
+
+
+async def test_restart_after_pod_created_converges_to_done(env: Env) -> None:
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    first = env.controller()
+    await first.reconcile_once()  # Pending -> Rewriting, pod created; then the process dies
+    assert env.phase(name) == "Rewriting" and len(env.pods()) == 1
+
+    async def pod_done() -> bool:
+        return all(p["status"].get("phase") == "Succeeded" for p in env.pods())
+
+    await env.cluster.wait_for(pod_done, 10, "pod finished while no controller runs")
+    assert env.phase(name) == "Rewriting"
+    second = env.controller()
+    await second.reconcile_once()
+    rec = env.rec(name)
+    assert rec["status"]["phase"] == "Done" and rec["status"]["attempts"] == 1
+    await second.reconcile_once()  # and again: nothing changes
+    assert env.rec(name)["metadata"]["resourceVersion"] == rec["metadata"]["resourceVersion"]
+    assert len(env.node_events(REASON_DONE)) == 1
+    assert env.cluster.read_cfg(NODE, DISK).disk_uuid == new
+    assert sum(1 for m, p, s in env.api.requests if m == "POST" and p.startswith(f"/api/v1/namespaces/{NS}/pods")
+               and s == 201) == 1
+
+
+async def test_restart_between_status_and_pod_creation(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    first = env.controller()
+
+    async def crash(*_a: Any, **_k: Any) -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(first, "_create_pod", crash)
+    with pytest.raises(SystemExit):
+        await first._reconcile(env.rec(name), {})
+    assert env.phase(name) == "Rewriting" and not env.pods()
+    env.controller().start()
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "Done" and rec["status"]["attempts"] == 1
+    assert env.cluster.read_cfg(NODE, DISK).disk_uuid == new
+
+
+async def test_restart_after_rollback_patch_before_record_write(env: Env) -> None:
+    name, old, new = await env.make_record(disk_name="some-other-disk")
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    first = env.controller()
+    await first.reconcile_once()
+    await env.cluster.wait_for(lambda: [p for p in env.pods() if p["status"].get("phase") == "Failed"], 10, "refused")
+    await env.cluster.set_status_disk_uuid(NODE, DISK, old)  # the rollback patch went through; then a crash
+    await env.controller().reconcile_once()
+    rec = env.rec(name)
+    assert rec["status"]["phase"] == "RolledBack" and "already holds" in rec["status"]["message"]
+
+
+async def test_only_the_leader_acts(env: Env) -> None:
+    fast = dict(lease_duration=0.8, renew_deadline=0.5, retry_period=0.1)
+    c1, c2 = api_client(env.api.url), api_client(env.api.url)
+    env.clients += [c1, c2]
+    e1 = LeaderElector(c1, NS, identity="webhook-0", **fast)
+    e2 = LeaderElector(c2, NS, identity="webhook-1", **fast)
+    ctl1, ctl2 = env.controller(leader=e1), env.controller(leader=e2)
+    e1.on_started_leading, e2.on_started_leading = ctl1.wake, ctl2.wake
+    e1.start()
+    assert await e1.wait_leading(3)
+    e2.start()
+    ctl1.start(); ctl2.start()
+    try:
+        name, old, new = await env.make_record()
+        await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+        await env.wait_phase(name, {"Done"})
+        assert sum(ctl1.transitions.values()) == 2 and not ctl2.transitions and not ctl2.phase_counts
+        # The leader goes away: the other takes over and drives the next record.
+        await ctl1.stop()
+        await e1.stop()
+        assert await e2.wait_leading(3)
+        name2, old2, new2 = await env.make_record("f00d", node="worker-1", disk="disk-1")
+        await env.cluster.set_status_disk_uuid("worker-1", "disk-1", new2)
+        await env.wait_phase(name2, {"Done"})
+        assert sum(ctl2.transitions.values()) == 2
+    finally:
+        await e1.stop()
+        await e2.stop()
+
+
+async def test_claims_of_vanished_uuids_are_collected(env: Env) -> None:
+    live = await env.cluster.disk_uuid(NODE, DISK)
+    env.api.store.create(CLAIMS, records.claim_manifest(prefix=live[:4], namespace=NS, node=NODE, disk=DISK, uuid=live))
+    gone = "abcd" + live[4:]
+    env.api.store.create(CLAIMS, records.claim_manifest(prefix="abcd", namespace=NS, node=NODE, disk="gone", uuid=gone))
+    young = env.controller()  # default-ish grace: the webhook may still be about to record it
+    await young.reconcile_once()
+    assert env.claim("abcd") is not None
+    old = env.controller(Settings(**{**FAST.__dict__, "gc_grace": 0.0}))
+    await old.reconcile_once()
+    assert env.claim("abcd") is None
+    assert env.claim(live[:4]) is not None
