@@ -479,7 +479,32 @@ async def api_post_configmap(kube, name: str) -> int:
     return 201
 
 
-async def test_secret_deleted_is_recreated_and_api_errors_keep_the_old_cert(api, kube):
+async def test_background_poll_follows_renewals_and_survives_api_errors(api, kube, caplog):
+    clock = Clock()
+    follower = SelfManagedCerts(kube, NS, SECRET, SVC, policy=SHORT, clock=clock, poll_interval=0.02)
+    writer = SelfManagedCerts(kube, NS, SECRET, SVC, policy=SHORT, clock=clock, poll_interval=3600)
+    await follower.start()
+    await writer.start()
+    try:
+        api.faults.error_rate(1.0, 503, verbs="get", resource=SECRETS)
+        await asyncio.sleep(0.1)
+        assert "503" in caplog.text and not follower._task.done()
+        first = follower.certificate
+        api.faults.clear()
+        clock.now = T0 + timedelta(days=21)
+        # Both may renew; whichever writes first wins and the other adopts it.
+        await writer.refresh()
+        for _ in range(200):
+            if follower.certificate == writer.certificate:
+                break
+            await asyncio.sleep(0.01)
+        assert follower.certificate == writer.certificate == stored_material(api).serving_cert != first
+    finally:
+        await follower.stop()
+        await writer.stop()
+
+
+async def test_a_deleted_secret_is_recreated(api, kube):
     source = SelfManagedCerts(kube, NS, SECRET, SVC, poll_interval=3600)
     await source.start()
     try:
