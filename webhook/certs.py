@@ -372,7 +372,8 @@ def advance(material: Material | None, now: datetime, policy: Policy, dns_names:
     m, why = material, []
     if (m.next_ca is not None or m.previous_ca is not None) and m.step_at is None:
         # Mid-rotation without a timestamp (annotation lost): restart the overlap rather than guess.
-        return replace(m, step_at=now), ["CA rotation: timestamp missing"]
+        m = replace(m, step_at=now)
+        why.append("CA rotation: timestamp missing")
     since_step = now - m.step_at if m.step_at is not None else policy.overlap
     if m.next_ca is not None and since_step >= policy.overlap and next_ca_published:
         cert, key = issue_serving(m.next_ca, dns_names, now, policy.serving_validity, policy.backdate)

@@ -216,6 +216,11 @@ def test_ca_rotation_phases():
     lost = Material(m2.ca, m2.serving_cert, m2.serving_key, None, m2.previous_ca, None)
     m4, why = advance(lost, t + 3 * policy.overlap, policy, NAMES)
     assert why == ["CA rotation: timestamp missing"] and m4.previous_ca == old
+    assert advance(m4, t + 3 * policy.overlap, policy, NAMES) is None
+    lost_and_due = Material(m2.ca, m1.serving_cert, m1.serving_key, None, m2.previous_ca, None)
+    m6, why = advance(lost_and_due, t + 3 * policy.overlap, policy, NAMES)
+    assert why == ["CA rotation: timestamp missing", "serving certificate not issued by the CA"]
+    assert advance(m6, t + 3 * policy.overlap, policy, NAMES) is None
 
 
 # --- against the API emulator -------------------------------------------------------------------
