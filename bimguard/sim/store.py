@@ -546,10 +546,8 @@ class Store:
     # respect to every other request on the event loop.
 
     def commit_create(self, rt: ResourceType, obj: dict, namespace: str | None, *, dry_run: bool = False) -> dict:
-        obj = dict(obj)
         meta = dict(obj.get("metadata") or {})
-        obj["metadata"] = meta
-        obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+        obj = _canonical(rt, obj, meta)
         ns = self._ns(rt, namespace or meta.get("namespace"))
         if rt.namespaced:
             if meta.get("namespace") and meta["namespace"] != ns:
@@ -719,8 +717,7 @@ class Store:
             else:
                 new.pop("status", None)
             return new
-        new = dict(obj)
-        new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        new = _canonical(rt, obj, dict(obj.get("metadata") or {}))
         if rt.status_subresource:
             # PrepareForUpdate of the main resource: status changes are ignored.
             if "status" in old:
@@ -825,6 +822,15 @@ class Store:
                 for (ns, name) in sorted(self._bucket(rt)):
                     if ns == namespace:
                         self._remove(rt, ns, name)
+
+
+def _canonical(rt: ResourceType, obj: dict, meta: dict) -> dict:
+    """apiVersion, kind, metadata first (the order Go's encoder writes), then the rest."""
+    out = {"apiVersion": rt.api_version, "kind": rt.kind, "metadata": meta}
+    for key, value in obj.items():
+        if key not in out:
+            out[key] = value
+    return out
 
 
 def _spec_changed(rt: ResourceType, old: dict, new: dict) -> bool:
