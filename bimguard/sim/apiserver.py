@@ -28,7 +28,22 @@ The write path runs in kube-apiserver's order (handlers/create.go, update.go, pa
 registry/store.go): decode + prune unknown fields (Warning headers, or 400 under
 `fieldValidation=Strict`) -> mutating admission (oldObject = the stored object) -> prune the
 webhook output -> resourceVersion precondition (409) -> status strategy -> validation (422) ->
-store. Authentication accepts any bearer token; there is no RBAC.
+store. Authentication accepts any bearer token (`add_user` says who a token is; kubectl's
+`--as` impersonation headers are honoured); there is no RBAC.
+
+The store lives on the server's event loop: in-process callers must use it from that loop.
+
+Not emulated (known differences from kube-apiserver):
+- server-side apply (`application/apply-patch+yaml` is 415); strategic merge patch for built-ins
+  is a merge patch without SMP's list merge keys; no managedFields;
+- list `resourceVersion`/`resourceVersionMatch` are ignored: lists are always served from the
+  latest state (continue tokens do page a consistent snapshot);
+- no garbage collection (ownerReferences), no graceful pod deletion (pods go at once unless they
+  have finalizers), namespace deletion removes its contents at once (no Terminating phase);
+- only the storage version of a CRD is served, no conversion webhooks, no CEL validation rules,
+  no defaulting from CRD schemas; no validating admission webhooks;
+- protobuf request bodies only for Namespace, Secret and ConfigMap (what kubectl's `create
+  namespace|secret|configmap` send); responses are always JSON.
 """
 
 from __future__ import annotations
@@ -116,7 +131,6 @@ class ApiServer:
         self.unknown_paths: deque[str] = deque(maxlen=200)  # requests no route served (debugging aid)
         self.requests: deque[tuple[str, str, int]] = deque(maxlen=2000)  # (method, path_qs, status)
         self._runner: web.AppRunner | None = None
-        self._streams: set[web.StreamResponse] = set()
         for ns in namespace_seed:
             self.store.create("v1/namespaces", {"metadata": {"name": ns}})
         for crd in longhorn_crds():
@@ -235,7 +249,7 @@ class ApiServer:
         if parts[:2] == ["openapi", "v3"]:
             if len(parts) == 2:
                 return _json(openapi.index(self.store.registry))
-            gv = "/".join(parts[3:]) if parts[2] == "apis" else "/".join(parts[3:]) if parts[2] == "api" else ""
+            gv = "/".join(parts[3:]) if parts[2] in ("api", "apis") else ""
             doc = openapi.document(self.store.registry, gv)
             if doc is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -390,7 +404,6 @@ class ApiServer:
             await resp.write(json.dumps({"type": "ERROR", "object": e.body}).encode() + b"\n")
             return resp
         await resp.prepare(request)
-        self._streams.add(resp)
         rt = req.rt
         initial_pending = _truthy(send_initial)
         accept = request.headers.get("Accept", "")
@@ -444,7 +457,6 @@ class ApiServer:
             pass  # the client went away; CancelledError (server shutdown) propagates
         finally:
             self.store.stop_watch(watcher)
-            self._streams.discard(resp)
         return resp
 
     # writes

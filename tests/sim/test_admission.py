@@ -434,6 +434,12 @@ async def test_url_client_config_and_user_info(api: ApiServer, hook: Webhook, pk
     assert review["path"] == "/by-url"
     assert review["request"]["userInfo"]["username"] == "system:serviceaccount:longhorn-system:longhorn-service-account"
     assert "system:serviceaccounts:longhorn-system" in review["request"]["userInfo"]["groups"]
+    # kubectl --as / --as-group impersonation headers
+    async with aiohttp.ClientSession(headers={"Impersonate-User": "jane", "Impersonate-Group": "ops"}) as s:
+        async with s.patch(f"{api.url}/apis/longhorn.io/v1beta2/namespaces/{NS}/nodes/n1/status",
+                           json={"status": {"region": "r2"}}, headers={"Content-Type": MERGE}) as r:
+            assert r.status == 200
+    assert hook.reviews[-1]["request"]["userInfo"] == {"username": "jane", "groups": ["ops", "system:authenticated"]}
 
 
 async def test_in_process_writes_skip_admission(api: ApiServer, hook: Webhook, pki: Pki) -> None:

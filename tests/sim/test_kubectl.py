@@ -47,9 +47,9 @@ class Kubectl:
         self.workdir = workdir
 
     async def run(self, *args: str, check: bool = True, stdin: str | None = None) -> tuple[int, str, str]:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(self.workdir)}
+        env = {**os.environ, "HOME": str(self.workdir)}
         proc = await asyncio.create_subprocess_exec(
-            KUBECTL, *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
+            KUBECTL, "--kubeconfig", str(self.kubeconfig), *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=self.workdir)
         out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), 60)
         code = proc.returncode or 0
@@ -145,8 +145,8 @@ async def test_patch_types_and_status_subresource(kubectl: Kubectl, sim_api: Api
 
 async def test_get_watch_streams_changes(kubectl: Kubectl, sim_api: ApiServer) -> None:
     sim_api.store.create("longhorn.io/v1beta2/nodes", yaml.safe_load(NODE_YAML))
-    env = {**os.environ, "KUBECONFIG": str(kubectl.kubeconfig), "HOME": str(kubectl.workdir)}
-    proc = await asyncio.create_subprocess_exec(KUBECTL, "get", "lhn", "-n", NS, "-w", "--output-watch-events",
+    env = {**os.environ, "HOME": str(kubectl.workdir)}
+    proc = await asyncio.create_subprocess_exec(KUBECTL, "--kubeconfig", str(kubectl.kubeconfig), "get", "lhn", "-n", NS, "-w", "--output-watch-events",
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None
