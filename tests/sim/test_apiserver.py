@@ -608,3 +608,41 @@ async def test_in_process_store_shares_semantics_with_http(sim_api: ApiServer, c
     assert store.get("longhorn.io/v1beta2/nodes", NS, "a")["spec"]["allowScheduling"] is False
     gone = store.delete("longhorn.io/v1beta2/nodes", NS, "a")
     assert gone["status"] == "Success"
+
+
+async def test_watch_resumes_after_dropped_stream_without_gaps(co: client.CustomObjectsApi, sim_api: ApiServer) -> None:
+    made = await co.create_namespaced_custom_object(*LH, NS, "nodes", node("a"))
+    w = watch.Watch()
+    # no timeout_seconds: kubernetes_asyncio reconnects from the last seen resourceVersion
+    stream = w.stream(co.list_namespaced_custom_object, *LH, NS, "nodes", resource_version=made["metadata"]["resourceVersion"])
+    await co.create_namespaced_custom_object(*LH, NS, "nodes", node("b"))
+    (first,) = await _events(stream, 1)
+    assert first["object"]["metadata"]["name"] == "b"
+    assert sim_api.faults.drop_watches() == 1
+    await co.create_namespaced_custom_object(*LH, NS, "nodes", node("c"))
+    obj = node("d")
+    obj["metadata"]["finalizers"] = ["f"]
+    await co.create_namespaced_custom_object(*LH, NS, "nodes", obj)
+    await co.delete_namespaced_custom_object(*LH, NS, "nodes", "d")
+    await co.patch_namespaced_custom_object(*LH, NS, "nodes", "d", {"metadata": {"finalizers": None}}, _content_type=MERGE)
+    events = await _events(stream, 4)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "c"), ("ADDED", "d"), ("MODIFIED", "d"), ("DELETED", "d")]
+    assert events[1]["object"]["metadata"].get("deletionTimestamp") is None
+    assert events[2]["object"]["metadata"]["deletionTimestamp"]
+    await w.close()
+
+
+async def test_namespace_deletion_and_deletecollection(co: client.CustomObjectsApi, core: client.CoreV1Api) -> None:
+    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="scratch")))
+    for name in ("x", "y"):
+        await co.create_namespaced_custom_object(*LH, "scratch", "nodes", {**node(name), "metadata": {"name": name, "labels": {"k": name}}})
+    await co.create_namespaced_custom_object(*LH, NS, "nodes", node("keep"))
+    gone = await co.delete_collection_namespaced_custom_object(*LH, "scratch", "nodes", label_selector="k=x")
+    assert [i["metadata"]["name"] for i in gone["items"]] == ["x"]
+    await core.delete_namespace("scratch")
+    everything = await co.list_cluster_custom_object(*LH, "nodes")
+    assert [i["metadata"]["name"] for i in everything["items"]] == ["keep"]
+    with pytest.raises(ApiException) as e:
+        await core.read_namespace("scratch")
+    assert e.value.status == 404
