@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import random
 import re
 import uuid
@@ -28,6 +29,8 @@ import msgspec
 from bimguard.sim.patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from bimguard.sim.resources import BUILTIN, Registry, ResourceKey, ResourceType, resource_type_from_crd
 from bimguard.sim.schema import FieldError, prune, validate
+
+log = logging.getLogger(__name__)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -908,10 +911,11 @@ def apply_patch(rt: ResourceType, current: dict, patch: Any, patch_type: str) ->
     except PatchError as e:
         if e.decode:
             raise bad_request(str(e)) from None
-        # handlers/patch.go: NewGenericServerResponse(422, ...) — the server's message is generic,
-        # the JSON-patch library error goes into the cause.
-        raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request",
-                       {"causes": [{"reason": "FieldValueInvalid", "message": str(e)}]}) from None
+        # handlers/patch.go: NewGenericServerResponse(422, ..., isUnexpectedResponse=false) drops
+        # the JSON-patch library's error, so clients see only this generic message (kubectl:
+        # "The request is invalid: the server rejected our request due to an error in our request").
+        log.debug("patch rejected: %s", e)
+        raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request", {}) from None
     if not isinstance(result, dict):
         raise bad_request("the patched object is not a JSON object")
     return result
