@@ -276,7 +276,8 @@ async def test_converges_despite_api_errors_and_dropped_watches(api: ApiServer, 
     c = await _cluster(api, tmp_path, nodes=2, disks_per_node=1)
     try:
         await c.wait_until_ready(20)
-        api.faults.error_rate(0.25, 500, verbs=["get", "list", "update"], resource=NODES)
+        api.faults.error_rate(0.3, 500, verbs=["get", "list", "watch", "update"], resource=NODES)
+        api.faults.error_rate(0.3, 500, verbs=["update"], resource=NODES, subresource="status")
         api.faults.error_rate(0.25, 503, verbs=["create", "update"], resource="longhorn.io/v1beta2/backingimagemanagers")
         await c.add_disk("worker-2", "disk-x", "/mnt/x")
         for _ in range(3):

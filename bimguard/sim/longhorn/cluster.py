@@ -30,6 +30,7 @@ from bimguard.sim.clock import DEFAULT_TIME_SCALE, SimClock
 from bimguard.sim.kubelet import SimKubelet
 from bimguard.sim.longhorn import NAMESPACE, disks
 from bimguard.sim.longhorn.backing_images import bim_name
+from bimguard.sim.longhorn.informer import Caches
 from bimguard.sim.longhorn.kube import AlreadyExists, Conflict, LonghornClient
 from bimguard.sim.longhorn.manager import SERVICE_ACCOUNT, LonghornManager
 from bimguard.sim.longhorn.monitor import HostDisks
@@ -93,7 +94,7 @@ class SimCluster:
         self.down: set[str] = set()
         self._hosts: dict[str, HostDisks] = {}
         self._paths: dict[tuple[str, str], str] = {}  # (node, disk) -> host path, as laid out here
-        self._watch_tasks: list[asyncio.Task[None]] = []
+        self.cache: Caches | None = None
         self.kube: LonghornClient | None = None
         self.kubelet: SimKubelet | None = None
 
@@ -137,10 +138,13 @@ class SimCluster:
             await self.set_setting(name, value, create_only=True)
         for node in self.node_names:
             await self._create_node(node)
+        # One informer cache per resource, shared by every manager (see informer.py).
+        self.cache = Caches(LonghornClient(self.url, component="bimguard-sim-informers", token=self.token),
+                            WATCHED, self.clock, self._route)
+        self.cache.start()
+        await self.cache.wait_synced()
         for node in self.node_names:
             self._start_manager(node)
-        for plural in WATCHED:
-            self._watch_tasks.append(asyncio.create_task(self._watch(plural), name=f"sim-watch-{plural}"))
 
     async def start_kubelet(self, images: list[str] | None = None) -> SimKubelet:
         """Run a simulated kubelet for this cluster's nodes (same root, clock and down-set)."""
@@ -155,14 +159,15 @@ class SimCluster:
         if self.kubelet is not None:
             await self.kubelet.stop()
             self.kubelet = None
-        for t in self._watch_tasks:
-            t.cancel()
-        if self._watch_tasks:
-            await asyncio.wait(set(self._watch_tasks), timeout=5.0)
-        self._watch_tasks.clear()
         for m in list(self.managers.values()):
             await m.stop()
         self.managers.clear()
+        if self.cache is not None:
+            await self.cache.stop()
+            for inf in self.cache.informers.values():
+                await inf.client.close()
+                break  # all informers share one client
+            self.cache = None
         if self.kube:
             await self.kube.close()
             self.kube = None
@@ -191,21 +196,60 @@ class SimCluster:
             self._start_manager(node)
         self._wake_all("nodes")
 
-    async def _watch(self, plural: str) -> None:
-        assert self.kube is not None
-        while True:
-            try:
-                async for _type, _obj in self.kube.watch(plural):
-                    self._wake_all(plural)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # dropped watches are normal; resync covers the gap
-                log.debug("watch on %s ended: %s", plural, exc)
-            await self.clock.sleep(1.0)
-
     def _wake_all(self, plural: str) -> None:
-        for m in self.managers.values():
-            m.on_event(plural)
+        self._route(plural, None)
+
+    def _route(self, plural: str, obj: dict[str, Any] | None) -> None:
+        """Wake the controller loops an informer event concerns (the event handlers registered in
+        lm v1.7.2 NewNodeController node_controller.go:88, backing_image_controller.go:50, ...).
+        ``obj`` None (a relist) wakes everything that watches ``plural``."""
+        every = {
+            "nodes": ("node", "replica", "backingimage", "bim", "orphan", "volume"),
+            "replicas": ("node", "replica", "backingimage", "volume"),
+            "backingimages": ("backingimage", "replica", "node"),
+            "backingimagemanagers": ("backingimage", "bim", "node"),
+            "orphans": ("orphan", "node"),
+            "settings": ("node",),
+        }.get(plural, ())
+        managers = self.managers
+        if obj is None:
+            for m in managers.values():
+                m.wake(*every)
+            return
+        spec = obj.get("spec") or {}
+        leader = managers.get(self.leader() or "")
+        if plural == "nodes":
+            owner = managers.get(obj["metadata"]["name"])
+            if owner:
+                owner.wake("node", "replica", "bim", "orphan")
+            if leader:
+                leader.wake("node", "volume")
+            for m in managers.values():
+                m.wake("backingimage")  # ready disks feed BIM creation
+        elif plural == "replicas":
+            owner = managers.get(spec.get("nodeID", ""))
+            if owner:
+                owner.wake("node", "replica")
+            if leader:
+                leader.wake("volume")
+            for m in managers.values():
+                m.wake("backingimage")
+        elif plural == "backingimages":
+            for m in managers.values():
+                m.wake("backingimage", "replica", "node")  # node: eviction of copies reads BI status
+        elif plural == "backingimagemanagers":
+            owner = managers.get(spec.get("nodeID", ""))
+            if owner:
+                owner.wake("bim", "node")
+            for m in managers.values():
+                m.wake("backingimage")
+        elif plural == "orphans":
+            owner = managers.get(spec.get("nodeID", ""))
+            if owner:
+                owner.wake("orphan", "node")
+        else:
+            for m in managers.values():
+                m.wake(*every)
 
     # ---------------------------------------------------------------- setup objects
     async def _ensure_namespace(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
@@ -85,6 +85,13 @@ class LonghornClient:
         self._client = api_client(url, token)
         self.custom = client.CustomObjectsApi(self._client)
         self.core = client.CoreV1Api(self._client)
+        #: Called after every successful write with (plural, written object or None, name) --
+        #: the managers use it to wait for their informer cache (lm datastore verifyUpdate).
+        self.after_write: Callable[[str, Obj | None, str], Awaitable[None]] | None = None
+
+    async def _after(self, plural: str, obj: Obj | None, name: str) -> None:
+        if self.after_write is not None:
+            await self.after_write(plural, obj, name)
 
     async def close(self) -> None:
         await self._client.close()
@@ -114,26 +121,35 @@ class LonghornClient:
     async def create(self, plural: str, body: Obj) -> Obj:
         body = {"apiVersion": f"{GROUP}/{VERSION}", **body}
         body.setdefault("metadata", {}).setdefault("namespace", self.namespace)
-        return await self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, body)
+        out = await self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, body)
+        await self._after(plural, out, out["metadata"]["name"])
+        return out
 
     async def replace(self, plural: str, body: Obj) -> Obj:
-        return await self._call(
+        out = await self._call(
             self.custom.replace_namespaced_custom_object, GROUP, VERSION, self.namespace, plural,
             body["metadata"]["name"], body,
         )
+        await self._after(plural, out, out["metadata"]["name"])
+        return out
 
     async def replace_status(self, plural: str, body: Obj) -> Obj:
         """PUT .../<plural>/<name>/status with the body's resourceVersion (lm datastore/longhorn.go:2702)."""
-        return await self._call(
+        out = await self._call(
             self.custom.replace_namespaced_custom_object_status, GROUP, VERSION, self.namespace, plural,
             body["metadata"]["name"], body,
         )
+        await self._after(plural, out, out["metadata"]["name"])
+        return out
 
     async def delete(self, plural: str, name: str) -> None:
         try:
-            await self._call(self.custom.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name)
+            res = await self._call(self.custom.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, plural, name)
         except NotFound:
-            pass
+            return
+        # With finalizers the object stays (deletionTimestamp set); the response is then the object.
+        still = isinstance(res, dict) and res.get("kind") not in (None, "Status") and res.get("metadata", {}).get("finalizers")
+        await self._after(plural, res if still else None, name)
 
     async def event(self, obj: Obj, event_type: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on ``obj`` like client-go's EventRecorder (best effort)."""

@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 from bimguard.sim.clock import SimClock
 from bimguard.sim.longhorn import backing_images as bil
 from bimguard.sim.longhorn import disks, node_status, orphans, replicas as rl
+from bimguard.sim.longhorn.informer import Caches
 from bimguard.sim.longhorn.kube import AlreadyExists, Conflict, KubeError, LonghornClient, NotFound
 from bimguard.sim.longhorn.logs import ManagerLog
 from bimguard.sim.longhorn.monitor import DiskMonitor, HostDisks
@@ -47,6 +48,7 @@ class ClusterView(Protocol):
     uuids: UuidGen
     bim_image: str
     token: str | None
+    cache: Caches
 
     def manager_up(self, node: str) -> bool: ...
 
@@ -138,6 +140,7 @@ class LonghornManager:
     cluster: ClusterView
     node_name: str
     kube: LonghornClient = field(init=False)
+    cache: Caches = field(init=False)
     log: ManagerLog = field(init=False)
     monitor: DiskMonitor = field(init=False)
     loops: dict[str, Loop] = field(init=False, default_factory=dict)
@@ -150,6 +153,8 @@ class LonghornManager:
         self.kube = LonghornClient(
             self.cluster.url, component="longhorn-node-controller", host=self.node_name, token=self.cluster.token
         )
+        self.cache = self.cluster.cache
+        self.kube.after_write = self.cache.verify
         self.log = ManagerLog(self.node_name)
         self.monitor = DiskMonitor(
             self.node_name, self.cluster.host(self.node_name), self.cluster.uuids, self.cluster.clock,
@@ -177,18 +182,8 @@ class LonghornManager:
             await loop.stop()
         await self.kube.close()
 
-    def on_event(self, plural: str) -> None:
-        """Wake the loops whose informers watch ``plural`` (the event handlers registered in
-        lm v1.7.2 NewNodeController node_controller.go:88, backing_image_controller.go:50, ...)."""
-        wakes = {
-            "nodes": ("node", "replica", "backingimage", "bim", "orphan", "volume"),
-            "replicas": ("node", "replica", "backingimage", "volume"),
-            "backingimages": ("backingimage", "replica", "node"),
-            "backingimagemanagers": ("backingimage", "bim", "node"),
-            "orphans": ("orphan", "node"),
-            "settings": ("node",),
-        }.get(plural, ())
-        for name in wakes:
+    def wake(self, *loops: str) -> None:
+        for name in loops:
             self.loops[name].trigger()
 
     @property
@@ -196,32 +191,45 @@ class LonghornManager:
         return self.cluster.host(self.node_name)
 
     async def _monitor_fetch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        node = await self.kube.get("nodes", self.node_name)
-        reps = await self.kube.list("replicas")
+        node = await self.cache.get("nodes", self.node_name)
+        reps = await self.cache.list("replicas")
         return node, reps
 
     # ------------------------------------------------------------------ node controller
     async def sync_nodes(self) -> None:
         requeue = False
-        for node in await self.kube.list("nodes"):
+        settings = await self.cache.list("settings")
+        for node in await self.cache.list("nodes"):
+            if not self._handles_node(node["metadata"]["name"]):
+                continue
             try:
-                await self.sync_node(node["metadata"]["name"])
+                await self.sync_node(node, settings)
             except Requeue:
                 requeue = True
         if requeue:
             raise Requeue()
 
-    async def sync_node(self, name: str) -> None:
-        """lm v1.7.2 node_controller.go:363 syncNode with its deferred status write (line 396)."""
-        try:
-            node = await self.kube.get("nodes", name)
-        except NotFound:
-            return
+    def _handles_node(self, name: str) -> bool:
+        """Every longhorn-manager syncs every Node, but all of them compute the same node-level
+        conditions; only the owner touches disks (node_controller.go:433). To keep large clusters
+        cheap the sim lets the owner sync its node and the leader sync nodes whose manager is down
+        or missing -- the writes the API server sees are the same."""
+        if name == self.node_name:
+            return True
+        return self.cluster.leader() == self.node_name and not self.cluster.manager_up(name)
+
+    async def sync_node(self, node: dict[str, Any], settings: list[dict[str, Any]]) -> None:
+        """lm v1.7.2 node_controller.go:363 syncNode with its deferred status write (line 396).
+
+        ``node`` comes from the informer cache, so the PUT carries the cached resourceVersion.
+        """
+        name = node["metadata"]["name"]
         owner = name == self.node_name
         if node["metadata"].get("deletionTimestamp"):
             # lm node_controller.go:387: Event "Deleting node" and drop the finalizer.
             if self.cluster.leader() == self.node_name and node["metadata"].get("finalizers"):
                 await self.kube.event(node, "Warning", "Delete", f"Deleting node {name}")
+                node = copy.deepcopy(node)
                 node["metadata"]["finalizers"] = []
                 try:
                     await self.kube.replace("nodes", node)
@@ -229,7 +237,6 @@ class LonghornManager:
                     pass
             return
         now = SimClock.now_rfc3339()
-        settings = await self.kube.list("settings")
         sched = node_status.SchedulingSettings(
             int(_setting(settings, "storage-minimal-available-percentage", "25")),
             int(_setting(settings, "storage-over-provisioning-percentage", "100")),
@@ -237,8 +244,8 @@ class LonghornManager:
         reps: list[dict[str, Any]] = []
         bims: list[dict[str, Any]] = []
         if owner:
-            reps = await self.kube.list("replicas")
-            bims = await self.kube.list("backingimagemanagers")
+            reps = await self.cache.list("replicas")
+            bims = await self.cache.list("backingimagemanagers")
         collected = self.monitor.collected if owner else None
         result = node_status.sync_node_status(
             node, collected, reps, bims, now, owner=owner,
@@ -266,13 +273,13 @@ class LonghornManager:
                 raise Requeue() from None
             except NotFound:
                 return
-        for ev in result.events:
-            await self.kube.event(node, ev.type, ev.reason, ev.message)
+        if result.events:
+            await asyncio.gather(*(self.kube.event(node, ev.type, ev.reason, ev.message) for ev in result.events))
 
     async def _relink(self, r: node_status.Relink) -> None:
         """Re-link a Replica/BIM to the disk that now carries its UUID (lm node_controller.go:830-870)."""
         try:
-            obj = await self.kube.get(r.kind, r.name)
+            obj = await self.cache.get(r.kind, r.name)
             obj["spec"]["nodeID"] = r.node_id
             obj["spec"]["diskPath"] = r.disk_path
             if r.kind == "replicas":
@@ -290,7 +297,7 @@ class LonghornManager:
     async def _sync_orphans_for_node(self, node: dict[str, Any], settings: list[dict[str, Any]]) -> None:
         """lm v1.7.2 node_controller.go:1502-1630 syncOrphans/createOrphan/deleteOrphans."""
         collected = self.monitor.collected or {}
-        mine = [o for o in await self.kube.list("orphans") if (o.get("spec") or {}).get("nodeID") == self.node_name]
+        mine = [o for o in await self.cache.list("orphans") if (o.get("spec") or {}).get("nodeID") == self.node_name]
         for disk_name, info in collected.items():
             new, missing = orphans.orphan_diff(self.node_name, disk_name, info.disk_uuid, info.path, info.orphaned_dirs, mine)
             for data_dir in sorted(new):
@@ -301,7 +308,7 @@ class LonghornManager:
             for oname in missing:
                 await self._delete_orphan(oname, touch_data=False)
         auto = _setting(settings, "orphan-auto-deletion", "false").lower() == "true"
-        for o in await self.kube.list("orphans"):
+        for o in await self.cache.list("orphans"):
             if (o.get("status") or {}).get("ownerID") != self.node_name:
                 continue
             dc = node_status.get_condition((o.get("status") or {}).get("conditions"), "DataCleanable").get("status")
@@ -316,7 +323,7 @@ class LonghornManager:
         The sim deletes the data before the CR instead of in a finalizer, so the outcome is the same
         whether or not the emulated API server implements finalizers.
         """
-        obj = await self.kube.get_or_none("orphans", name)
+        obj = await self.cache.get_or_none("orphans", name)
         if obj is None:
             return
         if touch_data and (obj.get("spec") or {}).get("nodeID") == self.node_name:
@@ -338,7 +345,7 @@ class LonghornManager:
         """lm v1.7.2 node_controller.go:1843 (replicas) and :1780 (backing-image copies)."""
         status = node["status"]
         for rname, want in node_status.eviction_updates(node, status, reps).items():
-            r = await self.kube.get_or_none("replicas", rname)
+            r = await self.cache.get_or_none("replicas", rname)
             if r is None:
                 continue
             r["spec"]["evictionRequested"] = want
@@ -350,9 +357,9 @@ class LonghornManager:
             verb = "Requesting" if want else "Cancelling"
             await self.kube.event(r, "Normal", "EvictionUserRequested" if want else "EvictionCanceled",
                                   f"{verb} replica {rname} eviction from node {self.node_name} and disk {r['spec'].get('diskID')}")
-        bis = await self.kube.list("backingimages")
+        bis = await self.cache.list("backingimages")
         for bi_name, uuid, want in node_status.backing_image_eviction_updates(node, status, bis):
-            bi = await self.kube.get_or_none("backingimages", bi_name)
+            bi = await self.cache.get_or_none("backingimages", bi_name)
             if bi is None or uuid not in ((bi.get("spec") or {}).get("diskFileSpecMap") or {}):
                 continue
             bi["spec"]["diskFileSpecMap"][uuid]["evictionRequested"] = want
@@ -363,11 +370,11 @@ class LonghornManager:
 
     # ------------------------------------------------------------------ replica controller
     async def sync_replicas(self) -> None:
-        node = await self.kube.get_or_none("nodes", self.node_name)
+        node = await self.cache.get_or_none("nodes", self.node_name)
         if node is None:
             return
         requeue = False
-        for r in await self.kube.list("replicas"):
+        for r in await self.cache.list("replicas"):
             if r.get("spec", {}).get("nodeID") != self.node_name:
                 continue
             try:
@@ -378,6 +385,7 @@ class LonghornManager:
             raise Requeue()
 
     async def sync_replica(self, r: dict[str, Any], node: Mapping[str, Any]) -> None:
+        r = copy.deepcopy(r)  # cached objects are shared (informer.py)
         name = r["metadata"]["name"]
         if r["metadata"].get("deletionTimestamp"):
             if r["metadata"].get("finalizers"):
@@ -403,7 +411,7 @@ class LonghornManager:
             start = False
         if start and r["spec"].get("backingImage"):
             bi_name = r["spec"]["backingImage"]
-            bi = await self.kube.get_or_none("backingimages", bi_name)
+            bi = await self.cache.get_or_none("backingimages", bi_name)
             state, cur = rl.backing_image_wait_state(r, bi)
             if state == "add-spec" and bi is not None:
                 bi.setdefault("spec", {}).setdefault("diskFileSpecMap", {})
@@ -474,7 +482,7 @@ class LonghornManager:
 
     async def sync_backing_images(self) -> None:
         requeue = False
-        for bi in await self.kube.list("backingimages"):
+        for bi in await self.cache.list("backingimages"):
             if not self._responsible_for_bi(bi):
                 continue
             key = f"{self.kube.namespace}/{bi['metadata']['name']}"
@@ -499,6 +507,7 @@ class LonghornManager:
 
     async def sync_backing_image(self, bi: dict[str, Any]) -> None:
         """lm v1.7.2 backing_image_controller.go:186 syncBackingImage (no BIDS, no v2)."""
+        bi = copy.deepcopy(bi)
         name = bi["metadata"]["name"]
         key = f"{self.kube.namespace}/{name}"
         if bi["metadata"].get("deletionTimestamp"):
@@ -532,7 +541,7 @@ class LonghornManager:
         except _BiSyncError as exc:
             raise _BiSyncError(f"failed to sync backing image for {key}: {exc}") from None
         now = SimClock.now_rfc3339()
-        bims = await self.kube.list("backingimagemanagers")
+        bims = await self.cache.list("backingimagemanagers")
         st["diskFileStatusMap"] = bil.file_status_from_bims(bi, bims, now)
         ready_files = [f for f in st["diskFileStatusMap"].values() if f.get("state") == "ready"]
         if ready_files:
@@ -541,7 +550,7 @@ class LonghornManager:
             st.setdefault("checksum", "")
             if not st["checksum"]:
                 st["checksum"] = hashlib.sha512(bil.BACKING_FILE_CONTENT).hexdigest()
-        st["diskLastRefAtMap"] = bil.last_ref_map(bi, await self.kube.list("replicas"), now)
+        st["diskLastRefAtMap"] = bil.last_ref_map(bi, await self.cache.list("replicas"), now)
         await self._replenish(bi)
         for u in bil.evicted_copies_to_drop(bi):
             del bi["spec"]["diskFileSpecMap"][u]
@@ -564,7 +573,8 @@ class LonghornManager:
         bi_uuid = bi["status"]["uuid"]
         spec_map = bi["spec"]["diskFileSpecMap"] or {}
         # cleanupBackingImageManagers (line 442), reduced: drop this BI from BIMs of disks it left.
-        for bim in await self.kube.list("backingimagemanagers"):
+        for bim in await self.cache.list("backingimagemanagers"):
+            bim = copy.deepcopy(bim)
             bis = (bim.get("spec") or {}).get("backingImages") or {}
             if name in bis and (bim.get("spec") or {}).get("diskUUID") not in spec_map:
                 del bim["spec"]["backingImages"][name]
@@ -572,11 +582,12 @@ class LonghornManager:
                     await self.kube.replace("backingimagemanagers", bim)
                 except (Conflict, NotFound):
                     raise Requeue() from None
-        nodes = await self.kube.list("nodes")
+        nodes = await self.cache.list("nodes")
         for uuid in list(spec_map):
             found = False
             required: dict[str, str] = {}
-            for bim in await self.kube.list("backingimagemanagers", f"longhorn.io/disk-uuid={uuid}"):
+            for bim in await self.cache.list("backingimagemanagers", f"longhorn.io/disk-uuid={uuid}"):
+                bim = copy.deepcopy(bim)
                 if not bim["metadata"].get("deletionTimestamp") and bim["spec"].get("image") == image:
                     if bim["spec"].get("backingImages", {}).get(name) != bi_uuid:
                         bim["spec"].setdefault("backingImages", {})[name] = bi_uuid
@@ -619,7 +630,7 @@ class LonghornManager:
         healthy = [u for u, s in spec_map.items() if not (s or {}).get("evictionRequested")]
         if len(healthy) >= want:
             return
-        nodes = await self.kube.list("nodes")
+        nodes = await self.cache.list("nodes")
         for d in sorted(bil.ready_disks(nodes), key=lambda d: (d.node, d.disk_name)):
             if len(healthy) >= want:
                 break
@@ -630,11 +641,11 @@ class LonghornManager:
 
     # ------------------------------------------------------------------ BIM controller
     async def sync_bims(self) -> None:
-        node = await self.kube.get_or_none("nodes", self.node_name)
+        node = await self.cache.get_or_none("nodes", self.node_name)
         if node is None:
             return
         requeue = False
-        for bim in await self.kube.list("backingimagemanagers"):
+        for bim in await self.cache.list("backingimagemanagers"):
             if (bim.get("spec") or {}).get("nodeID") != self.node_name:
                 continue
             try:
@@ -645,6 +656,7 @@ class LonghornManager:
             raise Requeue()
 
     async def sync_bim(self, bim: dict[str, Any], node: Mapping[str, Any]) -> None:
+        bim = copy.deepcopy(bim)
         """A BIM "pod" that downloads instantly (lm backing_image_manager_controller.go, heavily reduced)."""
         spec = bim.get("spec") or {}
         wanted = dict(spec.get("backingImages") or {})
@@ -706,6 +718,7 @@ class LonghornManager:
                 pass
 
     async def _delete_bim(self, bim: dict[str, Any]) -> None:
+        bim = copy.deepcopy(bim)
         if bim["metadata"].get("finalizers"):
             bim["metadata"]["finalizers"] = []
             try:
@@ -717,9 +730,9 @@ class LonghornManager:
     # ------------------------------------------------------------------ orphan controller
     async def sync_orphans(self) -> None:
         """lm v1.7.2 orphan_controller.go:201 reconcile for orphans of this node."""
-        node = await self.kube.get_or_none("nodes", self.node_name)
+        node = await self.cache.get_or_none("nodes", self.node_name)
         now = SimClock.now_rfc3339()
-        for o in await self.kube.list("orphans"):
+        for o in await self.cache.list("orphans"):
             if (o.get("spec") or {}).get("nodeID") != self.node_name:
                 continue
             if o["metadata"].get("deletionTimestamp"):
@@ -739,8 +752,8 @@ class LonghornManager:
     async def sync_volumes(self) -> None:
         if self.cluster.leader() != self.node_name:
             return
-        reps = await self.kube.list("replicas")
-        nodes = await self.kube.list("nodes")
+        reps = await self.cache.list("replicas")
+        nodes = await self.cache.list("nodes")
         ready = bil.ready_disks(nodes)
         for r in reps:
             if not r["spec"].get("evictionRequested") or r["metadata"].get("deletionTimestamp"):
@@ -776,6 +789,7 @@ class LonghornManager:
                 await self._delete_replica(r)
 
     async def _delete_replica(self, r: dict[str, Any]) -> None:
+        r = copy.deepcopy(r)
         """Delete a Replica CR and, like the instance clean-up of a deleted replica, its data directory."""
         spec = r.get("spec") or {}
         if spec.get("nodeID") and spec.get("dataDirectoryName"):
