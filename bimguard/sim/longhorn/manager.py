@@ -5,10 +5,12 @@ decide who acts (BRIEF §1.3, §1.5): the node controller of every manager sets 
 conditions, only the manager on the node touches that node's disks; replicas, BIMs and orphans are
 handled by the manager of their ``nodeID``; a BackingImage by the manager in its ``status.ownerID``.
 
-Controllers here are level-triggered loops: each wakes on a watch event of a resource it cares
-about, on an explicit trigger (the disk monitor's ``enqueue``), on a 409 requeue, or on the 30 s
-resync (lm v1.7.2 node_controller.go:46, util/client/client.go:92), and then reconciles every
-object it is responsible for. All writes go over HTTP through :class:`LonghornClient`.
+Controllers here are level-triggered loops: each wakes on an informer event it cares about
+(routed by ``SimCluster._route``), on an explicit trigger (the disk monitor's ``enqueue``), on a
+409 requeue, or on the 30 s resync (lm v1.7.2 node_controller.go:46, util/client/client.go:92),
+and then reconciles every object it is responsible for. Reads come from the shared informer
+cache (``informer.py``; never mutate what it returns without copying), writes go over HTTP through
+:class:`LonghornClient` with the cached ``resourceVersion`` and wait for the cache to catch up.
 """
 
 from __future__ import annotations
