@@ -376,6 +376,15 @@ class ApiServer:
     def _maybe_table(self, request: web.Request, rt: ResourceType, items: list[dict], page: ListPage | None) -> web.Response | None:
         """meta.k8s.io/v1 Table for `kubectl get` (it asks with `Accept: ...;as=Table`)."""
         accept = request.headers.get("Accept", "")
+        if "g=meta.k8s.io" in accept and "as=PartialObjectMetadata" in accept and "as=Table" not in accept:
+            # Metadata-only clients (client-go metadata informers) ask for PartialObjectMetadata[List].
+            partial = [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]} for o in items]
+            if page is None:
+                return _json(partial[0])
+            meta: dict[str, Any] = {"resourceVersion": page.resource_version}
+            if page.continue_token:
+                meta["continue"] = page.continue_token
+            return _json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": partial})
         if "as=Table" not in accept or "g=meta.k8s.io" not in accept:
             return None
         body = _table(rt, items, page.resource_version if page else self.store.resource_version,
@@ -634,6 +643,7 @@ _BUILTIN_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "services": [("Type", "string", ".spec.type"), ("Cluster-IP", "string", ".spec.clusterIP")],
     "events": [("Reason", "string", ".reason"), ("Object", "string", ".involvedObject.name"), ("Message", "string", ".message")],
     "leases": [("Holder", "string", ".spec.holderIdentity")],
+    "customresourcedefinitions": [("Created At", "string", ".metadata.creationTimestamp")],
 }
 
 
@@ -645,7 +655,7 @@ def _table(rt: ResourceType, items: list[dict], resource_version: Any, continue_
         with_age = True
     else:
         extra = _BUILTIN_COLUMNS.get(rt.key.plural, [])
-        with_age = True
+        with_age = rt.key.plural != "customresourcedefinitions"
     columns = [{"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}]
     columns += [{"name": n, "type": "string" if t == "date" else t, "format": "", "description": "", "priority": 0} for n, t, _ in extra]
     if with_age:

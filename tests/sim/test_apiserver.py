@@ -646,3 +646,20 @@ async def test_namespace_deletion_and_deletecollection(co: client.CustomObjectsA
     with pytest.raises(ApiException) as e:
         await core.read_namespace("scratch")
     assert e.value.status == 404
+
+
+async def test_partial_object_metadata_and_table_negotiation(sim_api: ApiServer, co: client.CustomObjectsApi) -> None:
+    await co.create_namespaced_custom_object(*LH, NS, "nodes", {**node("a"), "metadata": {"name": "a", "labels": {"l": "1"}}})
+    url = f"{sim_api.url}/apis/longhorn.io/v1beta2/namespaces/{NS}/nodes"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, headers={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"}) as r:
+            body = await r.json()
+        assert body["kind"] == "PartialObjectMetadataList"
+        assert body["items"] == [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                  "metadata": (await co.get_namespaced_custom_object(*LH, NS, "nodes", "a"))["metadata"]}]
+        async with s.get(url, headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}) as r:
+            table = await r.json()
+    assert table["kind"] == "Table"
+    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Ready", "AllowScheduling", "Schedulable", "Age"]
+    assert table["rows"][0]["cells"][:3] == ["a", None, True]
+    assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
