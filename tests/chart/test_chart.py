@@ -18,7 +18,10 @@ import yaml
 
 helm = pytest.importorskip("helm_python")
 
+from jobs.cli import build_parser  # noqa: E402
 from webhook import scope  # noqa: E402
+from webhook.leader import DEFAULT_LEASE_NAME  # noqa: E402
+from webhook.rewriter_pod import DEFAULT_SERVICE_ACCOUNT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bimguard"
@@ -116,6 +119,8 @@ def test_bad_values_are_refused() -> None:
         render({"tls": {"mode": "files"}})
     with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
         render({"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 30})
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render({"preStopSleepSeconds": 20, "shutdownDelaySeconds": 10, "terminationGracePeriodSeconds": 30})
     with pytest.raises(helm.HelmError):
         render({"longhorn": {"namespace": "Not_A_Namespace"}})
 
@@ -260,7 +265,7 @@ def test_availability_settings() -> None:
 
 
 def test_webhook_command_line() -> None:
-    docs = render({"extraArgs": ["--foo=bar"], "logLevel": "debug", "image": {"repository": "r.io/b", "tag": "t1"}})
+    docs = render({"extraArgs": ["--log-level=warning"], "logLevel": "debug", "image": {"repository": "r.io/b", "tag": "t1"}})
     c = container(docs)
     assert c["image"] == "r.io/b:t1"
     args = c["args"]
@@ -268,18 +273,54 @@ def test_webhook_command_line() -> None:
     assert flag(args, "namespace") == NAMESPACE
     assert flag(args, "longhorn-namespace") == "longhorn-system"
     assert flag(args, "service-name") == one(docs, "Service")["metadata"]["name"]
-    assert flag(args, "rewriter-image") == "r.io/b:t1"
-    assert flag(args, "log-level") == "debug"
-    assert args[-1] == "--foo=bar"
-    rewriter = [d for d in docs if d["kind"] == "ServiceAccount"
+    assert args[-2:] == ["--log-level=debug", "--log-level=warning"]  # extraArgs last, so they win
+
+
+@pytest.mark.parametrize("values", [{}, FILES_MODE, {"tls": {**FILES_MODE["tls"], "injectCABundle": True}}],
+                         ids=["selfManaged", "files", "files+inject"])
+def test_the_real_cli_accepts_the_chart_args_and_they_agree(values: dict[str, Any]) -> None:
+    """The container's ENTRYPOINT is `bimguard` (jobs.cli:main): parse the rendered args with that
+    very parser, so a renamed or missing flag fails here rather than crash-looping the pod."""
+    docs = render(values)
+    c = container(docs)
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "webhook"
+    assert (args.namespace, args.longhorn_namespace) == (NAMESPACE, "longhorn-system")
+    assert args.port == port_number(c, "https") and args.metrics_port == port_number(c, "metrics")
+    assert args.service_name == one(docs, "Service")["metadata"]["name"]
+    assert args.webhook_configuration == one(docs, "MutatingWebhookConfiguration")["metadata"]["name"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > sleep + args.shutdown_delay
+    own = rules(docs, "Role", NAMESPACE)
+    if values.get("tls", {}).get("mode") == "files":
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        files = [args.tls_cert_file, args.tls_key_file] + ([args.tls_ca_file] if args.tls_ca_file else [])
+        assert all(str(Path(f).parent) in mounts for f in files)
+        assert bool(args.tls_ca_file) == bool(values["tls"].get("injectCABundle"))
+    else:
+        assert args.tls_cert_file is None
+        named = [r for r in own if "secrets" in r["resources"] and r.get("resourceNames")]
+        assert named[0]["resourceNames"] == [args.secret_name]
+    # caBundle injection is allowed exactly when the process will do it.
+    mwc_rule = [r for r in rules(docs, "ClusterRole") if "mutatingwebhookconfigurations" in r["resources"]][0]
+    injects = args.tls_cert_file is None or args.tls_ca_file is not None
+    assert ("patch" in mwc_rule["verbs"]) == injects
+
+
+def test_names_the_code_uses_by_default() -> None:
+    """No flag names the Lease or the rewriter ServiceAccount: the chart uses the code's defaults."""
+    docs = render()
+    leases = [r for r in rules(docs, "Role", NAMESPACE) if "leases" in r["resources"] and r.get("resourceNames")]
+    assert [r["resourceNames"] for r in leases] == [[DEFAULT_LEASE_NAME]]
+    rewriter = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"
                 and d["metadata"]["labels"]["app.kubernetes.io/component"] == "rewriter"]
-    assert flag(args, "rewriter-service-account") == rewriter[0]["metadata"]["name"]
-    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] != rewriter[0]["metadata"]["name"]
+    assert rewriter == [DEFAULT_SERVICE_ACCOUNT]
 
 
 def test_tls_modes() -> None:
     self_managed = container(render())
-    assert "--tls-secret=bg-bimguard-tls" in self_managed["args"]
+    assert "--secret-name=bg-bimguard-tls" in self_managed["args"]
     assert not [a for a in self_managed["args"] if a.startswith("--tls-cert-file")]
     assert [m["name"] for m in self_managed["volumeMounts"]] == ["tmp"]
 
@@ -287,7 +328,7 @@ def test_tls_modes() -> None:
     files = container(docs)
     assert flag(files["args"], "tls-cert-file") == "/etc/bimguard/tls/tls.crt"
     assert flag(files["args"], "tls-key-file") == "/etc/bimguard/tls/tls.key"
-    assert not [a for a in files["args"] if a.startswith("--tls-secret")]
+    assert not [a for a in files["args"] if a.startswith(("--secret-name", "--tls-ca-file"))]
     mount = [m for m in files["volumeMounts"] if m["name"] == "tls"][0]
     assert mount == {"name": "tls", "mountPath": "/etc/bimguard/tls", "readOnly": True}
     volume = [v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"][0]
@@ -344,10 +385,9 @@ def test_rbac_release_namespace() -> None:
     named = [r for r in secret_rules if r.get("resourceNames")]
     assert named == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["bg-bimguard-tls"],
                       "verbs": ["get", "update"]}]
-    lease = flag(container(docs)["args"], "lease-name")
     lease_rules = [r for r in own if "leases" in r["resources"]]
     assert {v for r in lease_rules if not r.get("resourceNames") for v in r["verbs"]} == {"create"}
-    assert [r["resourceNames"] for r in lease_rules if r.get("resourceNames")] == [[lease]]
+    assert {v for r in lease_rules if r.get("resourceNames") for v in r["verbs"]} == {"get", "update"}
 
     files = rules(render(FILES_MODE), "Role", NAMESPACE)
     assert not [r for r in files if "secrets" in r["resources"]], "files mode mounts the Secret; no API access"
@@ -366,6 +406,9 @@ def test_rbac_cluster_scope_is_by_name() -> None:
     assert by_resource["customresourcedefinitions"]["verbs"] == ["get"]
     files = {r["resources"][0]: r for r in rules(render(FILES_MODE), "ClusterRole")}
     assert files["mutatingwebhookconfigurations"]["verbs"] == ["get"]  # nothing to inject
+    inject = {"tls": {**FILES_MODE["tls"], "injectCABundle": True}}
+    files = {r["resources"][0]: r for r in rules(render(inject), "ClusterRole")}
+    assert files["mutatingwebhookconfigurations"]["verbs"] == ["get", "patch"]
 
 
 def test_rbac_covers_bimguards_crds() -> None:

@@ -1,7 +1,9 @@
-"""The rewriter pod end to end in the emulator: a pod on the disk's node runs
-`python -m bimguard.rewrite_cfg` against its hostPath mount after the status was changed
-webhook-style, and the simulated Longhorn turns the disk Ready under the new UUID (BRIEF §1.6).
-A refusal surfaces as exit code 3 and a termination message, and leaves the cfg alone."""
+"""The rewriter pod end to end in the emulator: the pod the controller builds
+(webhook/rewriter_pod.py) runs `rewrite-cfg` on the disk's node against its hostPath mount after
+the status was changed webhook-style, and the simulated Longhorn turns the disk Ready under the
+new UUID (BRIEF §1.6). A refusal surfaces as exit code 3 and a termination message, and leaves
+the cfg alone; a retried pod is a no-op success. Both the console script and the
+standard-library-only `python -m bimguard.rewrite_cfg` are exercised."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ from typing import Any, AsyncIterator
 
 import pytest
 
+from bimguard import records
 from bimguard.rewrite_cfg import EXIT_REFUSED
 from bimguard.sim.apiserver import ApiServer
 from bimguard.sim.longhorn import disks
 from bimguard.sim.longhorn.cluster import SimCluster
 from bimguard.sim.longhorn.node_status import get_condition
+from webhook.rewriter_pod import DEFAULT_COMMAND, rewriter_pod
 
 NS = "bimguard-system"
 
@@ -27,24 +31,12 @@ async def api() -> AsyncIterator[ApiServer]:
     await server.stop()
 
 
-def rewriter_pod(name: str, node: str, host_path: str, disk_name: str, old: str, new: str) -> dict[str, Any]:
-    # The shape the controller is expected to create: hostPath type Directory on exactly the disk
-    # path (BRIEF §1.6), separate argv words (the emulated kubelet maps paths at the start of an
-    # argument) and an explicit --termination-log so the emulator can map it too.
-    return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "nodeName": node, "restartPolicy": "Never", "automountServiceAccountToken": False,
-            "containers": [{
-                "name": "rewrite-cfg", "image": "bimguard:test",
-                "command": ["python", "-m", "bimguard.rewrite_cfg"],
-                "args": ["--path", "/disk", "--disk-name", disk_name, "--old", old, "--new", new,
-                         "--termination-log", "/dev/termination-log"],
-                "volumeMounts": [{"name": "disk", "mountPath": "/disk"}],
-            }],
-            "volumes": [{"name": "disk", "hostPath": {"path": host_path, "type": "Directory"}}],
-        },
-    }
+def pod_for(command: tuple[str, ...], attempt: int, node: str, disk: str, disk_name: str, host_path: str,
+            old: str, new: str) -> dict[str, Any]:
+    record = records.rewrite_manifest(
+        name=records.record_name(node, disk, old), namespace=NS, node=node, disk=disk, disk_name=disk_name,
+        disk_path=host_path, old_uuid=old, new_uuid=new, reason="test", origin="webhook")
+    return rewriter_pod(record, attempt=attempt, namespace=NS, image="bimguard:test", command=command)
 
 
 async def finished(c: SimCluster, api: ApiServer, name: str) -> dict[str, Any]:
@@ -55,7 +47,10 @@ async def finished(c: SimCluster, api: ApiServer, name: str) -> dict[str, Any]:
     return await c.wait_for(done, 20, f"pod {name} finished")
 
 
-async def test_rewriter_pod_rewrites_and_longhorn_converges(api: ApiServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [DEFAULT_COMMAND, ("python", "-m", "bimguard.rewrite_cfg")],
+                         ids=["console-script", "python-m"])
+async def test_rewriter_pod_rewrites_and_longhorn_converges(api: ApiServer, tmp_path: Path,
+                                                            command: tuple[str, ...]) -> None:
     c = SimCluster(api, tmp_path, nodes=2, disks_per_node=1, seed=8, time_scale=0.01)
     await c.start()
     try:
@@ -68,16 +63,18 @@ async def test_rewriter_pod_rewrites_and_longhorn_converges(api: ApiServer, tmp_
 
         # A refusal first: wrong expected UUID -> exit 3, message, cfg untouched.
         wrong = "1234" + old[4:] if not old.startswith("1234") else "4321" + old[4:]
-        api.store.create("v1/pods", rewriter_pod("refused", node, c.host_path(node, disk), disk_name, wrong, new))
-        p = await finished(c, api, "refused")
+        pod = pod_for(command, 1, node, disk, disk_name, c.host_path(node, disk), wrong, new)
+        api.store.create("v1/pods", pod)
+        p = await finished(c, api, pod["metadata"]["name"])
         term = p["status"]["containerStatuses"][0]["state"]["terminated"]
         assert (p["status"]["phase"], term["exitCode"]) == ("Failed", EXIT_REFUSED)
         assert term["message"].startswith("refused:") and old in term["message"]
         assert c.read_cfg(node, disk).disk_uuid == old
 
         await c.set_status_disk_uuid(node, disk, new)  # what the webhook's patch does
-        api.store.create("v1/pods", rewriter_pod("rewrite", node, c.host_path(node, disk), disk_name, old, new))
-        p = await finished(c, api, "rewrite")
+        pod = pod_for(command, 1, node, disk, disk_name, c.host_path(node, disk), old, new)
+        api.store.create("v1/pods", pod)
+        p = await finished(c, api, pod["metadata"]["name"])
         term = p["status"]["containerStatuses"][0]["state"]["terminated"]
         assert (p["status"]["phase"], term["exitCode"]) == ("Succeeded", 0), term
         assert term["message"].startswith("written:")
@@ -90,8 +87,9 @@ async def test_rewriter_pod_rewrites_and_longhorn_converges(api: ApiServer, tmp_
         await c.wait_for(ready, 15, "disk Ready under the new UUID")
 
         # A retried pod (same record) is a no-op success.
-        api.store.create("v1/pods", rewriter_pod("retry", node, c.host_path(node, disk), disk_name, old, new))
-        p = await finished(c, api, "retry")
+        pod = pod_for(command, 2, node, disk, disk_name, c.host_path(node, disk), old, new)
+        api.store.create("v1/pods", pod)
+        p = await finished(c, api, pod["metadata"]["name"])
         term = p["status"]["containerStatuses"][0]["state"]["terminated"]
         assert term["exitCode"] == 0 and term["message"].startswith("unchanged:")
     finally:

@@ -1,7 +1,10 @@
 {{/*
-Names shared by several templates. Every name the webhook needs at run time (its Service, TLS
-Secret, Lease, webhook configuration, rewriter ServiceAccount) is defined here once and passed
-to it on the command line by deployment.yaml, so RBAC resourceNames and the process agree.
+Names shared by several templates. The names the webhook is told on its command line (its
+Service, TLS Secret, webhook configuration) are defined here once, so RBAC resourceNames and the
+process agree. The Lease and the rewriter ServiceAccount have no flag (yet): they carry the
+names the code uses by default (webhook/leader.py DEFAULT_LEASE_NAME, webhook/rewriter_pod.py
+DEFAULT_SERVICE_ACCOUNT); both are namespaced, so releases in different namespaces never clash.
+tests/chart checks all of these against the code.
 */}}
 
 {{- define "bimguard.name" -}}
@@ -51,7 +54,7 @@ app.kubernetes.io/component: webhook
 {{- end }}
 
 {{- define "bimguard.rewriterServiceAccountName" -}}
-{{ include "bimguard.fullname" . | trunc 54 | trimSuffix "-" }}-rewriter
+bimguard-rewriter
 {{- end }}
 
 {{- define "bimguard.serviceName" -}}
@@ -68,7 +71,7 @@ app.kubernetes.io/component: webhook
 {{- end }}
 
 {{- define "bimguard.leaseName" -}}
-{{ include "bimguard.fullname" . | trunc 56 | trimSuffix "-" }}-leader
+bimguard-controller
 {{- end }}
 
 {{- define "bimguard.tlsSecretName" -}}
@@ -87,4 +90,9 @@ app.kubernetes.io/component: webhook
 
 {{- define "bimguard.selfManagedTLS" -}}
 {{- if eq .Values.tls.mode "selfManaged" }}true{{ end }}
+{{- end }}
+
+{{/* Whether the webhook's leader writes caBundle (and so may patch the webhook configuration). */}}
+{{- define "bimguard.injectsCABundle" -}}
+{{- if or (eq .Values.tls.mode "selfManaged") .Values.tls.injectCABundle }}true{{ end }}
 {{- end }}
