@@ -20,7 +20,7 @@ Public API:
     server.store                   # Store (store.py): in-process get/list/create/update/patch/delete
     server.faults                  # Faults (faults.py)
     server.webhook_hosts           # "svc.ns.svc" -> (host, port), read at every webhook call
-    server.add_user(token, username, groups)  # who a bearer token is (for AdmissionReview.userInfo)
+    server.add_user(token, username, groups, uid=, extra=)  # who a bearer token is (AdmissionReview.userInfo)
 `ResourceKey` is a frozen dataclass (group, version, plural); strings "v1/pods" and
 "longhorn.io/v1beta2/nodes" are accepted everywhere a key is.
 
@@ -170,8 +170,19 @@ class ApiServer:
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
 
-    def add_user(self, token: str, username: str, groups: list[str] | None = None) -> None:
-        self.users[token] = {"username": username, "groups": list(groups or []) + ["system:authenticated"]}
+    def add_user(self, token: str, username: str, groups: list[str] | None = None, *,
+                 uid: str | None = None, extra: dict[str, list[str]] | None = None) -> None:
+        """Make `token` authenticate as `username` (AdmissionReview.userInfo). A service account
+        name (`system:serviceaccount:<ns>:<name>`) gets the groups the token authenticator adds."""
+        groups = list(groups or [])
+        if username.startswith("system:serviceaccount:") and not groups:
+            groups = ["system:serviceaccounts", f"system:serviceaccounts:{username.split(':')[2]}"]
+        info: dict[str, Any] = {"username": username, "groups": groups + ["system:authenticated"]}
+        if uid:
+            info["uid"] = uid
+        if extra:
+            info["extra"] = extra
+        self.users[token] = info
 
     def _user(self, request: web.Request) -> dict:
         impersonate = request.headers.get("Impersonate-User")

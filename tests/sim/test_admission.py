@@ -424,8 +424,8 @@ async def test_url_client_config_and_user_info(api: ApiServer, hook: Webhook, pk
     cfg["webhooks"][0]["clientConfig"] = {"url": f"https://{SVC_HOST}:8443/by-url", "caBundle": pki.ca_bundle}
     api.webhook_hosts[f"{SVC_HOST}:8443"] = ("127.0.0.1", hook.port)
     api.store.create(MWC, cfg)
-    api.add_user("lm-token", "system:serviceaccount:longhorn-system:longhorn-service-account",
-                 ["system:serviceaccounts", "system:serviceaccounts:longhorn-system"])
+    api.add_user("lm-token", "system:serviceaccount:longhorn-system:longhorn-service-account", uid="sa-uid",
+                 extra={"authentication.kubernetes.io/pod-name": ["longhorn-manager-7xk2p"]})
     n = make_node(api)
     async with aiohttp.ClientSession(headers={"Authorization": "Bearer lm-token"}) as s:
         async with s.put(f"{api.url}/apis/longhorn.io/v1beta2/namespaces/{NS}/nodes/n1/status", json={**n, "status": {"region": "r1"}}) as r:
@@ -433,7 +433,10 @@ async def test_url_client_config_and_user_info(api: ApiServer, hook: Webhook, pk
     (review,) = hook.reviews
     assert review["path"] == "/by-url"
     assert review["request"]["userInfo"]["username"] == "system:serviceaccount:longhorn-system:longhorn-service-account"
-    assert "system:serviceaccounts:longhorn-system" in review["request"]["userInfo"]["groups"]
+    assert review["request"]["userInfo"] == {
+        "username": "system:serviceaccount:longhorn-system:longhorn-service-account", "uid": "sa-uid",
+        "groups": ["system:serviceaccounts", "system:serviceaccounts:longhorn-system", "system:authenticated"],
+        "extra": {"authentication.kubernetes.io/pod-name": ["longhorn-manager-7xk2p"]}}
     # kubectl --as / --as-group impersonation headers
     async with aiohttp.ClientSession(headers={"Impersonate-User": "jane", "Impersonate-Group": "ops"}) as s:
         async with s.patch(f"{api.url}/apis/longhorn.io/v1beta2/namespaces/{NS}/nodes/n1/status",
