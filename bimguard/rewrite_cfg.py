@@ -94,7 +94,7 @@ def rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> Outcome:
         return _rewrite(path, disk_name, old_uuid, new_uuid)
     except _Stop as stop:
         return Outcome(stop.code, f"{_WORD[stop.code]}: {stop.reason}")
-    except OSError as e:  # anything unclassified: an I/O problem a retry may not have
+    except OSError as e:  # not classified above: an I/O problem a retry may fix
         return Outcome(EXIT_TRANSIENT, f"error: {path}: {e.strerror or e}")
 
 
