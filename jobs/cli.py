@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import scan
 
 DESCRIPTION = """\
 bimguard keeps Longhorn v1 disk UUID prefixes unique, so no two disks want the same
@@ -26,6 +25,7 @@ class _Lazy:
         return getattr(importlib.import_module(self._module), name)
 
 
+scan = _Lazy("jobs.scan")
 demo = _Lazy("jobs.demo")
 serve = _Lazy("bimguard.sim.serve")
 webhook = _Lazy("webhook.main")
@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rewrite-cfg"]:
+        # The privileged on-node pod runs this: keep it to the standard library by not building
+        # the other subcommands' parsers (their modules import aiohttp, kubernetes_asyncio, ...).
+        from bimguard import rewrite_cfg as rewrite
+
+        return rewrite.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
