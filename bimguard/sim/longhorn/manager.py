@@ -317,7 +317,10 @@ class LonghornManager:
             if dc == "Unknown":
                 continue
             if auto or dc == "False":
-                await self._delete_orphan(o["metadata"]["name"], touch_data=True)
+                # Only an auto-deleted *cleanable* orphan takes its data along; one deleted because
+                # DataCleanable=False must never touch the directory, even if its status has
+                # flipped to True since we looked (orphan_controller.go:293).
+                await self._delete_orphan(o["metadata"]["name"], touch_data=auto and dc == "True")
 
     async def _delete_orphan(self, name: str, *, touch_data: bool) -> None:
         """Delete an Orphan CR; with DataCleanable=True its directory goes too (orphan_controller.go:272).
