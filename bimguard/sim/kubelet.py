@@ -9,9 +9,9 @@ result in the pod status the way kubelet does (phase ``Succeeded``/``Failed``,
 Path mapping (there are no mount namespaces here): every volume mount gets a real directory --
 ``hostPath`` -> ``<root>/<node>/<hostPath.path>`` (the same layout the simulated Longhorn uses for
 disks), ``emptyDir``/``projected`` -> a per-pod temporary directory, the termination message file
--> a per-pod file. Each occurrence of a mount path (or of ``terminationMessagePath``) at the start of
-an argument, of an env value, or of ``workingDir`` is rewritten to the real path (longest mount
-first). The whole map is also passed as JSON in ``BIMGUARD_SIM_PATH_MAP`` (``{mountPath: realPath}``)
+-> a per-pod file. Every occurrence of a mount path (or of ``terminationMessagePath``) as a whole
+path -- at a path boundary, anywhere in an argument (so ``sh -c`` scripts work), an env value or
+``workingDir`` -- is rewritten to the real path (longest mount first, one pass). The whole map is also passed as JSON in ``BIMGUARD_SIM_PATH_MAP`` (``{mountPath: realPath}``)
 for programs that build paths themselves. ``PATH`` starts with the virtualenv's ``bin`` (so
 ``bimguard`` resolves), ``KUBECONFIG`` points at a kubeconfig for the emulated API server, and
 ``BIMGUARD_SIM_NODE`` names the node.
