@@ -303,6 +303,8 @@ class RewriteController:
         spec = rec.get("spec") or {}
         if not spec.get("newUUID"):
             return  # a Blocked record: nothing to drive
+        if spec.get("origin") != "webhook":
+            return  # the repair Job drives its own records (evict, CAS, verify) start to finish
         phase = phase_of(rec)
         if phase == "Pending":
             await self._pending(rec)
@@ -414,7 +416,16 @@ class RewriteController:
         node, entry = await self._disk(spec)
         current = (entry or {}).get("diskUUID") or ""
         if entry is not None and current == spec["newUUID"]:
-            await self._create_pod(rec, attempt)
+            try:
+                await self._create_pod(rec, attempt)
+            except KubeError as exc:
+                # Quota, admission policy, a missing service account: retried every pass, and
+                # rolled back once it has failed for as long as a pod may take to start.
+                since = parse_time((rec.get("status") or {}).get("updatedAt")) or time.time()
+                if time.time() - since < self.settings.pod_start_timeout:
+                    raise
+                await self._roll_back(rec, f"could not create rewriter pod {pod_name(rec['metadata']['name'], attempt)}: "
+                                           f"{exc}")
         elif entry is not None and current == spec["oldUUID"]:
             await self._finish(rec, "RolledBack", f"the stored status holds {spec['oldUUID']} again and no rewriter "
                                                   f"pod exists; cfg not rewritten by this attempt",

@@ -51,14 +51,14 @@ class Env:
         return ctl
 
     async def make_record(self, new_prefix: str = "5eed", *, disk_name: str | None = None,
-                          node: str = NODE, disk: str = DISK) -> tuple[str, str, str]:
+                          node: str = NODE, disk: str = DISK, origin: str = "webhook") -> tuple[str, str, str]:
         old = await self.cluster.disk_uuid(node, disk)
         new = new_prefix + old[len(new_prefix):]
         name = records.record_name(node, disk, old)
         self.api.store.create(RW, records.rewrite_manifest(
             name=name, namespace=NS, node=node, disk=disk, disk_name=disk if disk_name is None else disk_name,
             disk_path=self.cluster.host_path(node, disk), old_uuid=old, new_uuid=new,
-            reason="prefix collides with another disk", origin="webhook"))
+            reason="prefix collides with another disk", origin=origin))  # type: ignore[arg-type]
         self.api.store.create(CLAIMS, records.claim_manifest(prefix=new[:4], namespace=NS, node=node, disk=disk,
                                                              uuid=new, record=name))
         return name, old, new
@@ -141,6 +141,7 @@ async def test_happy_path_rewrites_cfg_and_longhorn_turns_ready(env: Env) -> Non
 
 async def test_status_kept_old_uuid_is_abandoned_and_cfg_untouched(env: Env) -> None:
     name, old, new = await env.make_record()
+    job_rec, _, _ = await env.make_record("abcd", node="worker-1", disk="disk-1", origin="job")
     raw = env.cluster.cfg_path(NODE, DISK).read_bytes()
     ctl = env.controller()
     ctl.start()
@@ -155,6 +156,7 @@ async def test_status_kept_old_uuid_is_abandoned_and_cfg_untouched(env: Env) -> 
     assert not env.pods() and not [p for m, p, s in env.api.requests if m == "POST" and "/pods" in p]
     assert env.node_events(REASON_ABANDONED)
     assert ctl.phase_counts.get("Abandoned") == 1
+    assert "status" not in env.rec(job_rec)  # the repair Job's records are the Job's to drive
 
 
 async def test_late_landing_patch_after_abandon_is_rolled_back(env: Env) -> None:
@@ -191,6 +193,7 @@ async def test_node_down_pod_never_runs_rolls_back(env: Env) -> None:
     await env.cluster.set_node_down(NODE)
     env.controller().start()
     await env.wait_phase(name, {"Rewriting"})
+    await env.cluster.wait_for(env.pods, 5, "rewriter pod created")
     assert [p["status"].get("phase") for p in env.pods()] == ["Pending"]
     rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
     assert rec["status"]["phase"] == "RolledBack", rec["status"]
@@ -211,9 +214,19 @@ async def test_transient_failures_are_retried_then_succeed(env: Env) -> None:
     env.controller(Settings(**{**FAST.__dict__, "command": ("sh", "-c", script, "rewrite-cfg")})).start()
     rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
     assert rec["status"]["phase"] == "Done", (rec["status"]["lastError"], rec["status"]["message"])
-    assert rec["status"]["attempts"] == 2 and rec["status"]["pod"] == pod_name(name, 2)
+    assert rec["status"]["attempts"] == 2 and rec["status"]["pod"] == pod_name(name, 2), rec["status"]["lastError"]
     assert "exit 1" in rec["status"]["lastError"]
     assert env.cluster.read_cfg(NODE, DISK).disk_uuid == new
+
+
+async def test_pod_creation_failing_rolls_back(env: Env) -> None:
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    env.api.faults.error_rate(1.0, 500, verbs="create", resource="v1/pods")
+    env.controller().start()
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "RolledBack" and "could not create" in rec["status"]["message"]
+    assert await env.cluster.disk_uuid(NODE, DISK) == old == env.cluster.read_cfg(NODE, DISK).disk_uuid
 
 
 async def test_transient_failures_exhausted_roll_back(env: Env) -> None:
@@ -292,7 +305,7 @@ async def test_restart_after_rollback_patch_before_record_write(env: Env) -> Non
 
 
 async def test_only_the_leader_acts(env: Env) -> None:
-    fast = dict(lease_duration=0.8, renew_deadline=0.5, retry_period=0.1)
+    fast = dict(lease_duration=4.0, renew_deadline=3.0, retry_period=0.2)  # roomy: a loaded CI machine
     c1, c2 = api_client(env.api.url), api_client(env.api.url)
     env.clients += [c1, c2]
     e1 = LeaderElector(c1, NS, identity="webhook-0", **fast)
