@@ -98,12 +98,17 @@ async def test_disk_eviction_moves_replicas_and_backing_image_copies(api: ApiSer
             return ((((bi or {}).get("status") or {}).get("diskFileStatusMap") or {}).get(u) or {}).get("state") == "ready"
 
         await c.wait_for(lambda: copy_ready(u1), 10, "copy on worker-1 ready")
+        rep1 = await _get(c, "replicas", r1)
+        assert rep1 is not None
+        data1 = c.disk_dir("worker-1", disk["worker-1"]) / "replicas" / rep1["spec"]["dataDirectoryName"]
+        assert (data1 / "volume.meta").is_file()
         await c.set_disk_flags("worker-1", disk["worker-1"], allow_scheduling=False, eviction_requested=True)
 
         async def evicted() -> bool:
             return await _get(c, "replicas", r1) is None
 
         await c.wait_for(evicted, 20, "evicted replica deleted")
+        assert not data1.exists()  # its owner cleaned the data (replica_controller.go:254-285)
         assert c.kube is not None
         reps = await c.kube.list("replicas", "longhornvolume=vol1")
         assert sorted(r["spec"]["nodeID"] for r in reps) == ["worker-2", "worker-3"]  # anti-affinity

@@ -393,6 +393,16 @@ class LonghornManager:
         r = copy.deepcopy(r)  # cached objects are shared (informer.py)
         name = r["metadata"]["name"]
         if r["metadata"].get("deletionTimestamp"):
+            # lm v1.7.2 replica_controller.go:254-285: the owner deletes the data directory of an
+            # active replica (the sim only runs active ones), then drops the finalizer.
+            spec = r.get("spec") or {}
+            data_dir = spec.get("dataDirectoryName", "")
+            if spec.get("active", True) and "-" in data_dir:
+                target = self.host.dir(spec.get("diskPath", "")) / disks.REPLICA_DIRECTORY / data_dir
+                if target.exists():
+                    self.log.emit("info", "Cleaning up replica", "controller.(*ReplicaController).syncReplica",
+                                  "replica_controller.go:275", controller="longhorn-replica", replica=name)
+                    shutil.rmtree(target, ignore_errors=True)
             if r["metadata"].get("finalizers"):
                 r["metadata"]["finalizers"] = []
                 try:
@@ -794,18 +804,8 @@ class LonghornManager:
                 await self._delete_replica(r)
 
     async def _delete_replica(self, r: dict[str, Any]) -> None:
-        r = copy.deepcopy(r)
-        """Delete a Replica CR and, like the instance clean-up of a deleted replica, its data directory."""
-        spec = r.get("spec") or {}
-        if spec.get("nodeID") and spec.get("dataDirectoryName"):
-            ddir = self.cluster.host(spec["nodeID"]).dir(spec.get("diskPath", "")) / disks.REPLICA_DIRECTORY / spec["dataDirectoryName"]
-            shutil.rmtree(ddir, ignore_errors=True)
-        if r["metadata"].get("finalizers"):
-            r["metadata"]["finalizers"] = []
-            try:
-                r = await self.kube.replace("replicas", r)
-            except (Conflict, NotFound):
-                return
+        """Delete the evicted Replica; its owner's replica controller cleans the data directory and
+        drops the finalizer (see sync_replica), as in Longhorn."""
         await self.kube.delete("replicas", r["metadata"]["name"])
 
 
