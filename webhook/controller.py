@@ -177,7 +177,19 @@ class _NotLeader(Exception):
 
 
 class RewriteController:
-    """See the module docstring. `await run()` in a task; `await stop()` to end it."""
+    """See the module docstring. In the webhook process::
+
+        elector = LeaderElector(api_client, namespace)           # identity: POD_NAME / hostname
+        controller = RewriteController(api_client, namespace, longhorn_namespace, image, leader=elector)
+        elector.on_started_leading = controller.wake
+        elector.start(); controller.start()
+        ...
+        await controller.stop(); await elector.stop()             # stop() releases the lease
+
+    Without `leader` it always acts (one replica, tests). Metrics: `phase_counts` (records per
+    phase), `transitions` (phase changes made here, by new phase), `errors`, and the optional
+    `on_transition(record, old_phase, new_phase)` callback.
+    """
 
     def __init__(self, api_client: client.ApiClient, namespace: str, longhorn_namespace: str, image: str, *,
                  settings: Settings | None = None, leader: Leadership | None = None,
