@@ -30,6 +30,10 @@ _GROUP_PREFIX = {
     "coordination.k8s.io": "io.k8s.api.coordination",
     "admissionregistration.k8s.io": "io.k8s.api.admissionregistration",
     "apiextensions.k8s.io": "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions",
+    "apps": "io.k8s.api.apps",
+    "batch": "io.k8s.api.batch",
+    "policy": "io.k8s.api.policy",
+    "rbac.authorization.k8s.io": "io.k8s.api.rbac",
 }
 
 

@@ -222,6 +222,38 @@ def _builtin() -> list[ResourceType]:
                   "status": _OPAQUE}, required=["spec"]),
             ("crd", "crds"), ("api-extensions",), return_deleted_object=True,
         ),
+        *_stored_only(),
+    ]
+
+
+def _stored_only() -> list[ResourceType]:
+    """Kinds a Helm chart or manifest applies besides the ones above. They are stored and served
+    with full API semantics, but no controller acts on them (no Deployment -> Pod, no Job runs,
+    RBAC is not enforced, ValidatingWebhookConfigurations are not dispatched)."""
+    spec_status = _obj({**_BASE, "spec": _OPAQUE, "status": _OPAQUE})
+    rbac = "rbac.authorization.k8s.io"
+    role = _obj({**_BASE, "rules": {"type": "array", "items": _OPAQUE}, "aggregationRule": _OPAQUE})
+    binding = _obj({**_BASE, "subjects": {"type": "array", "items": _OPAQUE}, "roleRef": _OPAQUE})
+    return [
+        ResourceType(ResourceKey("", "v1", "serviceaccounts"), "ServiceAccount", "serviceaccount", True, False,
+                     _obj({**_BASE, "secrets": {"type": "array", "items": _OPAQUE}, "imagePullSecrets": {"type": "array", "items": _OPAQUE},
+                           "automountServiceAccountToken": {"type": "boolean"}}), ("sa",), return_deleted_object=True),
+        ResourceType(ResourceKey("apps", "v1", "deployments"), "Deployment", "deployment", True, True, spec_status,
+                     ("deploy",), ("all",), return_deleted_object=True),
+        ResourceType(ResourceKey("batch", "v1", "jobs"), "Job", "job", True, True, spec_status, (), ("all",),
+                     return_deleted_object=True),
+        ResourceType(ResourceKey("policy", "v1", "poddisruptionbudgets"), "PodDisruptionBudget", "poddisruptionbudget",
+                     True, True, spec_status, ("pdb",), return_deleted_object=True),
+        ResourceType(ResourceKey(rbac, "v1", "roles"), "Role", "role", True, False, role, return_deleted_object=True),
+        ResourceType(ResourceKey(rbac, "v1", "rolebindings"), "RoleBinding", "rolebinding", True, False, binding,
+                     return_deleted_object=True),
+        ResourceType(ResourceKey(rbac, "v1", "clusterroles"), "ClusterRole", "clusterrole", False, False, role,
+                     return_deleted_object=True),
+        ResourceType(ResourceKey(rbac, "v1", "clusterrolebindings"), "ClusterRoleBinding", "clusterrolebinding", False,
+                     False, binding, return_deleted_object=True),
+        ResourceType(ResourceKey("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations"),
+                     "ValidatingWebhookConfiguration", "validatingwebhookconfiguration", False, False,
+                     _obj({**_BASE, "webhooks": {"type": "array", "items": _OPAQUE}}), categories=("api-extensions",)),
     ]
 
 

@@ -183,3 +183,28 @@ async def test_core_resources_with_kubectl(kubectl: Kubectl, sim_api: ApiServer)
     await kubectl.run("delete", "pod", "p", "-n", "bimguard", "--wait=false")
     _, out, _ = await kubectl.run("get", "pods", "-n", "bimguard", "-o", "name")
     assert out.strip() == ""
+
+
+async def test_apply_the_whole_rendered_chart(kubectl: Kubectl, sim_api: ApiServer) -> None:
+    """`helm template | kubectl apply -f -` against the emulator: the chart's own CRDs become served
+    resources, and every kind the chart renders is accepted (stored; no controllers run)."""
+    helm = pytest.importorskip("helm_python")
+    chart_dir = Path(__file__).resolve().parents[2] / "charts" / "bimguard"
+    crds = "\n---\n".join(p.read_text() for p in sorted((chart_dir / "crds").glob("*.yaml")))
+    _, out, _ = await kubectl.run("apply", "-f", "-", stdin=crds)
+    assert out.count("created") == len(list((chart_dir / "crds").glob("*.yaml")))
+    await kubectl.run("create", "namespace", "bimguard-system")
+    with helm.Chart.load(chart_dir) as chart:
+        rendered = chart.render({}, name="bg", namespace="bimguard-system", is_install=True)
+    manifest = "\n---\n".join(text for name, text in sorted(rendered.items()) if name.endswith((".yaml", ".yml")) and text.strip())
+    _, out, err = await kubectl.run("apply", "-f", "-", stdin=manifest)
+    kinds = {d["kind"] for d in yaml.safe_load_all(manifest) if d}
+    assert {"Deployment", "MutatingWebhookConfiguration", "ServiceAccount"} <= kinds
+    assert out.count("created") == sum(1 for d in yaml.safe_load_all(manifest) if d), (out, err)
+    _, out, _ = await kubectl.run("get", "deploy,sa,svc", "-n", "bimguard-system", "-o", "name")
+    assert any(line.startswith("deployment.apps/") for line in out.split())
+    for crd in yaml.safe_load_all(crds):
+        if crd:
+            group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+            _, out, _ = await kubectl.run("get", f"{plural}.{group}", "-A", "-o", "json")
+            assert json.loads(out)["items"] == []
