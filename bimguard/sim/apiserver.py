@@ -42,6 +42,8 @@ Not emulated (known differences from kube-apiserver):
   have finalizers), namespace deletion removes its contents at once (no Terminating phase);
 - only the storage version of a CRD is served, no conversion webhooks, no CEL validation rules,
   no defaulting from CRD schemas; no validating admission webhooks;
+- ServiceAccounts, Deployments, Jobs, PodDisruptionBudgets, RBAC kinds and
+  ValidatingWebhookConfigurations are stored and served, but nothing acts on them;
 - protobuf request bodies only for Namespace, Secret and ConfigMap (what kubectl's `create
   namespace|secret|configmap` send); responses are always JSON.
 """
@@ -71,7 +73,6 @@ from bimguard.sim.store import (
     ApiError,
     ListPage,
     Store,
-    Watcher,
     accepted_patch_types,
     apply_patch,
     bad_request,
