@@ -124,8 +124,7 @@ class ApiServer:
                  webhook_hosts: dict[str, tuple[str, int]] | None = None) -> None:
         self.store = Store()
         self.faults = Faults(self.store)
-        self.webhook_hosts: dict[str, tuple[str, int]] = dict(webhook_hosts or {})
-        self.admission = Dispatcher(self.store, self.webhook_hosts)
+        self.admission = Dispatcher(self.store, dict(webhook_hosts or {}))
         self.url = ""
         self.bookmark_interval = 5.0  # seconds between BOOKMARK events on idle watches
         self.users: dict[str, dict] = {}
@@ -136,6 +135,16 @@ class ApiServer:
             self.store.create("v1/namespaces", {"metadata": {"name": ns}})
         for crd in longhorn_crds():
             self.store.create(CRD_KEY, crd)
+
+    @property
+    def webhook_hosts(self) -> dict[str, tuple[str, int]]:
+        """"service.namespace.svc" (or "host:port") -> local (host, port); read at every webhook
+        call, so entries can be added, changed or removed at runtime."""
+        return self.admission.hosts
+
+    @webhook_hosts.setter
+    def webhook_hosts(self, hosts: dict[str, tuple[str, int]]) -> None:
+        self.admission.hosts = hosts
 
     # -- lifecycle ---------------------------------------------------------------------------
 

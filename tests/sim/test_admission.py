@@ -378,7 +378,7 @@ async def test_unreachable_webhook(api: ApiServer, hook: Webhook, pki: Pki, co: 
         await co.patch_namespaced_custom_object_status(*LH, NS, "nodes", "n1", {"status": {"region": "r1"}}, _content_type=MERGE)
     assert e.value.status == 500 and "no such host" in status_of(e.value)["message"]
     await hook.stop()
-    api.webhook_hosts[SVC_HOST] = ("127.0.0.1", hook.port)  # resolves, but nothing listens
+    api.webhook_hosts = {SVC_HOST: ("127.0.0.1", hook.port)}  # resolves, but nothing listens
     with pytest.raises(ApiException) as e:
         await co.patch_namespaced_custom_object_status(*LH, NS, "nodes", "n1", {"status": {"region": "r1"}}, _content_type=MERGE)
     assert e.value.status == 500 and "connection refused" in status_of(e.value)["message"]
