@@ -346,3 +346,15 @@ async def test_claims_of_vanished_uuids_are_collected(env: Env) -> None:
     await old.reconcile_once()
     assert env.claim("abcd") is None
     assert env.claim(live[:4]) is not None
+
+
+async def test_final_records_are_kept_unless_retention_is_set(env: Env) -> None:
+    name, old, new = await env.make_record()
+    rec = env.rec(name)
+    rec["status"] = {"phase": "Abandoned", "attempts": 0, "finishedAt": "2020-01-01T00:00:00Z", "message": "old"}
+    env.api.store.update(RW, rec, subresource="status")
+    env.api.store.delete(CLAIMS, NS, new[:4])
+    await env.controller().reconcile_once()
+    assert env.phase(name) == "Abandoned"  # the audit trail stays by default
+    await env.controller(Settings(**{**FAST.__dict__, "retention": 3600.0})).reconcile_once()
+    await env.cluster.wait_for(lambda: not env.api.store.list(RW, NS)[0], 2, "record deleted after retention")
