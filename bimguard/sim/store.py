@@ -817,6 +817,9 @@ class Store:
             self._remove(rt, ns, name)
         self.registry.remove(rt.key)
         self._objects.pop(rt.key, None)
+        for w in [w for w in self._watchers if w.key == rt.key]:
+            w.queue.put_nowait(None)  # the resource is no longer served: end its watches
+            self._watchers.discard(w)
 
     def _delete_namespace_contents(self, namespace: str) -> None:
         # The namespace controller's job in a real cluster; done at once here (no Terminating phase).
