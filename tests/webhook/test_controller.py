@@ -31,6 +31,7 @@ NODE, DISK = "worker-2", "disk-1"
 IMAGE = "bimguard:test"
 RW = "bimguard.io/v1alpha1/diskrewrites"
 CLAIMS = "bimguard.io/v1alpha1/prefixclaims"
+OTHER_OLD = "0dd50d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"
 FAST = Settings(pending_grace=0.6, pod_start_timeout=1.5, resync=0.1, gc_interval=0.2, gc_grace=3600,
                 active_deadline=30)
 
@@ -142,6 +143,10 @@ async def test_happy_path_rewrites_cfg_and_longhorn_turns_ready(env: Env) -> Non
 async def test_status_kept_old_uuid_is_abandoned_and_cfg_untouched(env: Env) -> None:
     name, old, new = await env.make_record()
     job_rec, _, _ = await env.make_record("abcd", node="worker-1", disk="disk-1", origin="job")
+    ghost = records.record_name("worker-9", "disk-1", OTHER_OLD)  # a node that went away meanwhile
+    env.api.store.create(RW, records.rewrite_manifest(
+        name=ghost, namespace=NS, node="worker-9", disk="disk-1", disk_name="disk-1", disk_path="/mnt/disk1",
+        old_uuid=OTHER_OLD, new_uuid="beef" + OTHER_OLD[4:], reason="test", origin="webhook"))
     raw = env.cluster.cfg_path(NODE, DISK).read_bytes()
     ctl = env.controller()
     ctl.start()
@@ -157,6 +162,8 @@ async def test_status_kept_old_uuid_is_abandoned_and_cfg_untouched(env: Env) -> 
     assert env.node_events(REASON_ABANDONED)
     assert ctl.phase_counts.get("Abandoned") == 1
     assert "status" not in env.rec(job_rec)  # the repair Job's records are the Job's to drive
+    gone = await env.wait_phase(ghost, {"Abandoned"})
+    assert "worker-9 not found" in gone["status"]["message"]
 
 
 async def test_late_landing_patch_after_abandon_is_rolled_back(env: Env) -> None:

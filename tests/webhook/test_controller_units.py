@@ -1,0 +1,44 @@
+"""The controller's pure helpers: JSON Pointer escaping, the rollback patch, pod outcomes, times."""
+
+from __future__ import annotations
+
+import pytest
+
+from bimguard.sim.patch import PatchError, apply_json_patch
+from webhook.controller import parse_time, pointer_token, rollback_patch, termination, written_no_earlier_than
+
+OLD = "c0120d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"
+NEW = "5eed0d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"
+
+
+def test_pointer_token_escapes_tilde_before_slash() -> None:
+    assert pointer_token("disk-1") == "disk-1"
+    assert pointer_token("a/b") == "a~1b"
+    assert pointer_token("a~b") == "a~0b"
+    assert pointer_token("~/") == "~0~1"  # not "~01": `~` first
+
+
+def test_rollback_patch_only_replaces_our_uuid() -> None:
+    node = {"status": {"diskStatus": {"odd/name~x": {"diskUUID": NEW, "diskName": "odd/name~x"}}}}
+    patched = apply_json_patch(node, rollback_patch("odd/name~x", OLD, NEW))
+    assert patched["status"]["diskStatus"]["odd/name~x"]["diskUUID"] == OLD
+    other = {"status": {"diskStatus": {"odd/name~x": {"diskUUID": OLD}}}}
+    with pytest.raises(PatchError):  # the `test` op fails: nothing is overwritten
+        apply_json_patch(other, rollback_patch("odd/name~x", OLD, NEW))
+
+
+def test_termination_reads_exit_code_and_message() -> None:
+    pod = {"status": {"phase": "Failed", "containerStatuses": [
+        {"state": {"terminated": {"exitCode": 3, "reason": "Error", "message": "refused: names disk 'x'\n"}}}]}}
+    assert termination(pod) == (3, "refused: names disk 'x'")
+    never = {"status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": "Pod was active too long"}}
+    assert termination(never) == (None, "Pod was active too long")
+
+
+def test_times() -> None:
+    assert parse_time("2026-01-01T00:00:00Z") == 1767225600.0
+    assert parse_time("2026-01-01T00:00:00.250000Z") == 1767225600.25
+    assert parse_time("") is None and parse_time("garbage") is None
+    # Whole-second stamps may stand for any moment in that second: take the latest.
+    assert written_no_earlier_than("2026-01-01T00:00:00Z") == 1767225601.0
+    assert written_no_earlier_than("2026-01-01T00:00:00.250000Z") == 1767225600.25
