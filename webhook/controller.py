@@ -188,12 +188,13 @@ class RewriteController:
 
     Without `leader` it always acts (one replica, tests). Metrics: `phase_counts` (records per
     phase), `transitions` (phase changes made here, by new phase), `errors`, and the optional
-    `on_transition(record, old_phase, new_phase)` callback.
+    `on_transition(record, old_phase, new_phase)` and `on_pass(phase_counts)` callbacks.
     """
 
     def __init__(self, api_client: client.ApiClient, namespace: str, longhorn_namespace: str, image: str, *,
                  settings: Settings | None = None, leader: Leadership | None = None,
-                 on_transition: Callable[[str, str, str], None] | None = None) -> None:
+                 on_transition: Callable[[str, str, str], None] | None = None,
+                 on_pass: Callable[[dict[str, int]], None] | None = None) -> None:
         self.kube = Kube(api_client)
         self.namespace = namespace
         self.longhorn_namespace = longhorn_namespace
@@ -201,6 +202,7 @@ class RewriteController:
         self.settings = settings or Settings()
         self.leader = leader
         self.on_transition = on_transition
+        self.on_pass = on_pass  # e.g. lambda counts: set the bimguard_rewrites{phase} gauge
         # Metrics for the server to export.
         self._phases: dict[str, str] = {}  # record -> phase, as of the last pass and our own writes
         self.transitions: Counter[str] = Counter()  # phase changes made by this process, by new phase
@@ -310,6 +312,11 @@ class RewriteController:
         if time.monotonic() - self._last_gc >= self.settings.gc_interval:
             self._last_gc = time.monotonic()
             await self._collect_garbage(recs, claims)
+        if self.on_pass is not None:
+            try:
+                self.on_pass(self.phase_counts)
+            except Exception:
+                log.exception("on_pass callback failed")
 
     async def _reconcile(self, rec: dict[str, Any], claims: dict[str, dict[str, Any]]) -> None:
         spec = rec.get("spec") or {}

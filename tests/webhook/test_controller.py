@@ -148,7 +148,8 @@ async def test_status_kept_old_uuid_is_abandoned_and_cfg_untouched(env: Env) -> 
         name=ghost, namespace=NS, node="worker-9", disk="disk-1", disk_name="disk-1", disk_path="/mnt/disk1",
         old_uuid=OTHER_OLD, new_uuid="beef" + OTHER_OLD[4:], reason="test", origin="webhook"))
     raw = env.cluster.cfg_path(NODE, DISK).read_bytes()
-    ctl = env.controller()
+    gauges: list[dict[str, int]] = []
+    ctl = env.controller(on_pass=gauges.append)
     ctl.start()
     await asyncio.sleep(0.3)
     assert env.phase(name) == "Pending"  # within the grace period nothing happens
@@ -160,10 +161,12 @@ async def test_status_kept_old_uuid_is_abandoned_and_cfg_untouched(env: Env) -> 
     await env.cluster.wait_for(lambda: env.claim(new[:4]) is None, 5, "claim released")
     assert not env.pods() and not [p for m, p, s in env.api.requests if m == "POST" and "/pods" in p]
     assert env.node_events(REASON_ABANDONED)
-    assert ctl.phase_counts.get("Abandoned") == 1
-    assert "status" not in env.rec(job_rec)  # the repair Job's records are the Job's to drive
+    assert gauges[0] == {"Pending": 3}
     gone = await env.wait_phase(ghost, {"Abandoned"})
     assert "worker-9 not found" in gone["status"]["message"]
+    await env.cluster.wait_for(lambda: gauges[-1] == {"Abandoned": 2, "Pending": 1}, 3, "gauge after a pass")
+    assert ctl.phase_counts == {"Abandoned": 2, "Pending": 1}
+    assert "status" not in env.rec(job_rec)  # the repair Job's records are the Job's to drive
 
 
 async def test_late_landing_patch_after_abandon_is_rolled_back(env: Env) -> None:
