@@ -72,15 +72,15 @@ async def test_rewriter_pod_via_hostpath_brings_disk_back(api: ApiServer, tmp_pa
         await c.stop()
 
 
-async def test_recreated_node_object_re_records_existing_uuids_in_one_write(api: ApiServer, tmp_path: Path) -> None:
-    c = SimCluster(api, tmp_path, nodes=["worker-1"], disks_per_node=2, seed=4, time_scale=0.01)
+async def test_recreated_node_object_re_records_existing_uuids(api: ApiServer, tmp_path: Path) -> None:
+    c = SimCluster(api, tmp_path, nodes=["worker-1", "worker-2"], disks_per_node=2, seed=4, time_scale=0.01)
     await c.start()
     try:
         await c.wait_until_ready(20)
-        before = {d: e["diskUUID"] for d, e in (await c.get_node("worker-1"))["status"]["diskStatus"].items()}
-        await c.recreate_node("worker-1")
+        before = {d: e["diskUUID"] for d, e in (await c.get_node("worker-2"))["status"]["diskStatus"].items()}
+        await c.recreate_node("worker-2")  # not the leader: its own manager drops the finalizer
         await c.wait_until_ready(20)
-        after = {d: e["diskUUID"] for d, e in (await c.get_node("worker-1"))["status"]["diskStatus"].items()}
+        after = {d: e["diskUUID"] for d, e in (await c.get_node("worker-2"))["status"]["diskStatus"].items()}
         assert after == before  # the cfg files are the identity (BRIEF §0.7)
     finally:
         await c.stop()

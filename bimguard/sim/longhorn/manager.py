@@ -229,7 +229,7 @@ class LonghornManager:
         owner = name == self.node_name
         if node["metadata"].get("deletionTimestamp"):
             # lm node_controller.go:387: Event "Deleting node" and drop the finalizer.
-            if self.cluster.leader() == self.node_name and node["metadata"].get("finalizers"):
+            if node["metadata"].get("finalizers"):  # _handles_node picked exactly one manager
                 await self.kube.event(node, "Warning", "Delete", f"Deleting node {name}")
                 node = copy.deepcopy(node)
                 node["metadata"]["finalizers"] = []
