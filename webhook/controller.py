@@ -58,7 +58,7 @@ from bimguard.kube import (
     Resource,
 )
 from bimguard.model import LABEL_BIM_DISK_UUID, LABEL_REPLICA_DISK_UUID, Disk, DiskType
-from bimguard.rewrite_cfg import EXIT_MISSING, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from bimguard.rewrite_cfg import EXIT_MISSING, EXIT_REFUSED, EXIT_USAGE
 from webhook.rewriter_pod import (
     DEFAULT_ACTIVE_DEADLINE,
     DEFAULT_COMMAND,
@@ -715,4 +715,4 @@ class RewriteController:
         return out
 
 
-__all__ = ["RewriteController", "Settings", "rollback_patch", "pointer_token", "termination", "EXIT_OK"]
+__all__ = ["RewriteController", "Settings", "rollback_patch", "pointer_token", "termination"]
