@@ -221,6 +221,12 @@ def wanted_hostname(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def _run_key(pod: dict[str, Any]) -> tuple[str, str, str]:
+    """(namespace, name, uid): a pod re-created under the same name is a new pod."""
+    meta = pod["metadata"]
+    return meta.get("namespace", ""), meta["name"], meta.get("uid", "")
+
+
 @dataclass
 class _Run:
     task: asyncio.Task[None]
@@ -240,8 +246,8 @@ class SimKubelet:
     token: str | None = None
     down: set[str] = field(default_factory=set)
     _logs: dict[tuple[str, str], bytearray] = field(default_factory=dict, init=False)
-    _runs: dict[tuple[str, str], _Run] = field(default_factory=dict, init=False)
-    _pending_mount: set[tuple[str, str]] = field(default_factory=set, init=False)
+    _runs: dict[tuple[str, str, str], _Run] = field(default_factory=dict, init=False)
+    _pending_mount: set[tuple[str, str, str]] = field(default_factory=set, init=False)
     _binding: set[tuple[str, str]] = field(default_factory=set, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _tmp: Path | None = field(default=None, init=False)
@@ -289,7 +295,7 @@ class SimKubelet:
         return bytes(self._logs.get((namespace, name), b"")).decode("utf-8", errors="replace")
 
     def running(self) -> list[tuple[str, str]]:
-        return [k for k, r in self._runs.items() if not r.task.done()]
+        return [(k[0], k[1]) for k, r in self._runs.items() if not r.task.done()]
 
     # ------------------------------------------------------------------ pod discovery
     async def _watch_loop(self) -> None:
@@ -322,7 +328,7 @@ class SimKubelet:
             await self.clock.sleep(10.0)
 
     def _forget(self, pod: dict[str, Any]) -> None:
-        key = (pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
+        key = _run_key(pod)
         run = self._runs.get(key)
         if run and run.proc and run.proc.returncode is None:
             run.proc.kill()
@@ -342,7 +348,7 @@ class SimKubelet:
             self._forget(pod)
             return
         phase = (pod.get("status") or {}).get("phase") or "Pending"
-        key = (pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
+        key = _run_key(pod)
         if phase != "Pending" or (key in self._runs and not self._runs[key].task.done()):
             return
         if key in self._runs and key not in self._pending_mount:
@@ -371,7 +377,7 @@ class SimKubelet:
     # ------------------------------------------------------------------ running
     async def _run_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
-        key = (meta.get("namespace", ""), meta["name"])
+        key = _run_key(pod)
         node = pod["spec"]["nodeName"]
         assert self._tmp is not None
         workdir = self._tmp / f"{key[0]}_{key[1]}_{secrets.token_hex(3)}"
@@ -393,7 +399,7 @@ class SimKubelet:
         self._pending_mount.discard(key)
         started = SimClock.now_rfc3339()
         await self._set_running(pod, started)
-        buf = self._logs.setdefault(key, bytearray())
+        buf = self._logs[(key[0], key[1])] = bytearray()  # logs of the latest pod with this name
         proc = await asyncio.create_subprocess_exec(
             *plan.argv, cwd=plan.cwd, env=plan.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,

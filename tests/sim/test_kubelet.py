@@ -191,3 +191,15 @@ async def test_pod_pinned_by_hostname_is_bound_and_run(api: ApiServer, kubelet: 
         assert got["status"]["phase"] == "Succeeded" and got["spec"]["nodeName"] == node
     await asyncio.sleep(0.2)
     assert not api.store.get(PODS, "default", "free")["spec"].get("nodeName")
+
+
+async def test_recreated_pod_with_the_same_name_runs_again(api: ApiServer, kubelet: SimKubelet) -> None:
+    import asyncio
+
+    api.store.create(PODS, _pod("again", ["sh", "-c", "echo first"]))
+    assert (await _wait_phase(api, "again", {"Succeeded", "Failed"}))["status"]["phase"] == "Succeeded"
+    api.store.delete(PODS, "default", "again")
+    await asyncio.sleep(0.1)
+    api.store.create(PODS, _pod("again", ["sh", "-c", "echo second; exit 1"]))
+    assert (await _wait_phase(api, "again", {"Failed"}))["status"]["phase"] == "Failed"
+    assert kubelet.logs("default", "again") == "second\n"
