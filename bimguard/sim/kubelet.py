@@ -16,6 +16,9 @@ for programs that build paths themselves. ``PATH`` starts with the virtualenv's 
 ``bimguard`` resolves), ``KUBECONFIG`` points at a kubeconfig for the emulated API server, and
 ``BIMGUARD_SIM_NODE`` names the node.
 
+``activeDeadlineSeconds`` (scaled by the sim clock) kills the process and fails the pod with reason
+``DeadlineExceeded``.
+
 What kubelet would do that this does not: images (only the configured bimguard image is accepted
 and nothing is pulled), restarts (``restartPolicy`` is ignored: one run), init/sidecar containers,
 probes, resources, secrets/configMap volumes and env ``valueFrom`` other than ``fieldRef``. Such
@@ -221,6 +224,12 @@ def wanted_hostname(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc._sim_deadline = True  # type: ignore[attr-defined]
+        proc.kill()
+
+
 def _run_key(pod: dict[str, Any]) -> tuple[str, str, str]:
     """(namespace, name, uid): a pod re-created under the same name is a new pod."""
     meta = pod["metadata"]
@@ -406,14 +415,29 @@ class SimKubelet:
         )
         self._runs[key].proc = proc
         assert proc.stdout is not None
+        deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds")
+        killer = None
+        if deadline:
+            # activeDeadlineSeconds is a pod-level duration: scaled by the sim clock like every
+            # other period here. kubelet kills the pod and reports reason DeadlineExceeded.
+            killer = asyncio.get_running_loop().call_later(self.clock.real(float(deadline)), _kill, proc)
         while True:
             chunk = await proc.stdout.read(65536)
             if not chunk:
                 break
             buf.extend(chunk)
         code = await proc.wait()
+        timed_out = bool(getattr(proc, "_sim_deadline", False))
+        if killer is not None:
+            killer.cancel()
         if code < 0:
             code = 128 - code  # killed by signal N -> 128+N, as the container runtime reports
+        if timed_out:
+            await self._set_terminated(pod, started, code, "DeadlineExceeded",
+                                       "Pod was active on the node longer than the specified deadline",
+                                       phase="Failed", refused=False, pod_reason="DeadlineExceeded")
+            shutil.rmtree(workdir, ignore_errors=True)
+            return
         try:
             message = plan.termination_file.read_bytes()[:MAX_TERMINATION_MESSAGE].decode("utf-8", errors="replace")
         except OSError:
@@ -475,15 +499,15 @@ class SimKubelet:
         await self._write_status(pod, mutate)
 
     async def _set_terminated(self, pod: dict[str, Any], started: str | None, code: int, reason: str, message: str,
-                              *, phase: str, refused: bool = False) -> None:
+                              *, phase: str, refused: bool = False, pod_reason: str | None = None) -> None:
         cname = self._container_name(pod)
         image = ((pod.get("spec") or {}).get("containers") or [{}])[0].get("image", "")
         finished = SimClock.now_rfc3339()
 
         def mutate(st: dict[str, Any], cur: dict[str, Any]) -> None:
             st["phase"] = phase
-            if refused:
-                st["reason"] = REFUSED
+            if refused or pod_reason:
+                st["reason"] = pod_reason or REFUSED
                 st["message"] = message
             for c in st.get("conditions") or []:
                 if c.get("type") in ("Ready", "ContainersReady"):

@@ -203,3 +203,13 @@ async def test_recreated_pod_with_the_same_name_runs_again(api: ApiServer, kubel
     api.store.create(PODS, _pod("again", ["sh", "-c", "echo second; exit 1"]))
     assert (await _wait_phase(api, "again", {"Failed"}))["status"]["phase"] == "Failed"
     assert kubelet.logs("default", "again") == "second\n"
+
+
+async def test_active_deadline_kills_the_pod(api: ApiServer, kubelet: SimKubelet) -> None:
+    pod = _pod("slow", ["sleep", "30"])
+    pod["spec"]["activeDeadlineSeconds"] = 20  # 0.2 s at time scale 0.01
+    api.store.create(PODS, pod)
+    got = await _wait_phase(api, "slow", {"Succeeded", "Failed"}, timeout=10)
+    assert got["status"]["phase"] == "Failed" and got["status"]["reason"] == "DeadlineExceeded"
+    term = got["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["reason"] == "DeadlineExceeded" and term["exitCode"] == 137
