@@ -58,6 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-name", default="bimguard-webhook-tls", help="Secret of the self-managed certificates")
     p.add_argument("--webhook-configuration", default="bimguard",
                    help="MutatingWebhookConfiguration whose caBundle the leader keeps current (default %(default)s)")
+    p.add_argument("--rewriter-image", default=os.environ.get("BIMGUARD_IMAGE", "bimguard"),
+                   help="image of the on-node rewriter pods: this same image (default $BIMGUARD_IMAGE or %(default)s)")
+    p.add_argument("--lease-name", default="bimguard-controller",
+                   help="coordination Lease the replicas elect a leader with (default %(default)s)")
+    p.add_argument("--no-controller", action="store_true",
+                   help="only answer admission reviews; never drive records or inject the caBundle")
     p.add_argument("--shutdown-delay", type=float, default=5.0,
                    help="seconds to keep serving after SIGTERM while not ready (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -102,6 +108,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await certs.start()
     await server.start()
     log.info("serving admission reviews on :%d, metrics on :%d", server.bound_port, server.bound_metrics_port)
+    leadership = None if args.no_controller else _Leadership(api_client, args, certs, metrics)
+    if leadership:
+        leadership.start()
     try:
         while not stop.is_set():
             for plural, ok in informers.synced.items():
@@ -112,10 +121,55 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                 pass
     finally:
         log.info("shutting down: not ready now, serving %.1f s more", args.shutdown_delay)
+        if leadership:
+            await leadership.stop()  # hands the lease over at once
         await server.stop()
         await informers.stop()
         await certs.stop()
         await api_client.close()
+
+
+class _Leadership:
+    """What only the elected replica does: drive DiskRewrite records, keep the caBundle current."""
+
+    def __init__(self, api_client: client.ApiClient, args: argparse.Namespace, certs: Any, metrics: Any) -> None:
+        from webhook.certs import keep_ca_bundle
+        from webhook.controller import RewriteController
+        from webhook.leader import LeaderElector
+
+        self._keep_ca_bundle = lambda: keep_ca_bundle(api_client, args.webhook_configuration, certs)
+        self._bundle_task: asyncio.Task[None] | None = None
+        self.elector = LeaderElector(api_client, args.namespace, args.lease_name, identity(),
+                                     on_started_leading=self._started, on_stopped_leading=self._stopped)
+
+        def gauge(counts: dict[str, int]) -> None:
+            for phase in ("Pending", "Rewriting", "Done", "Abandoned", "RolledBack", "Blocked"):
+                metrics.rewrites.labels(phase).set(counts.get(phase, 0))
+
+        self.controller = RewriteController(api_client, args.namespace, args.longhorn_namespace, args.rewriter_image,
+                                            leader=self.elector, on_pass=gauge)
+
+    def _started(self) -> None:
+        log.info("leading: driving rewrite records and the caBundle")
+        self.controller.wake()
+        if self._bundle_task is None or self._bundle_task.done():
+            self._bundle_task = asyncio.create_task(self._keep_ca_bundle(), name="bimguard-ca-bundle")
+
+    def _stopped(self) -> None:
+        log.info("no longer leading")
+        if self._bundle_task is not None:
+            self._bundle_task.cancel()
+
+    def start(self) -> None:
+        self.elector.start()
+        self.controller.start()
+
+    async def stop(self) -> None:
+        await self.controller.stop()
+        await self.elector.stop()
+        if self._bundle_task is not None:
+            self._bundle_task.cancel()
+            await asyncio.gather(self._bundle_task, return_exceptions=True)
 
 
 async def _cert_source(args: argparse.Namespace, api_client: client.ApiClient) -> Any:
@@ -127,7 +181,8 @@ async def _cert_source(args: argparse.Namespace, api_client: client.ApiClient) -
         return FileCerts(args.tls_cert_file, args.tls_key_file, ca_file=args.tls_ca_file)
     from webhook.certs import SelfManagedCerts
 
-    return SelfManagedCerts(api_client, args.namespace, args.secret_name, args.service_name)
+    return SelfManagedCerts(api_client, args.namespace, args.secret_name, args.service_name,
+                            mwc_name=args.webhook_configuration)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,9 +55,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="simulated Longhorn seconds per real second, inverted: 0.02 makes a 30 s poll "
                         "0.6 s; 1 is real time (default %(default)s)")
     p.add_argument("--root", metavar="DIR", help="where node disk directories live (default: a temporary directory)")
+    p.add_argument("--service", action="append", default=[], metavar="NAME.NAMESPACE.svc=HOST:PORT",
+                   help="where a Service's endpoints are, for admission webhooks registered with clientConfig.service "
+                        "(repeatable), e.g. bimguard-webhook.bimguard.svc=127.0.0.1:9443")
+    p.add_argument("--no-kubelet", action="store_true",
+                   help="do not run pods (by default a simulated kubelet runs pods of the bimguard image)")
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def parse_services(values: list[str]) -> dict[str, tuple[str, int]]:
+    services = {}
+    for value in values:
+        name, sep, endpoint = value.partition("=")
+        host, colon, port = endpoint.rpartition(":")
+        if not (sep and colon and name.endswith(".svc") and port.isdigit()):
+            raise ValueError(f"--service {value!r}: expected NAME.NAMESPACE.svc=HOST:PORT")
+        services[name] = (host, int(port))
+    return services
+
+
+async def _serve(args: argparse.Namespace, services: dict[str, tuple[str, int]]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,7 +85,11 @@ async def _serve(args: argparse.Namespace) -> int:
               f"time scale {args.time_scale}, disks under {root}", flush=True)
         async with simulated_cluster(nodes=args.nodes, disks_per_node=args.disks_per_node, seed=args.seed,
                                      time_scale=args.time_scale, root=root, host=args.host, port=args.port,
-                                     ) as (api, _cluster):
+                                     ) as (api, cluster):
+            for name, (host, port) in services.items():
+                api.webhook_hosts[name] = (host, port)
+            if not args.no_kubelet:
+                await cluster.start_kubelet(images=["bimguard"])
             api.kubeconfig(args.kubeconfig)
             print(f"ready in {time.monotonic() - started:.1f} s: API server {api.url}", flush=True)
             print(f"kubeconfig written to {args.kubeconfig}; try:", flush=True)
@@ -89,7 +109,12 @@ def run(args: argparse.Namespace) -> int:
         print("bimguard sim serve: --time-scale must be positive", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_serve(args))
+        services = parse_services(args.service)
+    except ValueError as err:
+        print(f"bimguard sim serve: {err}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(args, services))
     except OSError as err:  # e.g. the port is taken
         print(f"bimguard sim serve: {err.strerror or err}", file=sys.stderr)
         return 2

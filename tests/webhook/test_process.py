@@ -1,0 +1,144 @@
+"""`bimguard webhook` as a process against `bimguard sim serve`, installed from the Helm chart.
+
+Nothing in-process: the emulator, the webhook and kubectl are separate processes talking real
+HTTP(S), the way an operator would run them: the chart is rendered with Helm's SDK, its CRDs and
+MutatingWebhookConfiguration are applied with kubectl, and the webhook is started with the
+arguments the chart's Deployment gives it (plus --kubeconfig and local ports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python")
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+RELEASE = NAMESPACE = "bimguard"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    r = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig), *args], input=stdin,
+                       capture_output=True, text=True, timeout=60, env=ENV)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def rendered() -> list[dict]:
+    with helm.Chart.load(REPO / "charts" / "bimguard") as chart:
+        out = chart.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return [d for path, text in sorted(out.items()) if not path.endswith("NOTES.txt")
+            for d in yaml.safe_load_all(text) if d]
+
+
+def wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
+    docs = rendered()
+    mwc = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    svc = mwc["webhooks"][0]["clientConfig"]["service"]
+    port, metrics_port = free_port(), free_port()
+    kubeconfig, root = tmp_path / "sim.kubeconfig", tmp_path / "nodes"
+    sim = subprocess.Popen([str(BIN / "bimguard"), "sim", "serve", "--nodes", "2", "--disks-per-node", "1",
+                            "--seed", "4", "--time-scale", "0.01", "--kubeconfig", str(kubeconfig), "--root", str(root),
+                            "--service", f"{svc['name']}.{svc['namespace']}.svc=127.0.0.1:{port}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    hook = None
+    try:
+        assert sim.stdout.readline().startswith("starting")  # type: ignore[union-attr]
+        assert sim.stdout.readline().startswith("ready in")  # type: ignore[union-attr]
+        kubectl(kubeconfig, "create", "namespace", NAMESPACE)
+        crds = [str(p) for p in sorted((REPO / "charts/bimguard/crds").glob("*.yaml"))]
+        kubectl(kubeconfig, "apply", *sum((["-f", c] for c in crds), []))
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(mwc))
+        local = [a for a in args if not a.startswith(("--port=", "--metrics-port="))]
+        hook = subprocess.Popen([str(BIN / "bimguard"), *local, "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
+                                 f"--port={port}", f"--metrics-port={metrics_port}", "--shutdown-delay=0.5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**ENV, "POD_NAME": "bimguard-0"})
+
+        def injected() -> bool:
+            live = json.loads(kubectl(kubeconfig, "get", "mutatingwebhookconfiguration", mwc["metadata"]["name"],
+                                      "-o", "json"))
+            return bool(live["webhooks"][0]["clientConfig"].get("caBundle"))
+
+        wait(injected, 30, "the leader to inject the caBundle")
+
+        # A disk that arrives with an existing cfg sharing worker-1's prefix (moved from elsewhere).
+        nodes = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "-n", "longhorn-system", "-o", "json"))
+        w1 = next(n for n in nodes["items"] if n["metadata"]["name"] == "worker-1")
+        taken = next(iter(w1["status"]["diskStatus"].values()))["diskUUID"]
+        moved_uuid = taken[:4] + "cafe-0000-4000-8000-000000000002"
+        disk_dir = root / "worker-2" / "mnt" / "moved"
+        disk_dir.mkdir(parents=True)
+        cfg = disk_dir / "longhorn-disk.cfg"
+        cfg.write_text(json.dumps({"diskName": "moved", "diskUUID": moved_uuid, "diskDriver": ""},
+                                  separators=(",", ":")))
+        kubectl(kubeconfig, "patch", "nodes.longhorn.io", "worker-2", "-n", "longhorn-system", "--type=merge", "-p",
+                json.dumps({"spec": {"disks": {"moved": {"path": "/mnt/moved", "allowScheduling": True,
+                                                         "diskType": "filesystem", "evictionRequested": False,
+                                                         "storageReserved": 0, "tags": []}}}}))
+
+        def done():
+            recs = json.loads(kubectl(kubeconfig, "get", "diskrewrites.bimguard.io", "-n", NAMESPACE, "-o", "json"))
+            return [r for r in recs["items"] if (r.get("status") or {}).get("phase") == "Done"]
+
+        (record,) = wait(done, 60, "the rewrite to be Done")
+        new_uuid = record["spec"]["newUUID"]
+        assert record["spec"]["oldUUID"] == moved_uuid and new_uuid[:4] != taken[:4]
+
+        def ready_under_new_uuid() -> bool:
+            n2 = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "worker-2", "-n", "longhorn-system",
+                                    "-o", "json"))
+            entry = n2["status"]["diskStatus"]["moved"]
+            ready = [c["status"] for c in entry["conditions"] if c["type"] == "Ready"]
+            return entry["diskUUID"] == new_uuid and ready == ["True"]
+
+        wait(ready_under_new_uuid, 30, "Longhorn to see the disk Ready under the new UUID")
+        assert json.loads(cfg.read_text())["diskUUID"] == new_uuid  # the host file agrees (rewriter pod)
+        events = json.loads(kubectl(kubeconfig, "get", "events", "-n", "longhorn-system", "-o", "json"))
+        assert any(new_uuid in (e.get("message") or "") for e in events["items"])
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert 'bimguard_admission_outcomes_total{outcome="rewritten"} 1.0' in metrics
+        assert 'bimguard_index_synced{resource="nodes"} 1.0' in metrics
+
+        hook.send_signal(signal.SIGTERM)
+        out, _ = hook.communicate(timeout=30)
+        assert hook.returncode == 0, out
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert lines and all({"ts", "level", "msg"} <= set(line) for line in lines)
+        assert any(line["msg"].startswith("rewrote disk worker-2/moved") for line in lines)
+        assert not any("BEGIN" in line["msg"] or "PRIVATE" in json.dumps(line) for line in lines)
+    finally:
+        for proc in (hook, sim):
+            if proc and proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=30)
