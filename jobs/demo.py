@@ -6,7 +6,12 @@
    BackingImage controller hits `AlreadyExists` for the second BIM and the replica waits forever
    (BRIEF §4), shown with Longhorn's own log lines and object states;
 4. `bimguard scan` against the live emulator, through the same code as `bimguard scan --kubeconfig`,
-   must find exactly the planted pairs (plus any collision the random UUIDs made by themselves).
+   must find exactly the planted pairs (plus any collision the random UUIDs made by themselves);
+5. prevention: bimguard's webhook is installed (two replicas of the real `bimguard webhook`
+   process code, the chart's webhook configuration, a leader-elected controller), more colliding
+   disks are added, and each gets a unique UUID at admission, its cfg rewritten on the node by a
+   rewriter pod, and ends Ready; their BIMs can all be created; a second scan finds only the
+   collisions that existed before bimguard was installed (the repair Job's work).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import argparse
 import asyncio
 import logging
 import random
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bimguard.findings import analyze
 from bimguard.sim.clock import DEFAULT_TIME_SCALE
@@ -29,6 +37,8 @@ from bimguard.sources.live import read_live
 from jobs import report
 
 BACKING_IMAGE = "demo-image"
+# bimguard's own CRDs, as the chart installs them (the demo runs from a checkout).
+CRDS = Path(__file__).resolve().parents[1] / "charts" / "bimguard" / "crds"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=7, help="seed for UUIDs and choices (default %(default)s)")
     p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE, metavar="F",
                    help="inverse speed of simulated time; 0.02 makes Longhorn's 30 s poll 0.6 s (default %(default)s)")
+    p.add_argument("--no-prevention", action="store_true", help="stop after the scan (skip the webhook part)")
 
 
 class _Progress:
@@ -112,8 +123,10 @@ def _longhorn_lines(lines: list[str]) -> list[str]:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    # The simulated managers log like longhorn-manager; the demo quotes those lines itself.
-    logging.getLogger("bimguard.sim").addHandler(logging.NullHandler())
+    # The simulated managers log like longhorn-manager, the webhook as JSON; the demo quotes and
+    # summarizes what matters itself.
+    for name in ("bimguard.sim", "bimguard.webhook", "bimguard.leader", "bimguard.controller", "bimguard"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
     say = _Progress()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bimguard-demo-") as tmp:
@@ -144,17 +157,45 @@ async def _demo(args: argparse.Namespace) -> int:
             kubeconfig = root / "sim.kubeconfig"
             api.kubeconfig(kubeconfig)
             say.step(f"Running bimguard scan against the live emulator (same as: bimguard scan --kubeconfig {kubeconfig})")
-            inv = await read_live(kubeconfig=str(kubeconfig), context=None, namespace="longhorn-system")
-            doc = report.to_json(analyze(inv), {"type": "live", "namespace": "longhorn-system",
-                                                "description": f"the emulated cluster at {api.url}"})
+            doc = await _scan(kubeconfig, api.url)
             print()
             sys.stdout.write(report.to_table(doc))
             print()
+            if args.no_prevention:
+                return _verdict(say, doc, planted)
+            if _verdict(say, doc, planted) != 0:
+                return 1
+            await _prevent(args, api, cluster, kubeconfig, root, rng, say, planted)
+            say.step("Scanning again: only the collisions from before bimguard was installed remain")
+            after = await _scan(kubeconfig, api.url)
+            left = _groups(after)
+            if left - {frozenset(p) for p in planted} - _natural(doc, planted):
+                say.step(f"FAILED: new collisions appeared despite the webhook: {sorted(map(sorted, left))}")
+                return 1
+            say.step(f"OK: {len(left)} collision group(s) left, all from before the webhook; `bimguard scan` "
+                     f"plans their repair")
+            return 0
 
-    found = {frozenset((d["node"], d["disk"]) for d in c["disks"]) for c in doc["collisions"]}
+
+
+async def _scan(kubeconfig: Path, url: str) -> dict[str, Any]:
+    inv = await read_live(kubeconfig=str(kubeconfig), context=None, namespace="longhorn-system")
+    return report.to_json(analyze(inv), {"type": "live", "namespace": "longhorn-system",
+                                         "description": f"the emulated cluster at {url}"})
+
+
+def _groups(doc: dict[str, Any]) -> set[frozenset]:
+    return {frozenset((d["node"], d["disk"]) for d in c["disks"]) for c in doc["collisions"]}
+
+
+def _natural(doc: dict[str, Any], planted: list) -> set[frozenset]:
+    return _groups(doc) - {frozenset(pair) for pair in planted}
+
+
+def _verdict(say: _Progress, doc: dict[str, Any], planted: list) -> int:
     wanted = {frozenset(pair) for pair in planted}
-    natural = found - wanted
-    missing = wanted - found
+    natural = _natural(doc, planted)
+    missing = wanted - _groups(doc)
     if missing:
         say.step(f"FAILED: the scan missed {len(missing)} planted pair(s): {sorted(map(sorted, missing))}")
         return 1
@@ -162,6 +203,101 @@ async def _demo(args: argparse.Namespace) -> int:
     say.step(f"OK: the scan found all {len(wanted)} planted collisions{extra}, and "
              f"{len(doc['symptoms'])} stuck backing-image copies")
     return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig: Path, root: Path,
+                   rng: random.Random, say: _Progress, planted: list) -> None:
+    from kubernetes_asyncio import client
+
+    from bimguard import records
+    from bimguard.kube import Kube, Resource
+    from webhook import main as webhook_main
+    from webhook.registration import mutating_webhook_configuration
+
+    namespace, service, mwc_name = "bimguard", "bimguard", "bimguard"
+    say.step("Installing bimguard's admission webhook as the Helm chart does: its CRDs, 2 replicas of "
+             "`bimguard webhook`, and a MutatingWebhookConfiguration on nodes/status (failurePolicy Ignore)")
+    api_client = await webhook_main.kube_client(str(kubeconfig), None)
+    kube = Kube(api_client)
+    await client.CoreV1Api(api_client).create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                                                         "metadata": {"name": namespace}})
+    for crd in sorted(CRDS.glob("*.yaml")):
+        await client.ApiextensionsV1Api(api_client).create_custom_resource_definition(yaml.safe_load(crd.read_text()))
+    await client.AdmissionregistrationV1Api(api_client).create_mutating_webhook_configuration(
+        mutating_webhook_configuration(name=mwc_name, service=service, namespace=namespace,
+                                       longhorn_namespace="longhorn-system"))
+    await cluster.start_kubelet(images=["bimguard"])
+    parser = argparse.ArgumentParser()
+    webhook_main.add_arguments(parser)
+    stop = asyncio.Event()
+    ports = [_free_port() for _ in range(2)]
+    replicas = [asyncio.create_task(webhook_main.serve(parser.parse_args([
+        "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--host", "127.0.0.1", f"--port={port}",
+        f"--metrics-port={_free_port()}", "--service-name", service, "--webhook-configuration", mwc_name,
+        "--identity", f"bimguard-{i}", "--shutdown-delay", "0"]), stop)) for i, port in enumerate(ports)]
+    api.webhook_hosts[f"{service}.{namespace}.svc"] = ("127.0.0.1", ports[0])
+    try:
+        async def injected() -> bool:
+            mwc = await client.AdmissionregistrationV1Api(api_client).read_mutating_webhook_configuration(mwc_name)
+            return bool(mwc.webhooks[0].client_config.ca_bundle)
+
+        await cluster.wait_for(injected, 60, "the leader to inject its CA into the webhook configuration")
+        say.detail("both replicas serve; the elected leader injected its CA into caBundle")
+
+        say.step(f"Adding {args.pairs} more disks whose generated UUIDs collide with existing disks")
+        taken = {frozenset(p) for p in planted}
+        candidates = [(n, d) for n in cluster.node_names for d in cluster.disks_of(n)
+                      if not any((n, d) in pair for pair in taken)]
+        added = []
+        for i, (node_a, disk_a) in enumerate(rng.sample(candidates, args.pairs)):
+            uuid_a = await cluster.disk_uuid(node_a, disk_a)
+            node_b = rng.choice([n for n in cluster.node_names if n != node_a])
+            disk_b = f"disk-guarded-{i + 1}"
+            await cluster.add_disk(node_b, disk_b, force_uuid=uuid_a[:4])
+            added.append((node_b, disk_b, uuid_a, f"{node_a}/{disk_a}"))
+
+        rewrites = Resource(records.GROUP, records.VERSION, records.REWRITES)
+
+        async def all_done() -> list[dict[str, Any]] | None:
+            recs = [r for r in await kube.items(rewrites, namespace) if r["spec"]["disk"].startswith("disk-guarded-")]
+            if len(recs) == len(added) and all((r.get("status") or {}).get("phase") == "Done" for r in recs):
+                return recs
+            return None
+
+        recs = await cluster.wait_for(all_done, 120, "every rewrite to be Done")
+        await cluster.wait_until_ready(timeout=60)
+        by_disk = {(r["spec"]["node"], r["spec"]["disk"]): r for r in recs}
+        for node_b, disk_b, uuid_a, holder in added:
+            rec = by_disk[(node_b, disk_b)]
+            cfg = cluster.read_cfg(node_b, disk_b).disk_uuid
+            status = await cluster.disk_uuid(node_b, disk_b)
+            say.detail(f"{node_b}/{disk_b}: Longhorn drew {rec['spec']['oldUUID']} (the prefix of {holder}), "
+                       f"bimguard gave {status}; cfg {'agrees' if cfg == status else 'DISAGREES'}; record "
+                       f"{rec['metadata']['name']} Done; disk Ready")
+            if cfg != status or status[:4] == uuid_a[:4]:
+                raise RuntimeError(f"{node_b}/{disk_b} was not protected")
+        say.step("Every new disk's BIM can be created: a backing image with a copy on each of them")
+        await cluster.create_backing_image("demo-image-guarded", min_copies=1, disks_=[(n, d) for n, d, _, _ in added])
+
+        async def copies_ready() -> bool:
+            bi = await cluster.kube.get("backingimages", "demo-image-guarded")
+            st = (bi.get("status") or {}).get("diskFileStatusMap") or {}
+            return len(st) == len(added) and all((s or {}).get("state") == "ready" for s in st.values())
+
+        await cluster.wait_for(copies_ready, 60, "the guarded disks' copies to be ready")
+        for node_b, disk_b, _, _ in added:
+            say.detail(f"{cluster.expected_bim_name(await cluster.disk_uuid(node_b, disk_b))} created for "
+                       f"{node_b}/{disk_b}; copy ready")
+    finally:
+        stop.set()
+        await asyncio.gather(*replicas, return_exceptions=True)
+        await api_client.close()
 
 
 def run(args: argparse.Namespace) -> int:

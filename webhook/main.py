@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MutatingWebhookConfiguration whose caBundle the leader keeps current (default %(default)s)")
     p.add_argument("--rewriter-image", default=os.environ.get("BIMGUARD_IMAGE", "bimguard"),
                    help="image of the on-node rewriter pods: this same image (default $BIMGUARD_IMAGE or %(default)s)")
+    p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
+                   help="this replica's name in leader election (default $POD_NAME or the host name)")
     p.add_argument("--lease-name", default="bimguard-controller",
                    help="coordination Lease the replicas elect a leader with (default %(default)s)")
     p.add_argument("--no-controller", action="store_true",
@@ -139,7 +141,7 @@ class _Leadership:
 
         self._keep_ca_bundle = lambda: keep_ca_bundle(api_client, args.webhook_configuration, certs)
         self._bundle_task: asyncio.Task[None] | None = None
-        self.elector = LeaderElector(api_client, args.namespace, args.lease_name, identity(),
+        self.elector = LeaderElector(api_client, args.namespace, args.lease_name, args.identity,
                                      on_started_leading=self._started, on_stopped_leading=self._stopped)
 
         def gauge(counts: dict[str, int]) -> None:
@@ -206,7 +208,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"bimguard webhook: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def identity() -> str:
-    return os.environ.get("POD_NAME") or socket.gethostname()

@@ -141,3 +141,7 @@ def test_demo_finds_exactly_the_planted_pairs():
     assert "OK: the scan found all 2 planted collisions" in r.stdout
     assert 'already exists" node=' in r.stdout or "already exists" in r.stdout
     assert r.stdout.count("COLLISION ") >= 2 and "STUCK backing-image copies: 2" in r.stdout
+    # Prevention: the guarded disks were rewritten at admission, their cfg agrees, their BIMs exist.
+    assert r.stdout.count("cfg agrees; record") == 2 and "DISAGREES" not in r.stdout
+    assert r.stdout.count("; copy ready") >= 4
+    assert "collision group(s) left, all from before the webhook" in r.stdout

@@ -8,7 +8,6 @@ renders, pointed at the first replica through the emulator's service map.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from webhook.metrics import Metrics
 from webhook.records_api import RecordsApi
 from webhook.server import WebhookServer
 from webhook import scope
+from webhook.registration import mutating_webhook_configuration
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "bimguard"
@@ -58,22 +58,9 @@ async def ensure_namespace(api_client: client.ApiClient, name: str = NAMESPACE) 
 
 
 def webhook_configuration(ca_bundle: bytes, *, failure_policy: str = scope.FAILURE_POLICY) -> dict[str, Any]:
-    s = scope.LONGHORN_NODE_STATUS
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "bimguard"},
-        "webhooks": [{
-            "name": scope.WEBHOOK_NAME,
-            "admissionReviewVersions": list(scope.ADMISSION_REVIEW_VERSIONS),
-            "sideEffects": scope.SIDE_EFFECTS, "failurePolicy": failure_policy,
-            "timeoutSeconds": scope.TIMEOUT_SECONDS, "matchPolicy": "Equivalent",
-            "clientConfig": {"service": {"name": SERVICE, "namespace": NAMESPACE, "path": s.path, "port": 443},
-                             "caBundle": base64.b64encode(ca_bundle).decode()},
-            "rules": [{"apiGroups": [s.group], "apiVersions": [s.version], "resources": [s.rule_resource],
-                       "operations": list(s.operations), "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": LONGHORN_NS}},
-        }],
-    }
+    return mutating_webhook_configuration(name="bimguard", service=SERVICE, namespace=NAMESPACE,
+                                          longhorn_namespace=LONGHORN_NS, ca_bundle=ca_bundle,
+                                          failure_policy=failure_policy)
 
 
 @dataclass
