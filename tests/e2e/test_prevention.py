@@ -1,0 +1,346 @@
+"""End to end: prevention against a simulated Longhorn v1.7.2 (DESIGN "Prevention" flow).
+
+Every test runs the real parts together: the emulated API server, simulated longhorn-managers
+writing real cfg files, real webhook replicas over verified TLS (tests.webhook.harness), each
+with its own LeaderElector + RewriteController as `webhook/main.py` `_Leadership` wires them,
+and the simulated kubelet running the real `bimguard rewrite-cfg` pods. The only shortcuts are
+the time scale (Longhorn seconds x 0.01), short controller timings, and, where a test says so,
+a webhook configuration with a smaller `timeoutSeconds` than the chart's 5 s.
+
+Outcomes are checked against the stored state: Node status in the API server, cfg files on the
+simulated hosts, DiskRewrite records, Events, BIMs and Longhorn's own log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from bimguard import records
+from bimguard.sim.apiserver import ApiServer
+from bimguard.sim.longhorn import disks as lh_disks
+from bimguard.sim.longhorn.cluster import SimCluster
+from bimguard.sim.longhorn.kube import Conflict as LonghornConflict
+from bimguard.sim.longhorn.node_status import get_condition
+from bimguard.sim.serve import simulated_cluster
+from tests.webhook.harness import (
+    LONGHORN_NS,
+    NAMESPACE,
+    SERVICE,
+    Replica,
+    prepare,
+    start_replica,
+    webhook_configuration,
+)
+from webhook.controller import REASON_DONE, REASON_ROLLED_BACK, RewriteController, Settings
+from webhook.leader import LeaderElector
+
+RW = f"{records.GROUP}/{records.VERSION}/{records.REWRITES}"
+CLAIMS = f"{records.GROUP}/{records.VERSION}/{records.CLAIMS}"
+NODES = "longhorn.io/v1beta2/nodes"
+HOST = f"{SERVICE}.{NAMESPACE}.svc"
+IMAGE = "bimguard:e2e"
+TIME_SCALE = 0.01
+# Roomy for a loaded machine, small enough to keep each test short.
+LEASE = dict(lease_duration=4.0, renew_deadline=3.0, retry_period=0.2)
+SETTINGS = Settings(resync=0.2, pending_grace=10, pod_start_timeout=15, gc_interval=3600, active_deadline=60)
+
+
+# ---------------------------------------------------------------------------------- harness
+
+
+@dataclass
+class Webhook:
+    """One webhook pod: the replica that answers reviews, and its leader-elected controller."""
+
+    identity: str
+    replica: Replica
+    elector: LeaderElector
+    controller: RewriteController
+    stopped: bool = False
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return "127.0.0.1", self.replica.server.bound_port
+
+    def rewrites(self) -> int:
+        """Reviews this replica answered with a rewrite patch."""
+        return int(self.replica.metrics.outcomes.labels("rewritten")._value.get())
+
+    async def stop_leadership(self, *, release: bool = True) -> None:
+        """`release=False` is a killed process: the lease stays held until it expires."""
+        self.elector.release_on_stop = release
+        await self.controller.stop()
+        await self.elector.stop()
+
+    async def stop(self, *, release: bool = True) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.stop_leadership(release=release)
+        await self.replica.stop()
+
+
+@dataclass
+class Env:
+    api: ApiServer
+    cluster: SimCluster
+    kubeconfig: Path
+    webhooks: list[Webhook] = field(default_factory=list)
+
+    # -- webhook pods ----------------------------------------------------------------------
+    async def start_webhook(self, identity: str, settings: Settings = SETTINGS, *, deadline: float = 2.0) -> Webhook:
+        replica = await start_replica(self.kubeconfig, deadline=deadline)
+        elector = LeaderElector(replica.api_client, NAMESPACE, identity=identity, **LEASE)
+        controller = RewriteController(replica.api_client, NAMESPACE, LONGHORN_NS, IMAGE, settings=settings,
+                                       leader=elector)
+        elector.on_started_leading = controller.wake
+        elector.start()
+        controller.start()
+        hook = Webhook(identity, replica, elector, controller)
+        self.webhooks.append(hook)
+        return hook
+
+    async def register(self, hook: Webhook, *, timeout_seconds: int | None = None) -> None:
+        """What the chart installs (failurePolicy Ignore), routed to `hook`; `timeout_seconds`
+        overrides the chart's 5 s where a test needs the API server to give up sooner."""
+        self.route(hook)
+        mwc = webhook_configuration(hook.replica.certs.ca_bundle_pem)
+        if timeout_seconds is not None:
+            mwc["webhooks"][0]["timeoutSeconds"] = timeout_seconds
+        self.api.store.create("admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", mwc)
+
+    def route(self, hook: Webhook | None) -> None:
+        """Point the webhook Service at one replica (None: no endpoint at all)."""
+        if hook is None:
+            self.api.webhook_hosts.pop(HOST, None)
+        else:
+            self.api.webhook_hosts[HOST] = hook.endpoint
+
+    # -- reading the stored state -------------------------------------------------------------
+    def records(self) -> list[dict[str, Any]]:
+        return self.api.store.list(RW, NAMESPACE)[0]
+
+    def records_of(self, node: str, disk: str) -> list[dict[str, Any]]:
+        return [r for r in self.records() if (r["spec"]["node"], r["spec"]["disk"]) == (node, disk)]
+
+    def node(self, node: str) -> dict[str, Any]:
+        return self.api.store.get(NODES, LONGHORN_NS, node)
+
+    def entry(self, node: str, disk: str) -> dict[str, Any]:
+        return ((self.node(node).get("status") or {}).get("diskStatus") or {}).get(disk) or {}
+
+    def status_uuid(self, node: str, disk: str) -> str:
+        return self.entry(node, disk).get("diskUUID") or ""
+
+    def ready(self, node: str, disk: str) -> bool:
+        return get_condition(self.entry(node, disk).get("conditions"), "Ready").get("status") == "True"
+
+    def cfg_uuid(self, node: str, disk: str) -> str:
+        return self.cluster.read_cfg(node, disk).disk_uuid
+
+    def spec_disks(self) -> list[tuple[str, str]]:
+        return [(n["metadata"]["name"], d) for n in self.api.store.list(NODES, LONGHORN_NS)[0]
+                for d in sorted((n.get("spec") or {}).get("disks") or {})]
+
+    def events(self, reason: str) -> list[dict[str, Any]]:
+        return [e for e in self.api.store.list("v1/events", LONGHORN_NS)[0] if e.get("reason") == reason]
+
+    def agrees(self, node: str, disk: str) -> bool:
+        """Status and cfg hold the same UUID and Longhorn calls the disk Ready (invariant 2)."""
+        uuid = self.status_uuid(node, disk)
+        return bool(uuid) and uuid == self.cfg_uuid(node, disk) and self.ready(node, disk)
+
+    # -- waiting --------------------------------------------------------------------------------
+    async def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        return await self.cluster.wait_for(predicate, timeout, what)
+
+    async def record_appears(self, node: str, disk: str, timeout: float = 15) -> dict[str, Any]:
+        await self.until(lambda: self.records_of(node, disk), timeout, f"a DiskRewrite for {node}/{disk}")
+        (rec,) = self.records_of(node, disk)
+        return rec
+
+    async def final(self, node: str, disk: str, timeout: float = 30) -> dict[str, Any]:
+        def done() -> bool:
+            recs = self.records_of(node, disk)
+            return bool(recs) and all(phase(r) in records.FINAL_PHASES for r in recs)
+
+        await self.until(done, timeout, f"the DiskRewrite of {node}/{disk} in a final phase")
+        (rec,) = self.records_of(node, disk)
+        return rec
+
+    async def settled(self, node: str, disk: str, timeout: float = 15) -> None:
+        try:
+            await self.until(lambda: self.agrees(node, disk), timeout, f"{node}/{disk} Ready with status == cfg")
+        except TimeoutError:
+            raise AssertionError(f"{node}/{disk}: status {self.status_uuid(node, disk)!r}, cfg "
+                                 f"{self.cfg_uuid(node, disk)!r}, Ready={self.ready(node, disk)}") from None
+
+
+def phase(rec: dict[str, Any]) -> str:
+    return (rec.get("status") or {}).get("phase") or "Pending"
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, *, nodes: int, disks_per_node: int = 1, seed: int = 1) -> AsyncIterator[Env]:
+    """A settled simulated cluster with bimguard's CRDs and a kubelet; webhooks are the test's."""
+    async with simulated_cluster(nodes=nodes, disks_per_node=disks_per_node, seed=seed, time_scale=TIME_SCALE,
+                                 root=tmp_path / "nodes") as (api, cluster):
+        kubeconfig = tmp_path / "kubeconfig"
+        api.kubeconfig(kubeconfig)
+        await prepare(kubeconfig)
+        await cluster.start_kubelet(images=["bimguard"])
+        env = Env(api, cluster, kubeconfig)
+        try:
+            yield env
+        finally:
+            for hook in env.webhooks:
+                await hook.stop()
+
+
+def free_prefix(rng: random.Random, taken: set[str]) -> str:
+    while True:
+        p = f"{rng.getrandbits(16):04x}"
+        if p not in taken:
+            taken.add(p)
+            return p
+
+
+def sample(metrics: Any, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+# ------------------------------------------------------------------ 1. bursts on two replicas
+
+BURSTS, PER_BURST, BURST_NODES = 10, 20, 5  # 200 disks; see the module docstring for timings
+
+
+async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_agreeing(tmp_path: Path) -> None:
+    """200 new disks in 10 bursts of 20 over 5 nodes, every one forced onto a prefix that is
+    already taken: copied from a Ready disk, or shared by a pair within the burst (the pair on two
+    nodes, so two longhorn-managers write at the same moment; several disks of one node may also
+    arrive in one status write). Two webhook replicas, each with its own elector and controller.
+
+    The emulator routes the Service to one (host, port) at a time, so a task flips the route
+    between the two replicas every few milliseconds during the bursts: concurrent reviews land
+    on both. (The exact same-instant race of two reviews on two replicas is also tested directly
+    in tests/webhook/test_reviews.py.)"""
+    rng = random.Random(2024)
+    async with running(tmp_path, nodes=BURST_NODES, seed=2024) as env:
+        c = env.cluster
+        initial = env.spec_disks()
+        a = await env.start_webhook("bimguard-webhook-0")
+        b = await env.start_webhook("bimguard-webhook-1")
+        await env.register(a)
+        assert await a.elector.wait_leading(5)
+
+        stop_flipping = asyncio.Event()
+
+        async def flip() -> None:
+            while not stop_flipping.is_set():
+                for hook in (a, b):
+                    env.route(hook)
+                    await asyncio.sleep(0.003)
+
+        flipper = asyncio.create_task(flip())
+        forced: dict[tuple[str, str], str] = {}  # disk -> prefix it was forced onto
+        groups: dict[str, list[tuple[str, str]]] = defaultdict(list)  # prefix -> disks sharing it
+        nodes = c.node_names
+        started = time.monotonic()
+        try:
+            for burst in range(BURSTS):
+                ready = [(n, d) for n, d in env.spec_disks() if env.agrees(n, d)]
+                in_use = {env.status_uuid(n, d)[:4] for n, d in env.spec_disks() if env.status_uuid(n, d)}
+                plan: list[tuple[str, str, str]] = []
+                for i in range(PER_BURST // 2):
+                    first, second = nodes[(burst + i) % len(nodes)], nodes[(burst + i + 1) % len(nodes)]
+                    if i % 2:
+                        src = rng.choice(ready)  # both collide with a Ready disk
+                        prefix = env.status_uuid(*src)[:4]
+                        if src not in groups[prefix]:
+                            groups[prefix].append(src)
+                    else:
+                        prefix = free_prefix(rng, in_use)  # the pair collides with each other
+                    for node in (first, second):
+                        plan.append((node, f"b{burst:02d}-d{len(plan):02d}", prefix))
+                for node, disk, prefix in plan:
+                    forced[(node, disk)] = prefix
+                    groups[prefix].append((node, disk))
+                await asyncio.gather(*(c.add_disk(n, d, force_uuid=p) for n, d, p in plan))
+                await env.until(lambda: all(env.status_uuid(n, d) for n, d, _ in plan), 30,
+                                f"burst {burst} recorded")
+            recorded = time.monotonic() - started
+        finally:
+            stop_flipping.set()
+            await flipper
+        new_disks = list(forced)
+
+        # -- every disk ends Ready with status == cfg, and every record Done
+        def all_done() -> bool:
+            return all(phase(r) in records.FINAL_PHASES for r in env.records())
+
+        await env.until(all_done, 60, "every DiskRewrite final")
+        for n, d in new_disks + initial:
+            await env.settled(n, d, timeout=30)
+        settled = time.monotonic() - started
+
+        recs = env.records()
+        assert Counter(phase(r) for r in recs) == {"Done": len(recs)}, [r["status"] for r in recs if phase(r) != "Done"]
+        per_disk = Counter((r["spec"]["node"], r["spec"]["disk"]) for r in recs)
+        assert max(per_disk.values()) == 1, [k for k, v in per_disk.items() if v > 1]
+        assert not set(per_disk) & set(initial)  # disks recorded before the webhook are never touched
+
+        # -- no two v1 disks share a prefix
+        final = {(n, d): env.status_uuid(n, d) for n, d in env.spec_disks()}
+        by_prefix = defaultdict(list)
+        for disk, uuid in final.items():
+            by_prefix[uuid[:4]].append(disk)
+        assert {p: ds for p, ds in by_prefix.items() if len(ds) > 1} == {}
+
+        # -- each rewritten disk holds its record's new UUID (status and cfg), old UUID = the forced one;
+        #    each other disk kept its forced prefix; within a group at most one disk kept the prefix
+        for (n, d), prefix in forced.items():
+            mine = env.records_of(n, d)
+            if mine:
+                spec = mine[0]["spec"]
+                assert spec["oldUUID"][:4] == prefix and final[(n, d)] == spec["newUUID"] == env.cfg_uuid(n, d)
+            else:
+                assert final[(n, d)][:4] == prefix
+        for prefix, members in groups.items():
+            kept = [m for m in members if final[m][:4] == prefix]
+            assert len(kept) <= 1, (prefix, kept)
+            assert len([m for m in members if m in per_disk]) >= len(members) - 1, (prefix, members)
+        assert len(per_disk) >= sum(len(m) - 1 for m in groups.values())
+
+        # -- both replicas answered reviews with rewrites; only one controller drove records
+        assert a.rewrites() > 0 and b.rewrites() > 0, (a.rewrites(), b.rewrites())
+        drivers = [h for h in (a, b) if h.controller.transitions]
+        assert len(drivers) == 1, [(h.identity, dict(h.controller.transitions)) for h in (a, b)]
+        assert sum(drivers[0].controller.transitions.values()) == 2 * len(recs)  # Pending->Rewriting->Done
+        assert len(env.events(REASON_DONE)) == len(recs)
+
+        # -- every BIM Longhorn needs exists: a backing image with a copy on every disk
+        everywhere = env.spec_disks()
+        await c.create_backing_image("bi-everywhere", min_copies=1, disks_=everywhere)
+
+        def copies_ready() -> bool:
+            bi = env.api.store.get("longhorn.io/v1beta2/backingimages", LONGHORN_NS, "bi-everywhere")
+            files = (bi.get("status") or {}).get("diskFileStatusMap") or {}
+            return all((files.get(u) or {}).get("state") == "ready" for u in final.values())
+
+        await env.until(copies_ready, 60, "a ready backing-image copy on every disk")
+        bims = env.api.store.list("longhorn.io/v1beta2/backingimagemanagers", LONGHORN_NS)[0]
+        assert sorted(b_["metadata"]["name"] for b_ in bims) == sorted(c.expected_bim_name(u) for u in final.values())
+        assert not [line for line in c.all_log_lines() if "already exists" in line]
+        print(f"\n{len(new_disks)} disks, {len(recs)} rewritten: recorded in {recorded:.1f} s, "
+              f"settled in {settled:.1f} s, BIMs after {time.monotonic() - started:.1f} s; "
+              f"reviews with a rewrite: {a.identity} {a.rewrites()}, {b.identity} {b.rewrites()}")
