@@ -208,3 +208,23 @@ async def test_apply_the_whole_rendered_chart(kubectl: Kubectl, sim_api: ApiServ
             group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
             _, out, _ = await kubectl.run("get", f"{plural}.{group}", "-A", "-o", "json")
             assert json.loads(out)["items"] == []
+
+
+async def test_label_annotate_edit_and_diff(kubectl: Kubectl, sim_api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = kubectl.file("node.yaml", NODE_YAML)
+    await kubectl.run("apply", "-f", path)
+    await kubectl.run("label", "lhn", "w1", "-n", NS, "zone=a")
+    await kubectl.run("annotate", "lhn", "w1", "-n", NS, "note=x")
+    _, out, _ = await kubectl.run("get", "lhn", "-n", NS, "-l", "zone=a", "-o", "name")
+    assert out.strip() == "node.longhorn.io/w1"
+    editor = kubectl.file("editor.sh", "#!/bin/sh\nsed -i 's/allowScheduling: true/allowScheduling: false/' \"$1\"\n")
+    os.chmod(editor, 0o755)
+    monkeypatch.setenv("EDITOR", editor)
+    await kubectl.run("edit", "lhn", "w1", "-n", NS)
+    stored = sim_api.store.get("longhorn.io/v1beta2/nodes", NS, "w1")
+    assert stored["spec"]["allowScheduling"] is False and stored["spec"]["disks"]["d1"]["allowScheduling"] is False
+    assert stored["metadata"]["labels"] == {"zone": "a"} and stored["metadata"]["annotations"]["note"] == "x"
+    # diff is a dry-run PATCH: it shows the change and persists nothing
+    code, out, _ = await kubectl.run("diff", "-f", kubectl.file("n3.yaml", NODE_YAML.replace('["a"]', '["zz"]')), check=False)
+    assert code == 1 and "+  - zz" in out
+    assert sim_api.store.get("longhorn.io/v1beta2/nodes", NS, "w1")["spec"]["tags"] == ["a"]
