@@ -396,10 +396,12 @@ class RewriteController:
             await self._pod_missing(rec, attempt)
             return
         phase = (pod.get("status") or {}).get("phase") or "Pending"
-        if phase == "Succeeded":
+        code, message = termination(pod)
+        if phase == "Succeeded" or (phase == "Failed" and code == 0):
+            # Exit 0 is the compare-and-swap's own word that the cfg holds the new UUID, even when
+            # the pod was marked Failed around it (activeDeadlineSeconds racing the exit).
             await self._done(rec, pod)
         elif phase == "Failed":
-            code, message = termination(pod)
             what = f"rewriter pod {pname} failed" + (f" with exit {code}" if code is not None else "") + (
                 f": {message}" if message else "")
             if code in PERMANENT_EXITS:

@@ -33,7 +33,7 @@ RW = "bimguard.io/v1alpha1/diskrewrites"
 CLAIMS = "bimguard.io/v1alpha1/prefixclaims"
 OTHER_OLD = "0dd50d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"
 FAST = Settings(pending_grace=0.6, pod_start_timeout=1.5, resync=0.1, gc_interval=0.2, gc_grace=3600,
-                active_deadline=30)
+                active_deadline=1000)  # Longhorn seconds: the sim kubelet scales it (10 s here)
 
 
 @dataclass
@@ -368,3 +368,19 @@ async def test_final_records_are_kept_unless_retention_is_set(env: Env) -> None:
     assert env.phase(name) == "Abandoned"  # the audit trail stays by default
     await env.controller(Settings(**{**FAST.__dict__, "retention": 3600.0})).reconcile_once()
     await env.cluster.wait_for(lambda: not env.api.store.list(RW, NS)[0], 2, "record deleted after retention")
+
+
+async def test_exit_zero_counts_even_if_the_pod_is_marked_failed(env: Env) -> None:
+    # activeDeadlineSeconds can fail a pod whose process already exited 0: the swap is done.
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    await env.cluster.set_node_down(NODE)  # the kubelet leaves the pod alone; we write its status
+    ctl = env.controller()
+    await ctl.reconcile_once()
+    (pod,) = env.pods()
+    pod["status"] = {"phase": "Failed", "reason": "DeadlineExceeded", "containerStatuses": [{
+        "name": "rewrite-cfg", "image": IMAGE, "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": "unchanged: already new"}}}]}
+    env.api.store.update("v1/pods", pod, subresource="status")
+    await ctl.reconcile_once()
+    assert env.phase(name) == "Done" and env.rec(name)["status"]["message"] == "unchanged: already new"
