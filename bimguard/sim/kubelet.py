@@ -16,8 +16,8 @@ for programs that build paths themselves. ``PATH`` starts with the virtualenv's 
 ``bimguard`` resolves), ``KUBECONFIG`` points at a kubeconfig for the emulated API server, and
 ``BIMGUARD_SIM_NODE`` names the node.
 
-``activeDeadlineSeconds`` (scaled by the sim clock) kills the process and fails the pod with reason
-``DeadlineExceeded``.
+``activeDeadlineSeconds`` (real seconds: the process runs in real time) kills the process and fails
+the pod with reason ``DeadlineExceeded``.
 
 What kubelet would do that this does not: images (only the configured bimguard image is accepted
 and nothing is pulled), restarts (``restartPolicy`` is ignored: one run), init/sidecar containers,
@@ -418,9 +418,10 @@ class SimKubelet:
         deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds")
         killer = None
         if deadline:
-            # activeDeadlineSeconds is a pod-level duration: scaled by the sim clock like every
-            # other period here. kubelet kills the pod and reports reason DeadlineExceeded.
-            killer = asyncio.get_running_loop().call_later(self.clock.real(float(deadline)), _kill, proc)
+            # Real seconds, NOT scaled by the sim clock: the process runs in real time (a Python
+            # start-up alone can exceed a scaled deadline). kubelet kills the pod and reports
+            # reason DeadlineExceeded.
+            killer = asyncio.get_running_loop().call_later(float(deadline), _kill, proc)
         while True:
             chunk = await proc.stdout.read(65536)
             if not chunk:

@@ -207,7 +207,7 @@ async def test_recreated_pod_with_the_same_name_runs_again(api: ApiServer, kubel
 
 async def test_active_deadline_kills_the_pod(api: ApiServer, kubelet: SimKubelet) -> None:
     pod = _pod("slow", ["sleep", "30"])
-    pod["spec"]["activeDeadlineSeconds"] = 20  # 0.2 s at time scale 0.01
+    pod["spec"]["activeDeadlineSeconds"] = 1  # real seconds
     api.store.create(PODS, pod)
     got = await _wait_phase(api, "slow", {"Succeeded", "Failed"}, timeout=10)
     assert got["status"]["phase"] == "Failed" and got["status"]["reason"] == "DeadlineExceeded"
