@@ -759,6 +759,8 @@ class Store:
             value = meta.get(kind)
             if value is not None and (not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values())):
                 errors.append(FieldError("FieldValueInvalid", f"metadata.{kind}", "must be a map of strings", value))
+            elif value:
+                errors.extend(_label_errors(kind, value))
         fin = meta.get("finalizers")
         if fin is not None and (not isinstance(fin, list) or not all(isinstance(f, str) for f in fin)):
             errors.append(FieldError("FieldValueInvalid", "metadata.finalizers", "must be a list of strings", fin))
@@ -828,6 +830,48 @@ class Store:
                 for (ns, name) in sorted(self._bucket(rt)):
                     if ns == namespace:
                         self._remove(rt, ns, name)
+
+
+# k8s.io/apimachinery/pkg/util/validation/validation.go IsQualifiedName / IsValidLabelValue.
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _qualified_name_errors(key: str) -> list[str]:
+    prefix, _, name = key.rpartition("/")
+    out = []
+    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        out.append("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+                   "'-' or '.', and must start and end with an alphanumeric character")
+    if not name:
+        out.append("name part must be non-empty")
+    elif len(name) > 63:
+        out.append("name part must be no more than 63 characters")
+    elif not _QUALIFIED_NAME.match(name):
+        out.append("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
+                   "an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation "
+                   "is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+    return out
+
+
+def _label_errors(kind: str, values: dict[str, str]) -> list[FieldError]:
+    """ValidateLabels / ValidateAnnotations (apimachinery/pkg/api/validation/objectmeta.go)."""
+    errors = []
+    for key, value in values.items():
+        for detail in _qualified_name_errors(key):
+            errors.append(FieldError("FieldValueInvalid", f"metadata.{kind}", detail, key))
+        if kind == "labels":
+            if len(value) > 63:
+                errors.append(FieldError("FieldValueInvalid", "metadata.labels", "must be no more than 63 characters", value))
+            elif not _LABEL_VALUE.match(value):
+                errors.append(FieldError("FieldValueInvalid", "metadata.labels",
+                                         "a valid label must be an empty string or consist of alphanumeric characters, "
+                                         "'-', '_' or '.', and must start and end with an alphanumeric character (e.g. "
+                                         "'MyValue',  or 'my_value',  or '12345', regex used for validation is "
+                                         "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')", value))
+    if kind == "annotations" and sum(len(k) + len(v) for k, v in values.items()) > 256 * 1024:
+        errors.append(FieldError("FieldValueTooLong", "metadata.annotations", "must have at most 262144 bytes", "object"))
+    return errors
 
 
 def _canonical(rt: ResourceType, obj: dict, meta: dict) -> dict:

@@ -663,3 +663,20 @@ async def test_partial_object_metadata_and_table_negotiation(sim_api: ApiServer,
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Ready", "AllowScheduling", "Schedulable", "Age"]
     assert table["rows"][0]["cells"][:3] == ["a", None, True]
     assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+
+
+async def test_label_and_annotation_validation(co: client.CustomObjectsApi) -> None:
+    bad = node("n1")
+    bad["metadata"]["labels"] = {"ok": "fine", "longhorn.io/disk": "a b", "-bad": "x", "v": "x" * 64}
+    bad["metadata"]["annotations"] = {"Not_A/Prefix/x": "1"}
+    with pytest.raises(ApiException) as e:
+        await co.create_namespaced_custom_object(*LH, NS, "nodes", bad)
+    assert e.value.status == 422
+    causes = status_of(e.value)["details"]["causes"]
+    assert {c["field"] for c in causes} == {"metadata.labels", "metadata.annotations"}
+    assert sum(1 for c in causes if c["field"] == "metadata.labels") == 3
+    assert any('Invalid value: "a b": a valid label must be an empty string' in c["message"] for c in causes)
+    good = node("n2")
+    good["metadata"]["labels"] = {"longhorn.io/node": "worker-1", "empty": "", "k8s.io/x_y.z": "A-1.b_2"}
+    made = await co.create_namespaced_custom_object(*LH, NS, "nodes", good)
+    assert made["metadata"]["labels"]["empty"] == ""
