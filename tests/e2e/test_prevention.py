@@ -76,6 +76,10 @@ class Webhook:
         """Reviews this replica answered with a rewrite patch."""
         return int(self.replica.metrics.outcomes.labels("rewritten")._value.get())
 
+    def start_leadership(self) -> None:
+        self.elector.start()
+        self.controller.start()
+
     async def stop_leadership(self, *, release: bool = True) -> None:
         """`release=False` is a killed process: the lease stays held until it expires."""
         self.elector.release_on_stop = release
@@ -98,16 +102,19 @@ class Env:
     webhooks: list[Webhook] = field(default_factory=list)
 
     # -- webhook pods ----------------------------------------------------------------------
-    async def start_webhook(self, identity: str, settings: Settings = SETTINGS, *, deadline: float = 2.0) -> Webhook:
+    async def start_webhook(self, identity: str, settings: Settings = SETTINGS, *, deadline: float = 2.0,
+                            lead: bool = True) -> Webhook:
+        """`lead=False`: the replica answers reviews, its elector and controller start later
+        (`start_leadership`), so a test can act between admission and the rewrite."""
         replica = await start_replica(self.kubeconfig, deadline=deadline)
         elector = LeaderElector(replica.api_client, NAMESPACE, identity=identity, **LEASE)
         controller = RewriteController(replica.api_client, NAMESPACE, LONGHORN_NS, IMAGE, settings=settings,
                                        leader=elector)
         elector.on_started_leading = controller.wake
-        elector.start()
-        controller.start()
         hook = Webhook(identity, replica, elector, controller)
         self.webhooks.append(hook)
+        if lead:
+            hook.start_leadership()
         return hook
 
     async def register(self, hook: Webhook, *, timeout_seconds: int | None = None) -> None:
@@ -512,3 +519,165 @@ async def test_webhook_killed_before_its_answer_record_is_abandoned_cfg_untouche
         await env.until(lambda: rec["spec"]["newUUID"][:4] not in
                         {x["metadata"]["name"] for x in env.api.store.list(CLAIMS, NAMESPACE)[0]}, 5,
                         "the new prefix's claim released")
+
+
+# ------------------------------------------------------------------ 4. 409 after admission; webhook timing out
+
+
+def first_record_entry(disk: str, path: str, uuid: str) -> dict[str, Any]:
+    """The diskStatus entry longhorn-manager writes when it first records a disk (BRIEF §0.5)."""
+    return {"conditions": [], "diskDriver": "", "diskName": disk, "diskPath": path, "diskType": "filesystem",
+            "diskUUID": uuid, "filesystemType": "", "instanceManagerName": "", "scheduledReplica": {},
+            "storageAvailable": 0, "storageMaximum": 0, "storageScheduled": 0}
+
+
+async def test_status_write_failing_with_409_after_admission_is_retried_with_the_same_new_uuid(tmp_path: Path) -> None:
+    """The emulator, like kube-apiserver, runs admission before the resourceVersion precondition:
+    a status write with a stale resourceVersion is admitted (record and claim created, patch
+    returned) and then fails with 409. Longhorn's retry -- here the manager's next sync once its
+    node is back -- is a new review for the same (node, disk, old UUID): it must get the same new
+    UUID from the record (deterministic names), and the flow ends Done with cfg == status."""
+    async with running(tmp_path, nodes=2, seed=41) as env:
+        c = env.cluster
+        hook = await one_webhook(env)
+        taken = env.status_uuid("worker-1", c.disks_of("worker-1")[0])
+        # Play longhorn-manager on worker-2 by hand: its own manager is stopped meanwhile.
+        await c.set_node_down("worker-2")
+        path = await c.add_disk("worker-2", "disk-new")
+        old = taken[:4] + c.uuids.disk_uuid()[4:]
+        lh_disks.write_cfg_exclusive(c.disk_dir("worker-2", "disk-new"), lh_disks.DiskConfig("disk-new", old))
+        stale = await c.kube.get("nodes", "worker-2")
+        await c.update_node_spec("worker-2", lambda o: o["spec"].update(tags=["moved-on"]))  # RV moves on
+        stale["status"]["diskStatus"]["disk-new"] = first_record_entry("disk-new", path, old)
+        with pytest.raises(LonghornConflict):
+            await c.kube.replace_status("nodes", stale)
+        assert env.api.admission.calls[-1][1] == "patched"  # admitted, then refused by the precondition
+        (rec,) = env.records_of("worker-2", "disk-new")
+        assert rec["spec"]["oldUUID"] == old and phase(rec) == "Pending"
+        new = rec["spec"]["newUUID"]
+        assert env.status_uuid("worker-2", "disk-new") == ""  # nothing stored
+
+        await c.set_node_down("worker-2", False)  # the manager's next sync retries the write
+        rec = await env.final("worker-2", "disk-new")
+        assert phase(rec) == "Done", rec["status"]
+        assert rec["spec"]["newUUID"] == new and len(env.records_of("worker-2", "disk-new")) == 1
+        await env.settled("worker-2", "disk-new")
+        assert env.status_uuid("worker-2", "disk-new") == new == env.cfg_uuid("worker-2", "disk-new")
+        assert hook.rewrites() == 2  # two reviews, one answer
+        claims = {x["metadata"]["name"]: x["spec"] for x in env.api.store.list(CLAIMS, NAMESPACE)[0]}
+        assert claims[new[:4]]["uuid"] == new and [p for p, s in claims.items() if s["disk"] == "disk-new"] == [new[:4]]
+
+
+async def test_webhook_timing_out_leaves_the_write_unpatched_and_the_record_abandoned(tmp_path: Path) -> None:
+    """The webhook is slow (1.5 s of injected latency on its DiskRewrite create) and the API
+    server gives up first (timeoutSeconds 1 in the registered configuration; the chart's is 5):
+    failurePolicy Ignore stores Longhorn's write unpatched while the webhook goes on to create the
+    record and answer nobody. The record ends Abandoned; status == cfg (old UUID), cfg untouched."""
+    async with running(tmp_path, nodes=2, seed=42) as env:
+        c = env.cluster
+        settings = Settings(**{**SETTINGS.__dict__, "pending_grace": 2.0})
+        hook = await one_webhook(env, settings, timeout_seconds=1)
+        env.api.faults.latency(1.5, verbs="create", resource=RW)
+        await add_colliding_disk(env, "worker-2", "disk-new", like=("worker-1", c.disks_of("worker-1")[0]))
+        rec = await env.record_appears("worker-2", "disk-new")
+        old = rec["spec"]["oldUUID"]
+        assert env.status_uuid("worker-2", "disk-new") == old  # stored before the record existed
+        assert any("ignored" in outcome and "deadline" in outcome for _, outcome in env.api.admission.calls)
+        env.api.faults.clear()
+        cfg = c.cfg_path("worker-2", "disk-new").read_bytes()
+        rec = await env.final("worker-2", "disk-new")
+        assert phase(rec) == "Abandoned" and "did not land" in rec["status"]["message"], rec["status"]
+        await env.settled("worker-2", "disk-new")
+        assert env.status_uuid("worker-2", "disk-new") == old == env.cfg_uuid("worker-2", "disk-new")
+        assert c.cfg_path("worker-2", "disk-new").read_bytes() == cfg
+        assert hook.rewrites() == 1 and not env.api.store.list("v1/pods", NAMESPACE)[0]
+
+
+# ------------------------------------------------------------------ 5. rewriter refusing; node down
+
+
+async def admitted_but_not_rewritten(env: Env, node: str, disk: str, settings: Settings = SETTINGS
+                                     ) -> tuple[Webhook, dict[str, Any]]:
+    """A colliding disk whose rewrite patch is stored, with no controller running yet."""
+    hook = await env.start_webhook("bimguard-webhook-0", settings, lead=False)
+    await env.register(hook)
+    await add_colliding_disk(env, node, disk, like=("worker-1", env.cluster.disks_of("worker-1")[0]))
+    rec = await env.record_appears(node, disk)
+    await env.until(lambda: env.status_uuid(node, disk) == rec["spec"]["newUUID"], 10, "the patch stored")
+    return hook, rec
+
+
+async def test_rewriter_refusing_a_cfg_that_names_another_disk_rolls_back(tmp_path: Path) -> None:
+    """Between admission and the rewrite the disk's cfg comes to name another disk (a swapped
+    disk): `rewrite-cfg` refuses (compare-and-swap, invariant 4), the controller rolls the status
+    back: RolledBack, status == cfg (the old UUID), the cfg as it was, the disk Ready."""
+    async with running(tmp_path, nodes=2, seed=51) as env:
+        c = env.cluster
+        hook, rec = await admitted_but_not_rewritten(env, "worker-2", "disk-new")
+        old = rec["spec"]["oldUUID"]
+        lh_disks.replace_cfg_atomically(c.disk_dir("worker-2", "disk-new"), lh_disks.DiskConfig("other-disk", old))
+        swapped = c.cfg_path("worker-2", "disk-new").read_bytes()
+        hook.start_leadership()
+        rec = await env.final("worker-2", "disk-new")
+        assert phase(rec) == "RolledBack", rec["status"]
+        assert "exit 3" in rec["status"]["lastError"]
+        await env.settled("worker-2", "disk-new")
+        assert env.status_uuid("worker-2", "disk-new") == old == env.cfg_uuid("worker-2", "disk-new")
+        assert c.cfg_path("worker-2", "disk-new").read_bytes() == swapped
+        (event,) = env.events(REASON_ROLLED_BACK)
+        assert event["type"] == "Warning" and event["involvedObject"]["name"] == "worker-2"
+
+
+async def test_node_down_before_the_rewriter_runs_rolls_back(tmp_path: Path) -> None:
+    """The disk's node goes down after admission: the rewriter pod never starts. After
+    pod_start_timeout the controller deletes it and rolls the stored status back to the old
+    UUID (no longhorn-manager runs on a down node, so the stored status is what is checked);
+    the cfg is untouched. When the node returns, Longhorn finds status == cfg: Ready."""
+    async with running(tmp_path, nodes=2, seed=52) as env:
+        c = env.cluster
+        settings = Settings(**{**SETTINGS.__dict__, "pod_start_timeout": 2.0})
+        hook, rec = await admitted_but_not_rewritten(env, "worker-2", "disk-new", settings)
+        old = rec["spec"]["oldUUID"]
+        cfg = c.cfg_path("worker-2", "disk-new").read_bytes()
+        await c.set_node_down("worker-2")
+        hook.start_leadership()
+        rec = await env.final("worker-2", "disk-new")
+        assert phase(rec) == "RolledBack", rec["status"]
+        assert "did not start" in rec["status"]["message"]
+        assert env.status_uuid("worker-2", "disk-new") == old
+        assert c.cfg_path("worker-2", "disk-new").read_bytes() == cfg
+        await env.until(lambda: not env.api.store.list("v1/pods", NAMESPACE)[0], 5, "the rewriter pod deleted")
+        await c.set_node_down("worker-2", False)
+        await env.settled("worker-2", "disk-new")
+        assert env.status_uuid("worker-2", "disk-new") == old and c.cfg_path("worker-2", "disk-new").read_bytes() == cfg
+
+
+# ------------------------------------------------------------------ 6. webhook down
+
+
+@pytest.mark.parametrize("outage", ["no-endpoint", "closed-port"])
+async def test_webhook_down_never_blocks_longhorn(tmp_path: Path, outage: str) -> None:
+    """With the webhook unreachable (no endpoint behind the Service, or a port nobody listens
+    on), failurePolicy Ignore lets every status write through: new disks are recorded with their
+    colliding UUIDs and turn Ready; nothing is recorded by bimguard (the repair Job is the
+    backstop)."""
+    async with running(tmp_path, nodes=2, seed=61) as env:
+        c = env.cluster
+        hook = await one_webhook(env)
+        await hook.stop()
+        before = len(env.api.admission.calls)
+        if outage == "no-endpoint":
+            env.route(None)
+        else:
+            assert env.api.webhook_hosts[HOST] == hook.endpoint  # the stopped replica's port: closed now
+        keeper = ("worker-1", c.disks_of("worker-1")[0])
+        prefix = await add_colliding_disk(env, "worker-2", "disk-a", like=keeper)
+        await c.add_disk("worker-1", "disk-b", force_uuid=prefix)
+        for disk in (("worker-2", "disk-a"), ("worker-1", "disk-b")):
+            await env.settled(*disk)
+            assert env.status_uuid(*disk)[:4] == prefix
+        assert env.status_uuid(*keeper)[:4] == prefix
+        assert not env.records()
+        outcomes = [o for _, o in env.api.admission.calls[before:]]
+        assert outcomes and all(o.startswith("ignored") for o in outcomes), outcomes[:3]
+        assert ("no such host" if outage == "no-endpoint" else "connection refused") in outcomes[-1]
