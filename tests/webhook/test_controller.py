@@ -99,7 +99,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     await api.start()
     for path in sorted((REPO / "charts/bimguard/crds").glob("*.yaml")):
         api.store.create(CRD_KEY, yaml.safe_load(path.read_text()))
-    cluster = SimCluster(api, tmp_path / "hosts", nodes=2, disks_per_node=2, seed=7, time_scale=0.01)
+    cluster = SimCluster(api, tmp_path / "hosts", nodes=[NODE], disks_per_node=2, seed=7, time_scale=0.01)
     await cluster.start()
     e = Env(api, cluster, tmp_path)
     try:
@@ -142,7 +142,7 @@ async def test_happy_path_rewrites_cfg_and_longhorn_turns_ready(env: Env) -> Non
 
 async def test_status_kept_old_uuid_is_abandoned_and_cfg_untouched(env: Env) -> None:
     name, old, new = await env.make_record()
-    job_rec, _, _ = await env.make_record("abcd", node="worker-1", disk="disk-1", origin="job")
+    job_rec, _, _ = await env.make_record("abcd", disk=env.cluster.disks_of(NODE)[0], origin="job")
     ghost = records.record_name("worker-9", "disk-1", OTHER_OLD)  # a node that went away meanwhile
     env.api.store.create(RW, records.rewrite_manifest(
         name=ghost, namespace=NS, node="worker-9", disk="disk-1", disk_name="disk-1", disk_path="/mnt/disk1",
@@ -335,8 +335,9 @@ async def test_only_the_leader_acts(env: Env) -> None:
         await ctl1.stop()
         await e1.stop()
         assert await e2.wait_leading(3)
-        name2, old2, new2 = await env.make_record("f00d", node="worker-1", disk="disk-1")
-        await env.cluster.set_status_disk_uuid("worker-1", "disk-1", new2)
+        other = env.cluster.disks_of(NODE)[0]  # the default disk
+        name2, old2, new2 = await env.make_record("f00d", disk=other)
+        await env.cluster.set_status_disk_uuid(NODE, other, new2)
         await env.wait_phase(name2, {"Done"})
         assert sum(ctl2.transitions.values()) == 2
     finally:
