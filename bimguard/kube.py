@@ -235,12 +235,19 @@ class Kube:
             finally:
                 resp.release()
             raise _error(resp.status, resp.reason, raw)
+        # Split lines ourselves: aiohttp's line iterator refuses lines above its buffer limit
+        # (128 KiB), and one event carries a whole object (a Longhorn Node with many disks).
+        buf = b""
         try:
-            async for line in resp.content:
-                line = line.strip()
-                if not line:
-                    continue
-                ev = json.loads(line)
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        ev = json.loads(line)
+                        yield str(ev.get("type") or ""), ev.get("object") or {}
+            if buf.strip():
+                ev = json.loads(buf)
                 yield str(ev.get("type") or ""), ev.get("object") or {}
         finally:
             resp.release()
