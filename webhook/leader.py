@@ -97,6 +97,9 @@ class LeaderElector:
         self._stop.clear()
         try:
             while not self._stop.is_set():
+                # Stamped before the request: the write lands after this moment, so every other
+                # replica observes it later, and our deadline ends before their expiry can.
+                attempt_started = time.monotonic()
                 try:
                     ok = await self.try_acquire_or_renew()
                 except asyncio.CancelledError:
@@ -105,7 +108,7 @@ class LeaderElector:
                     log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
                     ok = False
                 if ok:
-                    self._last_renew = time.monotonic()
+                    self._last_renew = attempt_started
                     if not self._leading:
                         self._set_leading(True)
                 elif self._leading and not self.is_leader:
