@@ -164,6 +164,10 @@ class Caches:
     async def get_or_none(self, plural: str, name: str) -> Obj | None:
         return self.informers[plural].get(name)
 
+    def peek(self, plural: str, name: str) -> Obj | None:
+        """The cached object itself (read-only!), without the copy ``get`` makes."""
+        return self.informers[plural].objects.get(name)
+
     async def list(self, plural: str, label_selector: str | None = None) -> list[Obj]:
         return self.informers[plural].list(label_selector)
 

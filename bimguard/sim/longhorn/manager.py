@@ -193,7 +193,9 @@ class LonghornManager:
         return self.cluster.host(self.node_name)
 
     async def _monitor_fetch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        node = await self.cache.get("nodes", self.node_name)
+        node = self.cache.peek("nodes", self.node_name)
+        if node is None:
+            raise NotFound(404, "NotFound", f"node {self.node_name} not in cache yet")
         reps = await self.cache.list("replicas")
         return node, reps
 
@@ -375,7 +377,7 @@ class LonghornManager:
 
     # ------------------------------------------------------------------ replica controller
     async def sync_replicas(self) -> None:
-        node = await self.cache.get_or_none("nodes", self.node_name)
+        node = self.cache.peek("nodes", self.node_name)  # read-only
         if node is None:
             return
         requeue = False
@@ -426,9 +428,10 @@ class LonghornManager:
             start = False
         if start and r["spec"].get("backingImage"):
             bi_name = r["spec"]["backingImage"]
-            bi = await self.cache.get_or_none("backingimages", bi_name)
+            bi = self.cache.peek("backingimages", bi_name)  # read-only; copied before mutating
             state, cur = rl.backing_image_wait_state(r, bi)
             if state == "add-spec" and bi is not None:
+                bi = copy.deepcopy(bi)
                 bi.setdefault("spec", {}).setdefault("diskFileSpecMap", {})
                 if bi["spec"]["diskFileSpecMap"] is None:
                     bi["spec"]["diskFileSpecMap"] = {}
@@ -656,7 +659,7 @@ class LonghornManager:
 
     # ------------------------------------------------------------------ BIM controller
     async def sync_bims(self) -> None:
-        node = await self.cache.get_or_none("nodes", self.node_name)
+        node = self.cache.peek("nodes", self.node_name)  # read-only
         if node is None:
             return
         requeue = False
@@ -745,7 +748,7 @@ class LonghornManager:
     # ------------------------------------------------------------------ orphan controller
     async def sync_orphans(self) -> None:
         """lm v1.7.2 orphan_controller.go:201 reconcile for orphans of this node."""
-        node = await self.cache.get_or_none("nodes", self.node_name)
+        node = self.cache.peek("nodes", self.node_name)  # read-only
         now = SimClock.now_rfc3339()
         for o in await self.cache.list("orphans"):
             if (o.get("spec") or {}).get("nodeID") != self.node_name:
