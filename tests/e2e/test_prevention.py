@@ -14,14 +14,15 @@ simulated hosts, DiskRewrite records, Events, BIMs and Longhorn's own log.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import os
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,12 @@ from tests.webhook.harness import (
     start_replica,
     webhook_configuration,
 )
-from webhook.controller import REASON_DONE, REASON_ROLLED_BACK, RewriteController, Settings
+from webhook.controller import (
+    REASON_DONE,
+    REASON_ROLLED_BACK,
+    RewriteController,
+    Settings,
+)
 from webhook.leader import LeaderElector
 
 RW = f"{records.GROUP}/{records.VERSION}/{records.REWRITES}"
@@ -51,7 +57,7 @@ HOST = f"{SERVICE}.{NAMESPACE}.svc"
 IMAGE = "bimguard:e2e"
 TIME_SCALE = 0.01
 # Roomy for a loaded machine, small enough to keep each test short.
-LEASE = dict(lease_duration=4.0, renew_deadline=3.0, retry_period=0.2)
+LEASE = {"lease_duration": 4.0, "renew_deadline": 3.0, "retry_period": 0.2}
 SETTINGS = Settings(resync=0.2, pending_grace=10, pod_start_timeout=15, gc_interval=3600, active_deadline=60)
 
 
@@ -228,12 +234,19 @@ def sample(metrics: Any, name: str, **labels: str) -> float:
 
 # ------------------------------------------------------------------ 1. bursts on two replicas
 
-BURSTS, PER_BURST, BURST_NODES = 2, 10, 5  # 200 disks; see the module docstring for timings
+# 10 bursts of 20 (200 disks) over 10 nodes pass, but take about 120 s on the shared 2-core
+# machine this was written on (recorded in 24 s, all Ready in 86 s, BIMs ready at 108 s: the
+# controller drives records one after the other, about 2.5 rewrites a second here). The default
+# is the largest count that stays near 90 s there: 6 bursts of 20 (120 disks).
+# BIMGUARD_E2E_BURSTS=10 runs the full 200.
+BURSTS = int(os.environ.get("BIMGUARD_E2E_BURSTS", "6"))
+PER_BURST, BURST_NODES = 20, 10
 
 
+@pytest.mark.timeout(60 + 25 * BURSTS)
 async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_agreeing(tmp_path: Path) -> None:
-    """200 new disks in 10 bursts of 20 over 5 nodes, every one forced onto a prefix that is
-    already taken: copied from a Ready disk, or shared by a pair within the burst (the pair on two
+    """BURSTS x 20 new disks (120 by default, 200 with BIMGUARD_E2E_BURSTS=10) over 10 nodes,
+    every one forced onto a prefix that is already taken: copied from a Ready disk, or shared by a pair within the burst (the pair on two
     nodes, so two longhorn-managers write at the same moment; several disks of one node may also
     arrive in one status write). Two webhook replicas, each with its own elector and controller.
 
@@ -245,8 +258,12 @@ async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_ag
     async with running(tmp_path, nodes=BURST_NODES, seed=2024) as env:
         c = env.cluster
         initial = env.spec_disks()
-        a = await env.start_webhook("bimguard-webhook-0")
-        b = await env.start_webhook("bimguard-webhook-1")
+        # The webhook's own deadline is raised from 2 s to 4 s (still under the chart's
+        # timeoutSeconds of 5): API server, Longhorn, both replicas and the kubelet share one event
+        # loop here, and a review skipped at the deadline leaves its collision to the repair Job,
+        # which this test would report as a failure of prevention.
+        a = await env.start_webhook("bimguard-webhook-0", deadline=4.0)
+        b = await env.start_webhook("bimguard-webhook-1", deadline=4.0)
         await env.register(a)
         assert await a.elector.wait_leading(5)
 
@@ -283,7 +300,7 @@ async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_ag
                     forced[(node, disk)] = prefix
                     groups[prefix].append((node, disk))
                 await asyncio.gather(*(c.add_disk(n, d, force_uuid=p) for n, d, p in plan))
-                await env.until(lambda: all(env.status_uuid(n, d) for n, d, _ in plan), 30,
+                await env.until(lambda plan=plan: all(env.status_uuid(n, d) for n, d, _ in plan), 30,
                                 f"burst {burst} recorded")
             recorded = time.monotonic() - started
         finally:
@@ -295,7 +312,7 @@ async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_ag
         def all_done() -> bool:
             return all(phase(r) in records.FINAL_PHASES for r in env.records())
 
-        await env.until(all_done, 60, "every DiskRewrite final")
+        await env.until(all_done, 120, "every DiskRewrite final")
         for n, d in new_disks + initial:
             await env.settled(n, d, timeout=30)
         settled = time.monotonic() - started
@@ -344,7 +361,7 @@ async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_ag
             files = (bi.get("status") or {}).get("diskFileStatusMap") or {}
             return all((files.get(u) or {}).get("state") == "ready" for u in final.values())
 
-        await env.until(copies_ready, 60, "a ready backing-image copy on every disk")
+        await env.until(copies_ready, 120, "a ready backing-image copy on every disk")
         bims = env.api.store.list("longhorn.io/v1beta2/backingimagemanagers", LONGHORN_NS)[0]
         assert sorted(b_["metadata"]["name"] for b_ in bims) == sorted(c.expected_bim_name(u) for u in final.values())
         assert not [line for line in c.all_log_lines() if "already exists" in line]
