@@ -1,6 +1,6 @@
 """The simulated Longhorn reproduces the BIM-name collision of BRIEF §4 and recovers like the KB.
 
-Compared with the constructed sample set ``/work/shared/longhorn/samples/collision/`` (log line
+Compared with the constructed sample set ``shared/longhorn/samples/collision/`` (log line
 format, BIM shape, stuck BackingImage/Replica shape).
 """
 
@@ -18,7 +18,10 @@ from bimguard.sim.longhorn import disks
 from bimguard.sim.longhorn.cluster import SimCluster
 from bimguard.sim.longhorn.node_status import get_condition
 
-SAMPLES = Path("/work/shared/longhorn/samples/collision")
+
+@pytest.fixture
+def samples(shared: Path) -> Path:
+    return shared / "longhorn/samples/collision"
 
 
 @pytest.fixture
@@ -33,8 +36,8 @@ def _strip_time(line: str) -> str:
     return re.sub(r'^time="[^"]*" ', "", line)
 
 
-def _sample_lines() -> list[str]:
-    return [l for l in (SAMPLES / "longhorn-manager-log-excerpt.txt").read_text().splitlines() if l.startswith("time=")]
+def _sample_lines(samples: Path) -> list[str]:
+    return [l for l in (samples / "longhorn-manager-log-excerpt.txt").read_text().splitlines() if l.startswith("time=")]
 
 
 async def _bi(c: SimCluster, name: str) -> dict[str, Any]:
@@ -47,7 +50,7 @@ async def _replica(c: SimCluster, name: str) -> dict[str, Any]:
     return await c.kube.get("replicas", name)
 
 
-async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiServer, tmp_path: Path) -> None:
+async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiServer, tmp_path: Path, samples: Path) -> None:
     c = SimCluster(api, tmp_path, nodes=["worker-a", "worker-b"], disks_per_node=1, seed=3, time_scale=0.01)
     # Both default disks draw a UUID with prefix c012 (the KB's pair), in creation order.
     c.uuids.force("c01200da-8a5c-4692-92e6-c4a983087951")
@@ -72,7 +75,7 @@ async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiS
         await c.wait_for(lambda: copy_ready(ua), 10, "first copy ready")
         assert c.kube is not None
         existing = await c.kube.get("backingimagemanagers", bim)
-        sample_bim = yaml.safe_load((SAMPLES / "backingimagemanager-existing.yaml").read_text())
+        sample_bim = yaml.safe_load((samples / "backingimagemanager-existing.yaml").read_text())
         assert existing["metadata"]["labels"] == {**sample_bim["metadata"]["labels"], "longhorn.io/disk-uuid": ua,
                                                   "longhorn.io/node": "worker-a"}
         assert set(existing["spec"]) == set(sample_bim["spec"])
@@ -110,7 +113,7 @@ async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiS
         lines = [_strip_time(l) for l in c.all_log_lines()]
         owner = bi["status"]["ownerID"]
         expect = [_strip_time(l).replace("c012eb76-f8eb-4ea1-b81d-472eac9d98bf", ub).replace("worker-a", owner)
-                  for l in _sample_lines()]
+                  for l in _sample_lines(samples)]
         creating, failed, waiting, dropping = expect
         assert creating in lines
         assert failed in lines
