@@ -385,3 +385,19 @@ async def test_exit_zero_counts_even_if_the_pod_is_marked_failed(env: Env) -> No
     env.api.store.update("v1/pods", pod, subresource="status")
     await ctl.reconcile_once()
     assert env.phase(name) == "Done" and env.rec(name)["status"]["message"] == "unchanged: already new"
+
+
+async def test_node_object_gone_while_rewriting_is_abandoned(env: Env) -> None:
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    await env.cluster.set_node_down(NODE)
+    env.controller().start()
+    await env.wait_phase(name, {"Rewriting"})
+    node = env.api.store.get("longhorn.io/v1beta2/nodes", LH, NODE)
+    node["metadata"]["finalizers"] = []
+    env.api.store.update("longhorn.io/v1beta2/nodes", node)
+    env.api.store.delete("longhorn.io/v1beta2/nodes", LH, NODE)
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "Abandoned" and "node gone" in rec["status"]["message"]
+    assert env.cluster.read_cfg(NODE, DISK).disk_uuid == old  # the pod never ran
+    await env.cluster.wait_for(lambda: env.claim(new[:4]) is None, 5, "claim released")
