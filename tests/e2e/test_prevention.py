@@ -698,3 +698,36 @@ async def test_webhook_down_never_blocks_longhorn(tmp_path: Path, outage: str) -
         outcomes = [o for _, o in env.api.admission.calls[before:]]
         assert outcomes and all(o.startswith("ignored") for o in outcomes), outcomes[:3]
         assert ("no such host" if outage == "no-endpoint" else "connection refused") in outcomes[-1]
+
+
+# ------------------------------------------------------------------ re-recording after a final record
+
+
+@pytest.mark.xfail(strict=True, reason="webhook/admission.py Admission._rewrite reuses the newUUID of a record that is "
+                   "already final (RolledBack/Abandoned) as if the review were a retry: the stored status gets a "
+                   "UUID no controller will ever write to the cfg, and the disk stays NotReady")
+async def test_disk_re_recorded_after_its_rewrite_was_rolled_back_ends_agreeing(tmp_path: Path) -> None:
+    """A rewrite rolled back (here: the node was down), then Longhorn records the same disk with
+    the same old UUID again -- the operator re-creates the Longhorn Node (the issue's own
+    workaround), or removes and re-adds the disk. The record's name is derived from (node, disk,
+    old UUID), so the new review finds the old, final record. Whatever the webhook decides, the
+    disk must end with status == cfg and Ready (invariant 2)."""
+    async with running(tmp_path, nodes=2, seed=53) as env:
+        c = env.cluster
+        settings = Settings(**{**SETTINGS.__dict__, "pod_start_timeout": 2.0})
+        hook, rec = await admitted_but_not_rewritten(env, "worker-2", "disk-new", settings)
+        old = rec["spec"]["oldUUID"]
+        await c.set_node_down("worker-2")
+        hook.start_leadership()
+        assert phase(await env.final("worker-2", "disk-new")) == "RolledBack"
+        await c.set_node_down("worker-2", False)
+        await env.settled("worker-2", "disk-new")
+
+        await c.recreate_node("worker-2")
+        await env.until(lambda: env.status_uuid("worker-2", "disk-new"), 10, "disk-new re-recorded")
+        try:
+            await env.settled("worker-2", "disk-new", timeout=15)
+        finally:
+            print(f"\nold {old}, record newUUID {rec['spec']['newUUID']}, status {env.status_uuid('worker-2', 'disk-new')}, "
+                  f"cfg {env.cfg_uuid('worker-2', 'disk-new')}, records "
+                  f"{[(phase(r), r['spec']['newUUID']) for r in env.records()]}")
