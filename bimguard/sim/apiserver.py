@@ -498,6 +498,7 @@ class ApiServer:
     async def _do_create(self, request: web.Request, req: _Request) -> web.Response:
         dry, fv = self._options(request)
         body = await self._body(request)
+        self.store.check_type_meta(req.rt, body)
         obj, warnings = self.store.decode(req.rt, body, strict=fv == "Strict")
         meta = obj.setdefault("metadata", {})
         if req.rt.namespaced:
@@ -514,6 +515,7 @@ class ApiServer:
         assert req.name is not None
         dry, fv = self._options(request)
         body = await self._body(request)
+        self.store.check_type_meta(req.rt, body)
         obj, warnings = self.store.decode(req.rt, body, strict=fv == "Strict")
         meta = obj.setdefault("metadata", {})
         if meta.get("name") and meta["name"] != req.name:

@@ -516,6 +516,25 @@ class Store:
             raise bad_request("strict decoding error: " + ", ".join(warnings))
         return pruned, warnings
 
+    @staticmethod
+    def check_type_meta(rt: ResourceType, body: Any) -> None:
+        """What the REST decoders insist on for a request body (handlers/create.go, update.go):
+        custom resources go through the unstructured decoder, which needs `kind` and
+        `apiVersion`; built-ins default them from the URL. A body for another group-version is
+        a 400 either way. (In-process writes skip this: they have no wire format.)"""
+        if not isinstance(body, dict):
+            raise bad_request("the object provided is unrecognized (must be of type object)")
+        api_version, kind = body.get("apiVersion"), body.get("kind")
+        if rt.crd and not kind:
+            raise bad_request(f"Object 'Kind' is missing in '{json.dumps(body, separators=(',', ':'))}'")
+        if rt.crd and not api_version:
+            raise bad_request(f"Object 'apiVersion' is missing in '{json.dumps(body, separators=(',', ':'))}'")
+        if api_version and api_version != rt.api_version:
+            raise bad_request(f"the API version in the data ({api_version}) does not match the expected API version "
+                              f"({rt.api_version})")
+        if kind and kind != rt.kind:
+            raise bad_request(f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
+
     def create(self, resource: ResourceKey | str, obj: dict, *, dry_run: bool = False) -> dict:
         rt = self.resource_type(resource)
         decoded, _ = self.decode(rt, _copy(obj))

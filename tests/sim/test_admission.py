@@ -266,13 +266,14 @@ async def test_configurations_run_in_name_order_and_see_earlier_patches(api: Api
 async def test_webhook_output_is_pruned_and_validated(api: ApiServer, hook: Webhook, pki: Pki, co: client.CustomObjectsApi) -> None:
     api.store.create(MWC, webhook_config("m", pki.ca_bundle, resources=["nodes"], operations=["CREATE", "UPDATE"]))
     hook.behaviours["/mutate"] = lambda r: allow(r, [{"op": "add", "path": "/spec/unknownThing", "value": 1}])
-    made = await co.create_namespaced_custom_object(*LH, NS, "nodes", {"metadata": {"name": "n2"}, "spec": {"disks": {}}})
+    lh = {"apiVersion": "longhorn.io/v1beta2", "kind": "Node"}
+    made = await co.create_namespaced_custom_object(*LH, NS, "nodes", {**lh, "metadata": {"name": "n2"}, "spec": {"disks": {}}})
     assert "unknownThing" not in made["spec"]
     req = hook.reviews[0]["request"]
     assert req["operation"] == "CREATE" and req["oldObject"] is None and "uid" not in req["object"]["metadata"]
     hook.behaviours["/mutate"] = lambda r: allow(r, [{"op": "add", "path": "/spec/allowScheduling", "value": "yes"}])
     with pytest.raises(ApiException) as e:
-        await co.create_namespaced_custom_object(*LH, NS, "nodes", {"metadata": {"name": "n3"}, "spec": {"disks": {}}})
+        await co.create_namespaced_custom_object(*LH, NS, "nodes", {**lh, "metadata": {"name": "n3"}, "spec": {"disks": {}}})
     assert e.value.status == 422
 
 

@@ -440,7 +440,8 @@ async def test_crd_created_at_runtime_is_served(kube_client: client.ApiClient, c
     assert made["spec"] == {"uuid": "abcd-1"}
     with pytest.raises(ApiException) as e:
         await co.create_cluster_custom_object("bimguard.io", "v1", "prefixclaims",
-                                              {"metadata": {"name": "efgh"}, "spec": {"node": "n"}})
+                                              {"apiVersion": "bimguard.io/v1", "kind": "PrefixClaim",
+                                               "metadata": {"name": "efgh"}, "spec": {"node": "n"}})
     assert e.value.status == 422 and status_of(e.value)["details"]["causes"][0]["field"] == "spec.uuid"
     with pytest.raises(ApiException) as e:  # only the storage version is served
         await co.list_cluster_custom_object("bimguard.io", "v1alpha1", "prefixclaims")
@@ -680,3 +681,20 @@ async def test_label_and_annotation_validation(co: client.CustomObjectsApi) -> N
     good["metadata"]["labels"] = {"longhorn.io/node": "worker-1", "empty": "", "k8s.io/x_y.z": "A-1.b_2"}
     made = await co.create_namespaced_custom_object(*LH, NS, "nodes", good)
     assert made["metadata"]["labels"]["empty"] == ""
+
+
+async def test_request_bodies_need_matching_type_meta(co: client.CustomObjectsApi, core: client.CoreV1Api) -> None:
+    with pytest.raises(ApiException) as e:
+        await co.create_namespaced_custom_object(*LH, NS, "nodes", {"metadata": {"name": "n1"}, "spec": {}})
+    assert e.value.status == 400 and status_of(e.value)["message"].startswith("Object 'Kind' is missing in '{")
+    with pytest.raises(ApiException) as e:
+        await co.create_namespaced_custom_object(*LH, NS, "nodes", {**node("n1"), "apiVersion": "longhorn.io/v1beta1"})
+    assert e.value.status == 400
+    assert status_of(e.value)["message"] == ("the API version in the data (longhorn.io/v1beta1) does not match "
+                                             "the expected API version (longhorn.io/v1beta2)")
+    with pytest.raises(ApiException) as e:
+        await co.create_namespaced_custom_object(*LH, NS, "nodes", {**node("n1"), "kind": "Replica"})
+    assert e.value.status == 400
+    # built-ins default apiVersion/kind from the URL
+    made = await core.create_namespaced_config_map("default", {"metadata": {"name": "c"}, "data": {"a": "b"}})
+    assert made.kind == "ConfigMap" and made.api_version == "v1"
