@@ -538,6 +538,50 @@ async def test_webhook_killed_before_its_answer_record_is_abandoned_cfg_untouche
                         "the new prefix's claim released")
 
 
+
+async def test_webhook_killed_before_its_answer_retry_on_the_other_replica_gets_the_same_uuid(tmp_path: Path) -> None:
+    """Two webhook pods; the leader dies right after creating the record and before answering,
+    and the Service moves to the other pod. Meanwhile the Node moved on (a spec write), so the
+    API server -- after giving up on the dead webhook (timeoutSeconds 1) -- refuses Longhorn's
+    write with 409. longhorn-manager's retry is reviewed by the surviving replica, which finds the
+    record and answers with the same new UUID; that replica's controller takes the lease over
+    once it expires and finishes the rewrite: Done, one record, cfg == status, Ready."""
+    async with running(tmp_path, nodes=2, seed=35) as env:
+        c = env.cluster
+        first = await env.start_webhook("bimguard-webhook-0", deadline=30)
+        await env.register(first, timeout_seconds=1)
+        assert await first.elector.wait_leading(5)
+        second = await env.start_webhook("bimguard-webhook-1")
+        real_create = first.replica.admission.api.create_record
+        die = asyncio.Event()
+
+        async def create_then_die(manifest: dict[str, Any], *a: Any, **kw: Any) -> None:
+            await real_create(manifest, *a, **kw)
+            await first.stop_leadership(release=False)
+            await c.update_node_spec("worker-2", lambda o: o["spec"].update(tags=["moved-on"]))
+            env.route(second)  # the endpoints controller drops the dead pod
+            await die.wait()
+            raise asyncio.CancelledError  # no answer, ever
+
+        first.replica.admission.api.create_record = create_then_die  # type: ignore[method-assign]
+        await add_colliding_disk(env, "worker-2", "disk-new", like=("worker-1", c.disks_of("worker-1")[0]))
+        rec = await env.record_appears("worker-2", "disk-new")
+        new = rec["spec"]["newUUID"]
+        await env.until(lambda: env.status_uuid("worker-2", "disk-new"), 15, "Longhorn's retry stored")
+        assert env.status_uuid("worker-2", "disk-new") == new  # the retry got the record's UUID
+        assert [s for m, p, s in env.api.requests if m == "PUT" and p.startswith(
+            "/apis/longhorn.io/v1beta2/namespaces/longhorn-system/nodes/worker-2/status")].count(409) >= 1
+        die.set()
+        await first.stop(release=False)
+
+        rec = await env.final("worker-2", "disk-new", timeout=30)
+        assert phase(rec) == "Done", rec["status"]
+        assert len(env.records()) == 1 and rec["spec"]["newUUID"] == new
+        assert not first.controller.transitions and sum(second.controller.transitions.values()) == 2
+        assert second.rewrites() == 1
+        await env.settled("worker-2", "disk-new")
+        assert env.status_uuid("worker-2", "disk-new") == new == env.cfg_uuid("worker-2", "disk-new")
+
 # ------------------------------------------------------------------ 4. 409 after admission; webhook timing out
 
 
