@@ -26,7 +26,7 @@ Public API:
 
 The write path runs in kube-apiserver's order (handlers/create.go, update.go, patch.go ->
 registry/store.go): decode + prune unknown fields (Warning headers, or 400 under
-`fieldValidation=Strict`) -> mutating admission (oldObject = the stored object) -> prune the
+`fieldValidation=Strict`) + schema defaults -> mutating admission (oldObject = the stored object) -> prune the
 webhook output -> resourceVersion precondition (409) -> status strategy -> validation (422) ->
 store. Authentication accepts any bearer token (`add_user` says who a token is; kubectl's
 `--as` impersonation headers are honoured); there is no RBAC.
@@ -41,7 +41,7 @@ Not emulated (known differences from kube-apiserver):
 - no garbage collection (ownerReferences), no graceful pod deletion (pods go at once unless they
   have finalizers), namespace deletion removes its contents at once (no Terminating phase);
 - only the storage version of a CRD is served, no conversion webhooks, no CEL validation rules,
-  no defaulting from CRD schemas; no validating admission webhooks;
+  no validating admission webhooks;
 - ServiceAccounts, Deployments, Jobs, PodDisruptionBudgets, RBAC kinds and
   ValidatingWebhookConfigurations are stored and served, but nothing acts on them;
 - protobuf request bodies only for Namespace, Secret and ConfigMap (what kubectl's `create

@@ -6,6 +6,7 @@ Follows apiextensions-apiserver:
   to ObjectMeta's fields; `apiVersion`/`kind`/`metadata` are always kept at the root. The paths
   of dropped fields become the `unknown field "..."` warnings / strict-decoding errors
   (`pkg/registry/customresource/strategy.go`, `fieldValidation`).
+- defaulting: `pkg/apiserver/schema/defaulting/algorithm.go` (schema `default`s, custom resources only);
 - validation: `pkg/apiserver/validation/validation.go` `kubeOpenAPIResultToFieldErrors` — type
   errors are `FieldValueTypeInvalid`, missing required fields `FieldValueRequired`, enum
   violations `FieldValueNotSupported`, everything else `FieldValueInvalid`.
@@ -134,6 +135,47 @@ def _prune(value: Any, schema: Schema, path: str, dropped: list[str]) -> Any:
         return out
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [_prune(item, schema["items"], f"{path}[{i}]", dropped) for i, item in enumerate(value)]
+    return value
+
+
+# --- defaulting ------------------------------------------------------------------------------
+
+
+def apply_defaults(obj: dict, schema: Schema | None) -> dict:
+    """Structural defaulting (pkg/apiserver/schema/defaulting/algorithm.go): a missing property,
+    or a null one that is not nullable, gets its schema `default`; applied below every value
+    present. Returns a new object; metadata is left alone."""
+    if schema is None:
+        return obj
+    out = dict(obj)
+    for key, sub in (schema.get("properties") or {}).items():
+        if key in ("metadata", "apiVersion", "kind"):
+            continue
+        out_value = _defaulted(out.get(key, _MISSING), sub)
+        if out_value is not _MISSING:
+            out[key] = out_value
+    return out
+
+
+_MISSING = object()
+
+
+def _defaulted(value: Any, schema: Schema) -> Any:
+    if (value is _MISSING or (value is None and not schema.get("nullable"))) and "default" in schema:
+        value = json.loads(json.dumps(schema["default"]))
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        addl = schema.get("additionalProperties")
+        out = {}
+        for key, item in value.items():
+            sub = props.get(key) if key in props else (addl if isinstance(addl, dict) else None)
+            out[key] = _defaulted(item, sub) if sub else item
+        for key, sub in props.items():
+            if key not in out and "default" in sub:
+                out[key] = _defaulted(_MISSING, sub)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_defaulted(item, schema["items"]) for item in value]
     return value
 
 

@@ -28,7 +28,7 @@ import msgspec
 
 from bimguard.sim.patch import PatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from bimguard.sim.resources import BUILTIN, Registry, ResourceKey, ResourceType, resource_type_from_crd
-from bimguard.sim.schema import FieldError, prune, validate
+from bimguard.sim.schema import FieldError, apply_defaults, prune, validate
 
 log = logging.getLogger(__name__)
 
@@ -510,6 +510,8 @@ class Store:
         if not isinstance(obj.get("metadata", {}), dict):
             raise bad_request("metadata: expected an object")
         pruned, dropped = prune(obj, rt.schema)
+        if rt.crd:
+            pruned = apply_defaults(pruned, rt.schema)
         # Sorted, so messages do not depend on map order (Go randomises it).
         warnings = [f'unknown field "{p}"' for p in sorted(dropped)]
         if strict and warnings:

@@ -421,7 +421,8 @@ CLAIM_CRD = {
              "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}},
             {"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
              "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                 "spec": {"type": "object", "required": ["uuid"], "properties": {"uuid": {"type": "string"}, "node": {"type": "string"}}},
+                 "spec": {"type": "object", "required": ["uuid"], "properties": {"uuid": {"type": "string"}, "node": {"type": "string"},
+                                                                                  "state": {"type": "string", "default": "Claimed"}}},
                  "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}},
         ],
     },
@@ -437,7 +438,7 @@ async def test_crd_created_at_runtime_is_served(kube_client: client.ApiClient, c
     made = await co.create_cluster_custom_object("bimguard.io", "v1", "prefixclaims",
                                                  {"apiVersion": "bimguard.io/v1", "kind": "PrefixClaim", "metadata": {"name": "abcd"},
                                                   "spec": {"uuid": "abcd-1", "extra": 1}})
-    assert made["spec"] == {"uuid": "abcd-1"}
+    assert made["spec"] == {"uuid": "abcd-1", "state": "Claimed"}  # pruned and defaulted
     with pytest.raises(ApiException) as e:
         await co.create_cluster_custom_object("bimguard.io", "v1", "prefixclaims",
                                               {"apiVersion": "bimguard.io/v1", "kind": "PrefixClaim",

@@ -257,3 +257,19 @@ def test_list_then_watch_from_its_resource_version_reconstructs_the_state(ops: l
                 state[obj["metadata"]["name"]] = obj
         store.stop_watch(w)
         assert state == final
+
+
+def test_structural_defaulting() -> None:
+    from bimguard.sim.schema import apply_defaults
+
+    schema = {"type": "object", "properties": {
+        "spec": {"type": "object", "default": {}, "properties": {
+            "mode": {"type": "string", "default": "auto"},
+            "limits": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                "max": {"type": "integer", "default": 3}}}},
+            "list": {"type": "array", "items": {"type": "object", "properties": {"on": {"type": "boolean", "default": True}}}},
+            "maybe": {"type": "string", "nullable": True, "default": "d"},
+        }}}}
+    assert apply_defaults({"metadata": {"name": "x"}}, schema) == {"metadata": {"name": "x"}, "spec": {"mode": "auto", "maybe": "d"}}
+    out = apply_defaults({"spec": {"mode": None, "limits": {"a": {}}, "list": [{}, {"on": False}], "maybe": None}}, schema)
+    assert out == {"spec": {"mode": "auto", "limits": {"a": {"max": 3}}, "list": [{"on": True}, {"on": False}], "maybe": None}}
