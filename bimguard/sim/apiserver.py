@@ -53,9 +53,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import logging
 import os
+import re
 import time
 from collections import deque
 from datetime import datetime, timezone
