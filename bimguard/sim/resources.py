@@ -12,6 +12,8 @@ and `spec.conversion` is ignored.
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
 from typing import Any
@@ -286,7 +288,13 @@ def resource_type_from_crd(crd: dict) -> ResourceType:
 
 
 def longhorn_crds() -> list[dict]:
-    """The Longhorn v1.7.2 CRDs shipped in `bimguard/sim/data/` (see the README there)."""
+    """The Longhorn v1.7.2 CRDs shipped in `bimguard/sim/data/` (see the README there); fresh
+    copies each call (parsed once: every ApiServer installs them)."""
+    return copy.deepcopy(_parsed_longhorn_crds())
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_longhorn_crds() -> list[dict]:
     out = []
     data = importlib_resources.files("bimguard.sim").joinpath("data")
     for name in ("longhorn-crds-v1.7.2.yaml", "longhorn-crd-backingimagedatasources-v1.7.2.yaml"):
