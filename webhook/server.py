@@ -46,6 +46,11 @@ class WebhookServer:
         self.in_flight_timeout = in_flight_timeout
         self.draining = False
         self._runners: list[web.AppRunner] = []
+        # Label lookups cost microseconds per review; resolve this webhook's series once.
+        path = LONGHORN_NODE_STATUS.path
+        self._in_flight = metrics.in_flight.labels(path)
+        self._latency = metrics.latency.labels(path)
+        self._ok = metrics.requests.labels(path, "200")
         self.bound_port = 0
         self.bound_metrics_port = 0
 
@@ -85,8 +90,7 @@ class WebhookServer:
         self._runners.clear()
 
     async def _mutate(self, request: web.Request) -> web.Response:
-        webhook = LONGHORN_NODE_STATUS.path
-        self.metrics.in_flight.labels(webhook).inc()
+        self._in_flight.inc()
         start = time.perf_counter()
         code = 200
         try:
@@ -101,9 +105,9 @@ class WebhookServer:
             code = err.status
             raise
         finally:
-            self.metrics.latency.labels(webhook).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(webhook, str(code)).inc()
-            self.metrics.in_flight.labels(webhook).dec()
+            self._latency.observe(time.perf_counter() - start)
+            (self._ok if code == 200 else self.metrics.requests.labels(LONGHORN_NODE_STATUS.path, str(code))).inc()
+            self._in_flight.dec()
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
