@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import msgspec
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bimguard.decision import first_recorded
@@ -23,6 +23,7 @@ def node(disks: dict | None) -> review.NodeIn:
     return msgspec.json.decode(msgspec.json.encode(doc), type=review.NodeIn)
 
 
+@settings(deadline=None)  # the first example pays for imports
 @given(new=entries, old=st.none() | entries)
 def test_no_new_uuid_implies_nothing_first_recorded(new, old):
     n, o = node(new), node(old) if old is not None else None
