@@ -4,8 +4,9 @@ Every test runs the real parts together: the emulated API server, simulated long
 writing real cfg files, real webhook replicas over verified TLS (tests.webhook.harness), each
 with its own LeaderElector + RewriteController as `webhook/main.py` `_Leadership` wires them,
 and the simulated kubelet running the real `bimguard rewrite-cfg` pods. The only shortcuts are
-the time scale (Longhorn seconds x 0.01), short controller timings, and, where a test says so,
-a webhook configuration with a smaller `timeoutSeconds` than the chart's 5 s.
+the time scale (Longhorn seconds x 0.01), short controller and lease timings, and, where a test
+says so, a webhook configuration with a smaller `timeoutSeconds` than the chart's 5 s or a
+webhook deadline other than the default 2 s.
 
 Outcomes are checked against the stored state: Node status in the API server, cfg files on the
 simulated hosts, DiskRewrite records, Events, BIMs and Longhorn's own log.
