@@ -311,6 +311,7 @@ class RewriteController:
         await self._clean_pods(recs)
         if time.monotonic() - self._last_gc >= self.settings.gc_interval:
             self._last_gc = time.monotonic()
+            await self._revert_stray_new_uuids(recs)
             await self._collect_garbage(recs, claims)
         if self.on_pass is not None:
             try:
@@ -384,6 +385,29 @@ class RewriteController:
         _, entry = await self._disk(spec)
         if entry is not None and entry.get("diskUUID") == spec["newUUID"]:
             await self._roll_back(rec, "the admission patch landed after the record was abandoned; the cfg was never rewritten")
+
+    async def _revert_stray_new_uuids(self, recs: list[dict[str, Any]]) -> None:
+        """A final, not-Done record's new UUID back in the stored status (any age): e.g. the disk
+        was re-recorded and a review reused the record's answer. Nothing will write it to the cfg,
+        so put the old UUID back -- but only on Longhorn's word that the cfg does not hold it
+        (Ready=False, DiskFilesystemChanged): if an ambiguous failure did leave the new UUID in the
+        cfg and Longhorn re-recorded that, status and cfg agree and must be left alone. Records
+        that never had a pod need no such word: their cfg was never touched (`_late_landing`)."""
+        finals = [r for r in recs if phase_of(r) in ("Abandoned", "RolledBack")
+                  and (r.get("spec") or {}).get("origin") == "webhook" and (r.get("spec") or {}).get("newUUID")]
+        if not finals:
+            return
+        nodes = {n["metadata"]["name"]: n for n in await self.kube.items(LH_NODES, self.longhorn_namespace)}
+        for rec in finals:
+            spec = rec["spec"]
+            entry = (((nodes.get(spec["node"]) or {}).get("status") or {}).get("diskStatus") or {}).get(spec["disk"])
+            if not entry or entry.get("diskUUID") != spec["newUUID"]:
+                continue
+            ready = next((c for c in entry.get("conditions") or [] if c.get("type") == "Ready"), {})
+            never_ran = int((rec.get("status") or {}).get("attempts") or 0) == 0
+            if never_ran or (ready.get("status") == "False" and ready.get("reason") == "DiskFilesystemChanged"):
+                await self._roll_back(rec, f"the stored status holds {spec['newUUID']} again although this record is "
+                                           f"{phase_of(rec)} and the cfg does not (a re-recorded disk?)")
 
     # ------------------------------------------------------------------ Rewriting
     async def _rewriting(self, rec: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ RW = "bimguard.io/v1alpha1/diskrewrites"
 CLAIMS = "bimguard.io/v1alpha1/prefixclaims"
 OTHER_OLD = "0dd50d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"
 FAST = Settings(pending_grace=0.6, pod_start_timeout=1.5, resync=0.1, gc_interval=0.2, gc_grace=3600,
-                active_deadline=1000)  # Longhorn seconds: the sim kubelet scales it (10 s here)
+                active_deadline=60)
 
 
 @dataclass
@@ -89,8 +89,8 @@ class Env:
             return None
 
     async def ready_with(self, uuid: str, node: str = NODE, disk: str = DISK) -> bool:
-        e = (await self.cluster.get_node(node))["status"]["diskStatus"][disk]
-        return e["diskUUID"] == uuid and get_condition(e["conditions"], "Ready").get("status") == "True"
+        e = (((await self.cluster.get_node(node)).get("status") or {}).get("diskStatus") or {}).get(disk) or {}
+        return e.get("diskUUID") == uuid and get_condition(e.get("conditions"), "Ready").get("status") == "True"
 
 
 @pytest.fixture
@@ -401,3 +401,26 @@ async def test_node_object_gone_while_rewriting_is_abandoned(env: Env) -> None:
     assert rec["status"]["phase"] == "Abandoned" and "node gone" in rec["status"]["message"]
     assert env.cluster.read_cfg(NODE, DISK).disk_uuid == old  # the pod never ran
     await env.cluster.wait_for(lambda: env.claim(new[:4]) is None, 5, "claim released")
+
+
+async def test_final_records_new_uuid_reappearing_is_reverted_only_on_longhorns_word(env: Env) -> None:
+    name, old, new = await env.make_record(disk_name="some-other-disk")  # refused -> RolledBack, attempts 1
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    env.controller(Settings(**{**FAST.__dict__, "late_landing_window": 0.0})).start()
+    await env.wait_phase(name, {"RolledBack"})
+    await env.cluster.wait_for(lambda: env.ready_with(old), 10, "Ready under the old UUID")
+    # The record's answer reappears in the status (a re-recorded disk, a reused review): the cfg
+    # still holds the old UUID, Longhorn says so, and the status goes back.
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    await env.cluster.wait_for(lambda: env.ready_with(old), 10, "reverted and Ready under the old UUID")
+    await env.cluster.wait_for(lambda: "again although" in env.rec(name)["status"]["message"], 5, "record says why")
+    # If the cfg really holds the new UUID and Longhorn records it from there, they agree: hands off.
+    cfg = env.cluster.cfg_path(NODE, DISK)
+    tmp = cfg.with_name(".longhorn-disk.cfg.test")
+    tmp.write_bytes(cfg.read_bytes().replace(old.encode(), new.encode()))
+    tmp.replace(cfg)
+    await env.cluster.wake()  # the monitor reads the cfg before the node is re-created
+    await env.cluster.recreate_node(NODE)
+    await env.cluster.wait_for(lambda: env.ready_with(new), 10, "re-recorded from the cfg")
+    await asyncio.sleep(1.0)  # several audits
+    assert await env.ready_with(new)
