@@ -18,14 +18,6 @@ IMAGE = "bimguard:dev"
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[ApiServer]:
-    server = ApiServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def kubelet(api: ApiServer, tmp_path: Path) -> AsyncIterator[SimKubelet]:
     k = SimKubelet(api.url, tmp_path / "hosts", {"worker-1", "worker-2"}, images=["bimguard"], clock=SimClock(0.01))
     await k.start()

@@ -4,9 +4,8 @@ the way the product's rewriter pod will, and Longhorn turns the disk Ready again
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-import pytest
 
 from bimguard.sim.apiserver import ApiServer
 from bimguard.sim.longhorn import disks
@@ -24,14 +23,6 @@ os.chmod(tmp, 0o644)
 os.replace(tmp, path + '/longhorn-disk.cfg')
 open('/dev/termination-log', 'w').write('rewrote ' + new)
 """
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[ApiServer]:
-    server = ApiServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_rewriter_pod_via_hostpath_brings_disk_back(api: ApiServer, tmp_path: Path) -> None:

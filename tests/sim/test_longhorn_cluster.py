@@ -13,9 +13,8 @@ import ipaddress
 import json
 import ssl
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-import pytest
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -93,14 +92,6 @@ class Recorder:
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture
-async def api() -> AsyncIterator[ApiServer]:
-    server = ApiServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 async def _cluster(api: ApiServer, root: Path, **kw: Any) -> SimCluster:
     kw.setdefault("seed", 11)
     kw.setdefault("time_scale", 0.01)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import yaml
@@ -22,14 +22,6 @@ from bimguard.sim.longhorn.node_status import get_condition
 @pytest.fixture
 def samples(shared: Path) -> Path:
     return shared / "longhorn/samples/collision"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[ApiServer]:
-    server = ApiServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def _strip_time(line: str) -> str:

@@ -9,22 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-import pytest
 
 from bimguard.sim.apiserver import ApiServer
 from bimguard.sim.longhorn import disks
 from bimguard.sim.longhorn.cluster import SimCluster
 from bimguard.sim.longhorn.node_status import get_condition
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[ApiServer]:
-    server = ApiServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def _get(c: SimCluster, plural: str, name: str) -> dict[str, Any] | None:

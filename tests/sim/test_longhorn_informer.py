@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any
 
-import pytest
 
 from bimguard.sim.apiserver import ApiServer
 from bimguard.sim.clock import SimClock
 from bimguard.sim.longhorn.informer import Caches
 from bimguard.sim.longhorn.kube import LonghornClient
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[ApiServer]:
-    server = ApiServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def _setting(name: str, value: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@ status writes, dispatched by the emulated kube-apiserver over verified TLS."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest

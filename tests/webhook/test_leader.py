@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
 
-import pytest
 
 from bimguard.sim.apiserver import ApiServer
 from bimguard.sim.longhorn.kube import api_client
@@ -15,14 +13,6 @@ NS = "default"
 LEASE = "coordination.k8s.io/v1/leases"
 # Short, but with room for a loaded machine: a renewal may take a few hundred milliseconds.
 FAST = dict(lease_duration=2.0, renew_deadline=1.5, retry_period=0.1)
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[ApiServer]:
-    server = ApiServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def _electors(api: ApiServer, *names: str, **kw: object) -> list[LeaderElector]:

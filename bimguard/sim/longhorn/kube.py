@@ -16,6 +16,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
+# The same error types as the product's client layer: both map Kubernetes Status bodies alike.
+from bimguard.kube import AlreadyExists, Conflict, KubeError, NotFound
+from bimguard.kube import translate as _translate
 from bimguard.sim.clock import SimClock
 from bimguard.sim.longhorn import GROUP, NAMESPACE, VERSION
 
@@ -24,43 +27,7 @@ log = logging.getLogger("bimguard.sim.longhorn.kube")
 Obj = dict[str, Any]
 
 
-class KubeError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class NotFound(KubeError):
-    pass
-
-
-class Conflict(KubeError):
-    pass
-
-
-class AlreadyExists(KubeError):
-    pass
-
-
-def _translate(exc: ApiException) -> KubeError:
-    import json
-
-    reason, message = str(exc.reason or ""), str(exc.body or "")
-    try:
-        body = json.loads(exc.body or "{}")
-        reason = body.get("reason", reason) or reason
-        message = body.get("message", message) or message
-    except (ValueError, TypeError):
-        pass
-    if exc.status == 404:
-        return NotFound(404, reason, message)
-    if exc.status == 409 and reason == "AlreadyExists":
-        return AlreadyExists(409, reason, message)
-    if exc.status == 409:
-        return Conflict(409, reason, message)
-    return KubeError(int(exc.status or 0), reason, message)
+__all__ = ["AlreadyExists", "Conflict", "KubeError", "NotFound", "LonghornClient", "api_client"]
 
 
 def api_client(url: str, token: str | None = None) -> client.ApiClient:
