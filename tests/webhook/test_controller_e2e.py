@@ -30,8 +30,7 @@ async def test_colliding_disk_ends_ready_under_a_unique_uuid(tmp_path: Path) -> 
         elector = LeaderElector(replica.api_client, NAMESPACE, identity="bimguard-webhook-0",
                                 lease_duration=4, renew_deadline=3, retry_period=0.2)
         controller = RewriteController(replica.api_client, NAMESPACE, LONGHORN_NS, "bimguard:test",
-                                       settings=Settings(resync=0.2, pending_grace=10, pod_start_timeout=15,
-                                                         active_deadline=1000),  # scaled by the sim
+                                       settings=Settings(resync=0.2, pending_grace=10, pod_start_timeout=15),
                                        leader=elector)
         elector.on_started_leading = controller.wake
         elector.start()
