@@ -33,6 +33,8 @@ log = logging.getLogger("bimguard.webhook.admission")
 # never showed up, may be taken over.
 CLAIM_GRACE_SECONDS = 300.0
 ALLOCATION_ATTEMPTS = 8
+# Records per (node, disk, old UUID): the first name, then "-2", "-3"... for re-recorded disks.
+MAX_RECORD_ATTEMPTS = 10
 
 
 class Skip(Exception):
@@ -189,9 +191,30 @@ class Admission:
             return True
         return age < CLAIM_GRACE_SECONDS
 
+    async def _attempt(self, disk: NewDisk) -> tuple[str, dict[str, Any] | None, bool]:
+        """The record this review works on: the first of the disk's attempts that is not final
+        (so a retried review lands on it and gets the same UUID), else the next free name. A disk
+        re-recorded with the same old UUID after a final outcome (a rolled-back rewrite, a re-added
+        disk) is a new attempt: reusing a finished record's UUID would leave status and cfg
+        disagreeing for good. Also says whether one of the attempts is Blocked."""
+        base = records.record_name(disk.node, disk.disk, disk.uuid)
+        blocked = False
+        for n in range(1, MAX_RECORD_ATTEMPTS + 1):
+            name = base if n == 1 else f"{base}-{n}"
+            rec = await self.api.get_record(name)
+            if rec is None:
+                return name, None, blocked
+            phase = (rec.get("status") or {}).get("phase") or "Pending"
+            blocked = blocked or phase == "Blocked"
+            if phase not in records.FINAL_PHASES:
+                return name, rec, blocked
+        raise Skip("too_many_attempts")
+
     async def _rewrite(self, disk: NewDisk, decision: Decision, dry_run: bool, taken_here: set[str]) -> Rewritten:
-        name = records.record_name(disk.node, disk.disk, disk.uuid)
-        existing = None if dry_run else await self.api.get_record(name)
+        if dry_run:
+            name, existing = records.record_name(disk.node, disk.disk, disk.uuid), None
+        else:
+            name, existing, _ = await self._attempt(disk)
         if existing and (existing.get("spec") or {}).get("newUUID"):
             return Rewritten(disk, existing["spec"]["newUUID"], name, decision)  # a retried review
         occupied = set(self.index.occupied()) | set(self.index.claims) | taken_here
@@ -214,16 +237,19 @@ class Admission:
                                             new_uuid=new_uuid, reason=decision.reason, origin="webhook")
         try:
             await self.api.create_record(manifest)
-        except AlreadyExists:
+        except AlreadyExists:  # another replica answered the same review first
             existing = await self.api.get_record(name)
             await self.api.delete_claim_if(new_uuid[:4], new_uuid)
-            if not existing or not (existing.get("spec") or {}).get("newUUID"):
+            phase = ((existing or {}).get("status") or {}).get("phase") or "Pending"
+            if not existing or not existing["spec"].get("newUUID") or phase in records.FINAL_PHASES:
                 raise Skip("record_conflict") from None
             return Rewritten(disk, existing["spec"]["newUUID"], name, decision)
         return Rewritten(disk, new_uuid, name, decision)
 
     async def _block(self, disk: NewDisk, decision: Decision, node_uid: str) -> None:
-        name = records.record_name(disk.node, disk.disk, disk.uuid)
+        name, existing, blocked = await self._attempt(disk)
+        if blocked or existing is not None:
+            return  # already recorded (and its Event emitted) by an earlier call
         manifest = records.rewrite_manifest(name=name, namespace=self.api.namespace, node=disk.node, disk=disk.disk,
                                             disk_name=disk.disk_name, disk_path=disk.disk_path, old_uuid=disk.uuid,
                                             new_uuid="", reason=decision.reason, origin="webhook")

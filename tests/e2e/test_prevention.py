@@ -749,9 +749,6 @@ async def test_webhook_down_never_blocks_longhorn(tmp_path: Path, outage: str) -
 # ------------------------------------------------------------------ re-recording after a final record
 
 
-@pytest.mark.xfail(strict=True, reason="webhook/admission.py Admission._rewrite reuses the newUUID of a record that is "
-                   "already final (RolledBack/Abandoned) as if the review were a retry: the stored status gets a "
-                   "UUID no controller will ever write to the cfg, and the disk stays NotReady")
 async def test_disk_re_recorded_after_its_rewrite_was_rolled_back_ends_agreeing(tmp_path: Path) -> None:
     """A rewrite rolled back (here: the node was down), then Longhorn records the same disk with
     the same old UUID again -- the operator re-creates the Longhorn Node (the issue's own
