@@ -130,6 +130,7 @@ async def test_happy_path_rewrites_cfg_and_longhorn_turns_ready(env: Env) -> Non
     assert "written" in rec["status"]["message"]
     assert env.cluster.read_cfg(NODE, DISK).disk_uuid == new
     assert env.cluster.read_cfg(NODE, DISK).disk_name == cfg_before.disk_name
+    await env.cluster.wait_for(lambda: len(seen) == 2, 3, "both transitions reported")
     assert seen == [("Pending", "Rewriting"), ("Rewriting", "Done")]
     (ev,) = env.node_events(REASON_DONE)
     assert ev["type"] == "Normal" and ev["involvedObject"]["name"] == NODE
@@ -330,7 +331,11 @@ async def test_only_the_leader_acts(env: Env) -> None:
         name, old, new = await env.make_record()
         await env.cluster.set_status_disk_uuid(NODE, DISK, new)
         await env.wait_phase(name, {"Done"})
-        assert sum(ctl1.transitions.values()) == 2 and not ctl2.transitions and not ctl2.phase_counts
+        # The store shows Done a moment before the controller has read its own write's response.
+        await env.cluster.wait_for(lambda: sum(ctl1.transitions.values()) == 2, 3, "leader counted its writes")
+        assert e1.transitions == 1 and e2.transitions == 0, "leadership changed hands during the test"
+        assert sum(ctl1.transitions.values()) == 2 and not ctl2.transitions and not ctl2.phase_counts, (
+            ctl1.transitions, ctl2.transitions)
         # The leader goes away: the other takes over and drives the next record.
         await ctl1.stop()
         await e1.stop()
@@ -339,7 +344,7 @@ async def test_only_the_leader_acts(env: Env) -> None:
         name2, old2, new2 = await env.make_record("f00d", disk=other)
         await env.cluster.set_status_disk_uuid(NODE, other, new2)
         await env.wait_phase(name2, {"Done"})
-        assert sum(ctl2.transitions.values()) == 2
+        await env.cluster.wait_for(lambda: sum(ctl2.transitions.values()) == 2, 3, "new leader counted its writes")
     finally:
         await e1.stop()
         await e2.stop()
