@@ -112,15 +112,24 @@ def generate(nodes: int, path: Path, seed: int = 1) -> dict[str, int]:
             "bims": len(bims), "bytes": path.stat().st_size}
 
 
-def measure(cmd: list[str]) -> tuple[float, float, int, bytes]:
-    """Wall seconds, peak RSS in MiB (this child only), exit code, stdout."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    out = proc.stdout.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024, proc.returncode, out
+# Runs in a small, fresh interpreter: it spawns the measured command and reports that child's wall
+# time and peak RSS. Forking the command straight from this (large) process would charge the
+# fork's page-table copy to the wall time and this process's pages to the child's ru_maxrss.
+_TRAMPOLINE = """
+import json, os, sys, time
+out = open(sys.argv[1], "wb")
+start = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps([time.perf_counter() - start, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)]))
+"""
+
+
+def measure(cmd: list[str], out_path: Path) -> tuple[float, float, int, bytes]:
+    """Wall seconds, peak RSS in MiB (the command only), exit code, its stdout."""
+    r = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(out_path), *cmd], capture_output=True, check=True)
+    wall, rss, code = msgspec.json.decode(r.stdout)
+    return wall, rss, code, out_path.read_bytes()
 
 
 def main() -> int:
@@ -149,11 +158,12 @@ def main() -> int:
         # its RSS into every measured child's peak (ru_maxrss counts the pre-exec image).
         stats = msgspec.json.decode(subprocess.run([sys.executable, __file__, "--generate-only", str(nodes), str(path)],
                                                    check=True, capture_output=True).stdout)
-        scan = [measure([bimguard, "scan", "--from-dump", str(path), "-o", "json"]) for _ in range(args.runs)]
-        jqr = [measure([jq, JQ_FILTER, str(path)]) for _ in range(args.runs)]
+        out = args.out / "stdout"
+        scan = [measure([bimguard, "scan", "--from-dump", str(path), "-o", "json"], out) for _ in range(args.runs)]
+        groups = len(msgspec.json.decode(scan[0][3])["collisions"])
+        jqr = [measure([jq, JQ_FILTER, str(path)], out) for _ in range(args.runs)]
         s_wall, s_rss = min(r[0] for r in scan), max(r[1] for r in scan)
         j_wall, j_rss = min(r[0] for r in jqr), max(r[1] for r in jqr)
-        groups = len(msgspec.json.decode(scan[0][3])["collisions"])
         jq_groups = int(jqr[0][3])
         assert groups == jq_groups, f"scan found {groups} groups, jq {jq_groups}"
         print(f"{nodes:>6} {stats['disks']:>7} {stats['replicas']:>8} {stats['bytes'] / 1e6:>6.0f} | "
