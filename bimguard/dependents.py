@@ -64,8 +64,10 @@ class DependentsIndex:
         self._replicas: dict[tuple[str, str], list[str]] = defaultdict(list)
         for r in replicas:
             # spec.diskID and the label can disagree briefly (BRIEF §5 "Drained"): count both.
-            for u in {r.disk_id, r.disk_label} - {""}:
-                self._replicas[(r.node, u)].append(r.name)
+            if r.disk_id:
+                self._replicas[(r.node, r.disk_id)].append(r.name)
+            if r.disk_label and r.disk_label != r.disk_id:
+                self._replicas[(r.node, r.disk_label)].append(r.name)
         self._bims: dict[tuple[str, str], list[Bim]] = defaultdict(list)
         for b in bims:
             for u in {b.disk_uuid, b.label_uuid} - {""}:
@@ -98,7 +100,7 @@ class DependentsIndex:
             known = self._copies.get(disk.uuid, {})
             copies = {bi: known.get(bi, SPEC_ONLY) for b in bims for bi in b.backing_images}
         return Dependents(
-            replicas=tuple(sorted(set(self._replicas.get(key, ())))),
+            replicas=tuple(sorted(self._replicas.get(key, ()))),
             backing_image_copies=copies,
             bims=tuple(sorted(b.name for b in bims)),
             scheduled_replicas=disk.scheduled_replicas,

@@ -68,7 +68,7 @@ class Disk(_Record):
 
     @property
     def prefix(self) -> str:
-        return prefix_of(self.uuid)
+        return self.uuid[:4]  # parse_node stores UUIDs lower-cased
 
 
 class Replica(_Record):

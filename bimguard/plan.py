@@ -47,13 +47,13 @@ def plan_group(
             owners = [d for d in group.disks if d.node == bim.node and d.uuid == (bim.disk_uuid or bim.label_uuid)]
             if owners:
                 keep, keep_reason = owners[0], f"owns {name}"
+    held = {id(d): deps.of(d) for d in group.disks}
     if keep is None:
-        weights = {d.key: deps.of(d).data_count for d in group.disks}
-        most = max(weights.values())
-        candidates = [d for d in group.disks if weights[d.key] == most]  # already sorted by key
+        most = max(h.data_count for h in held.values())
+        candidates = [d for d in group.disks if held[id(d)].data_count == most]  # already sorted by key
         keep = candidates[0]
         if len(candidates) == 1:
-            keep_reason = f"holds the most data ({deps.of(keep).describe()})"
+            keep_reason = f"holds the most data ({held[id(keep)].describe()})"
         else:
             keep_reason = "first by node and disk name (no disk owns the BIM; equal data)"
 
@@ -61,12 +61,12 @@ def plan_group(
     for disk in group.disks:
         if disk is keep:
             continue
-        held = deps.of(disk)
-        if held.holds_data:
-            reason = f"holds {held.describe()}: drain it with Longhorn's disk eviction before the UUID changes"
+        data = held[id(disk)]
+        if data.holds_data:
+            reason = f"holds {data.describe()}: drain it with Longhorn's disk eviction before the UUID changes"
         else:
             reason = "holds no data: the UUID can be regenerated directly"
         if group.kind == "duplicate-uuid" and disk.uuid == keep.uuid:
             reason = f"same full UUID as {keep.node}/{keep.name} (a cloned disk); " + reason
-        regenerate.append(Regenerate(disk, held.holds_data, reason))
+        regenerate.append(Regenerate(disk, data.holds_data, reason))
     return GroupPlan(group, keep, keep_reason, tuple(regenerate))
