@@ -11,7 +11,7 @@ import aiohttp
 
 from bimguard.kube import Kube, Resource
 from tests.webhook.harness import LONGHORN_NS, NAMESPACE, SERVICE, prepare, start_replica
-from tests.webhook.test_reviews import occupy, review, sample, until  # noqa: F401 (sample is a fixture)
+from tests.webhook.test_reviews import occupy, review, until
 
 BIMS = Resource("longhorn.io", "v1beta2", "backingimagemanagers")
 

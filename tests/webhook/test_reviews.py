@@ -30,11 +30,6 @@ NODES = Resource("longhorn.io", "v1beta2", "nodes")
 SAMPLE_UUID = "a3af91c2-5d7e-4f10-9b2a-6c8d0e1f2a3b"
 
 
-@pytest.fixture
-def sample(shared: Path) -> dict:
-    return json.loads((shared / "longhorn/samples/admission/nodes-status-first-record.request.json").read_text())
-
-
 def review(sample: dict, *, disk_uuid: str | None = None, disk: str = "disk-nvme2", node: str | None = None,
            dry_run: bool = False) -> dict:
     doc = copy.deepcopy(sample)
