@@ -288,6 +288,10 @@ async def role_webhook(args: argparse.Namespace) -> None:
     index = ClusterIndex()
     fill_index(index, index_nodes(args.nodes, args.disks, args.replicas_per_disk, args.seed))
     filled = time.perf_counter() - started
+    import gc
+
+    gc.collect()
+    gc.freeze()  # as webhook.main does once the index has synced
     api_client = await kube_client(args.kubeconfig, None)
     metrics = Metrics()
     certs = FileCerts(args.cert, args.key)
