@@ -455,7 +455,6 @@ class SelfManagedCerts(CertSource):
         self._core = client.CoreV1Api(api_client)
         self._admission = client.AdmissionregistrationV1Api(api_client)
         self._material: Material | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def material(self) -> Material:
@@ -470,15 +469,6 @@ class SelfManagedCerts(CertSource):
     async def start(self) -> None:
         await self.refresh()
         self._task = asyncio.create_task(self._poll(), name="bimguard-certs")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
 
     async def refresh(self) -> bool:
         """Read the Secret, write the protocol's next step if one is due, serve what it holds.

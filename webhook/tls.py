@@ -173,14 +173,21 @@ class CertSource(abc.ABC):
 
     def __init__(self, tmp_dir: str | None = None) -> None:
         self._serving = ServingContext(tmp_dir=tmp_dir)
+        self._task: asyncio.Task[None] | None = None  # the watcher start() runs
 
     @abc.abstractmethod
     async def start(self) -> None:
         """Load the first certificate (raise if there is none) and begin watching for changes."""
 
-    @abc.abstractmethod
     async def stop(self) -> None:
         """Stop watching; the context keeps serving the last certificate."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -228,7 +235,6 @@ class FileCerts(CertSource):
         self.poll_interval = poll_interval
         self._seen: bytes | None = None  # digest of the last pair tried, good or bad
         self._ca_pem = b""
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def ca_bundle_pem(self) -> bytes:
@@ -238,15 +244,6 @@ class FileCerts(CertSource):
         if not self.reload():
             raise InvalidCertificate(f"no usable certificate in {self.cert_file} / {self.key_file}")
         self._task = asyncio.create_task(self._poll(), name="bimguard-tls-files")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
 
     def reload(self) -> bool:
         """Read the files once; load the pair if it changed and is valid. True if it now serves."""
