@@ -23,7 +23,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 

@@ -411,7 +411,7 @@ class RewriteController:
 
     # ------------------------------------------------------------------ Rewriting
     async def _rewriting(self, rec: dict[str, Any]) -> None:
-        spec, st = rec["spec"], rec.get("status") or {}
+        st = rec.get("status") or {}
         name = rec["metadata"]["name"]
         attempt = max(1, int(st.get("attempts") or 1))
         pname = st.get("pod") or pod_name(name, attempt)

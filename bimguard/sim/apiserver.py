@@ -330,7 +330,7 @@ class ApiServer:
         else:
             verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete" if req.name else "deletecollection"}.get(method, "")
         if not verb or (verb == "create" and req.name):
-            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         delay = self.faults.delay_for(verb, req.rt.key)
         if delay:
             await asyncio.sleep(delay)

@@ -385,7 +385,6 @@ class SimKubelet:
 
     # ------------------------------------------------------------------ running
     async def _run_pod(self, pod: dict[str, Any]) -> None:
-        meta = pod["metadata"]
         key = _run_key(pod)
         node = pod["spec"]["nodeName"]
         assert self._tmp is not None

@@ -797,7 +797,7 @@ class Store:
         errors: list[FieldError] = []
         expected = f"{names.get('plural')}.{spec.get('group')}"
         if crd["metadata"].get("name") != expected:
-            errors.append(FieldError("FieldValueInvalid", "metadata.name", f'must be spec.names.plural+"."+spec.group',
+            errors.append(FieldError("FieldValueInvalid", "metadata.name", 'must be spec.names.plural+"."+spec.group',
                                      crd["metadata"].get("name")))
         versions = spec.get("versions") or []
         if sum(1 for v in versions if v.get("storage")) != 1:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-import pytest
 
 from bimguard.sim.serve import simulated_cluster
 from jobs.cli import main

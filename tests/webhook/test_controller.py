@@ -22,7 +22,7 @@ from bimguard.sim.longhorn.kube import api_client
 from bimguard.sim.longhorn.node_status import get_condition
 from webhook.controller import REASON_ABANDONED, REASON_DONE, REASON_ROLLED_BACK, RewriteController, Settings
 from webhook.leader import LeaderElector
-from webhook.rewriter_pod import SELECTOR, pod_name
+from webhook.rewriter_pod import pod_name
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "bimguard"

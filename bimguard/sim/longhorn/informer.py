@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 from kubernetes_asyncio import watch
 
