@@ -19,12 +19,14 @@ import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from bimguard import records
+from bimguard.kube import Kube, KubeError
+from bimguard.kube import Resource as KubeResource
 from bimguard.bim import SETTING_VERSION, parse_version, prefix_naming
 from bimguard.decision import RecordedDisk
 from bimguard.dependents import SPEC_ONLY, Dependents
@@ -236,15 +238,13 @@ class ClusterIndex:
         return True if parsed is None else prefix_naming(parsed)
 
 
-ListFn = Callable[..., Awaitable[Any]]
-
-
 class Informers:
     """List + watch of every resource in RESOURCES into one ClusterIndex."""
 
     def __init__(self, api_client: client.ApiClient, index: ClusterIndex, *, longhorn_namespace: str,
                  namespace: str, page_size: int = 500, watch_timeout: int = 300) -> None:
         self._api = client.CustomObjectsApi(api_client)
+        self._kube = Kube(api_client)
         self.index = index
         self._ns = {"longhorn": longhorn_namespace, "own": namespace}
         self._page_size = page_size
@@ -294,12 +294,15 @@ class Informers:
                 self.relists += 1  # the stream ended or expired: list again
             except asyncio.CancelledError:
                 raise
-            except ApiException as err:
+            except (ApiException, KubeError) as err:
+                if err.status == 410:  # the watch request itself was too old: list again at once
+                    self.relists += 1
+                    continue
                 if err.status == 404:
                     self.missing[r.plural] = f"{r.plural}.{r.group}/{r.version} is not served"
                     self.synced[r.plural] = False
                 else:
-                    log.warning("listing %s failed: %s %s", r.plural, err.status, err.reason)
+                    log.warning("list/watch of %s failed: %s %s", r.plural, err.status, err.reason)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception as err:  # network errors: retry, the index keeps its last state
@@ -308,27 +311,22 @@ class Informers:
                 backoff = min(backoff * 2, 10.0)
 
     async def _watch(self, r: Resource, rv: str) -> None:
-        from kubernetes_asyncio import watch
+        """Apply events from `rv` on; returns when the history is too old (410: list again).
 
+        Raw events through bimguard.kube: kubernetes_asyncio's `watch.Watch()` builds a new
+        ApiClient (and its TLS context) per stream, which blocked the event loop ~0.1 s at every
+        reconnect, in the middle of admission reviews."""
         ns = self._ns[r.namespace_attr]
+        res = KubeResource(r.group, r.version, r.plural)
         while True:
-            w = watch.Watch()
-            try:
-                async with w.stream(self._api.list_namespaced_custom_object, r.group, r.version, ns, r.plural,
-                                    resource_version=rv, allow_watch_bookmarks=True,
-                                    timeout_seconds=self._watch_timeout) as stream:
-                    async for event in stream:
-                        kind, obj = event["type"], event["raw_object"]
-                        new_rv = (obj.get("metadata") or {}).get("resourceVersion")
-                        if kind == "BOOKMARK":
-                            pass
-                        elif kind == "DELETED":
-                            self.index.remove_key(ClusterIndex._key(r.plural, obj))
-                        elif kind in ("ADDED", "MODIFIED"):
-                            self.index.upsert(r.plural, obj)
-                        rv = new_rv or rv
-            except ApiException as err:
-                if err.status == 410:
-                    return  # too old: re-list
-                raise
+            async for kind, obj in self._kube.watch(res, ns, rv, timeout_seconds=self._watch_timeout):
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        return
+                    raise RuntimeError(f"watch of {r.plural} failed: {obj.get('message')}")
+                if kind == "DELETED":
+                    self.index.remove_key(ClusterIndex._key(r.plural, obj))
+                elif kind in ("ADDED", "MODIFIED"):
+                    self.index.upsert(r.plural, obj)
+                rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
             # A server-side timeout ends the stream normally: watch again from the last version.
