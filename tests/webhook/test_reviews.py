@@ -315,3 +315,17 @@ async def test_past_the_deadline_the_review_is_allowed_unpatched(cluster, sample
     code, resp = await post(r, review(sample))
     assert code == 200 and "patch" not in resp["response"] and loop.time() - start < 1.5
     assert r.metrics.skipped.labels("deadline")._value.get() == 1
+
+
+async def test_block_disks_are_never_rewritten(cluster, sample):
+    # DESIGN invariant 7: a v2 disk's UUID is its SPDK lvstore's; it counts as occupied, never changes.
+    api, replica = cluster
+    r = await replica()
+    await occupy(r)
+    doc = review(sample)
+    for obj in (doc["request"]["object"],):
+        obj["status"]["diskStatus"]["disk-nvme2"]["diskType"] = "block"
+        obj["spec"]["disks"]["disk-nvme2"]["diskType"] = "block"
+    code, resp = await post(r, doc)
+    assert code == 200 and resp["response"]["allowed"] and "patch" not in resp["response"]
+    assert await Kube(r.api_client).items(REWRITES, NAMESPACE) == []
