@@ -59,8 +59,8 @@ class Symptom:
 
 
 def bim_owner(bim: Bim, disks_by_node_uuid: dict[tuple[str, str], Disk]) -> BimOwner:
-    disk = disks_by_node_uuid.get((bim.node, bim.disk_uuid or bim.label_uuid))
-    return BimOwner(bim.node, disk.name if disk else None, bim.disk_uuid or bim.label_uuid)
+    disk = disks_by_node_uuid.get((bim.node, bim.owner_uuid))
+    return BimOwner(bim.node, disk.name if disk else None, bim.owner_uuid)
 
 
 def find_symptoms(
@@ -73,7 +73,7 @@ def find_symptoms(
     disks = list(disks)
     bims = [b for b in bims if not b.deleting]
     by_name = {b.name: b for b in bims}
-    uuids_with_bim = {u for b in bims for u in (b.disk_uuid, b.label_uuid) if u}
+    uuids_with_bim = {u for b in bims for u in b.disk_uuids}
     disks_by_uuid: dict[str, list[Disk]] = defaultdict(list)
     disks_by_node_uuid: dict[tuple[str, str], Disk] = {}
     for d in disks:
@@ -83,7 +83,7 @@ def find_symptoms(
     waiting: dict[tuple[str, str], list[Replica]] = defaultdict(list)
     for r in replicas:
         if r.backing_image and r.state != "running":
-            for u in {r.disk_id, r.disk_label} - {""}:
+            for u in r.disk_uuids:
                 waiting[(r.backing_image, u)].append(r)
 
     symptoms = []
@@ -95,7 +95,7 @@ def find_symptoms(
                 continue
             name = info.expected_bim_name(uuid)
             holder = by_name.get(name) if name else None
-            if holder is None or (holder.disk_uuid or holder.label_uuid) == uuid:
+            if holder is None or holder.owner_uuid == uuid:
                 continue
             owner = bim_owner(holder, disks_by_node_uuid)
             targets: list[Disk | None] = list(disks_by_uuid.get(uuid, [])) or [None]

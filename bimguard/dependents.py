@@ -12,9 +12,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from bimguard.model import BackingImage, Bim, Disk, Replica
+from bimguard.model import SPEC_ONLY, BackingImage, Bim, Disk, Replica
 
-SPEC_ONLY = "spec-only"  # a copy Longhorn was asked for but never reported (no status entry)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +64,16 @@ class DependentsIndex:
         self._replicas: dict[tuple[str, str], list[str]] = defaultdict(list)
         for r in replicas:
             # spec.diskID and the label can disagree briefly (BRIEF §5 "Drained"): count both.
-            if r.disk_id:
-                self._replicas[(r.node, r.disk_id)].append(r.name)
-            if r.disk_label and r.disk_label != r.disk_id:
-                self._replicas[(r.node, r.disk_label)].append(r.name)
+            for u in r.disk_uuids:
+                self._replicas[(r.node, u)].append(r.name)
         self._bims: dict[tuple[str, str], list[Bim]] = defaultdict(list)
         for b in bims:
-            for u in {b.disk_uuid, b.label_uuid} - {""}:
+            for u in b.disk_uuids:
                 self._bims[(b.node, u)].append(b)
         self._copies: dict[str, dict[str, str]] = defaultdict(dict)
         for bi in backing_images:
-            for u in bi.spec_disks:
-                self._copies[u][bi.name] = bi.status_disks.get(u) or SPEC_ONLY
-            for u, state in bi.status_disks.items():
-                self._copies[u][bi.name] = state or SPEC_ONLY
+            for u, state in bi.copies().items():
+                self._copies[u][bi.name] = state
 
         self._memo: dict[tuple[str, str], Dependents] = {}
 

@@ -71,6 +71,10 @@ class Disk(_Record):
         return self.uuid[:4]  # parse_node stores UUIDs lower-cased
 
 
+# The state of a copy Longhorn was asked for but never reported (no status entry).
+SPEC_ONLY = "spec-only"
+
+
 class Replica(_Record):
     name: str
     node: str
@@ -79,11 +83,25 @@ class Replica(_Record):
     backing_image: str
     state: str
 
+    @property
+    def disk_uuids(self) -> tuple[str, ...]:
+        """Every disk UUID the replica refers to: both while spec.diskID and the label disagree
+        (BRIEF §5 "Drained")."""
+        if self.disk_label and self.disk_label != self.disk_id:
+            return (self.disk_id, self.disk_label) if self.disk_id else (self.disk_label,)
+        return (self.disk_id,) if self.disk_id else ()
+
 
 class BackingImage(_Record):
     name: str
     spec_disks: frozenset[str]  # UUIDs in spec.diskFileSpecMap (and v1beta1 spec.disks)
     status_disks: dict[str, str] = {}  # UUID -> file state
+
+    def copies(self) -> dict[str, str]:
+        """Disk UUID -> file state of every copy asked for or reported (SPEC_ONLY: no status yet)."""
+        found = {u: SPEC_ONLY for u in self.spec_disks}
+        found.update((u, state or SPEC_ONLY) for u, state in self.status_disks.items())
+        return found
 
 
 class Bim(_Record):
@@ -95,6 +113,16 @@ class Bim(_Record):
     label_uuid: str
     backing_images: frozenset[str]
     deleting: bool
+
+    @property
+    def owner_uuid(self) -> str:
+        """The UUID of the disk this BIM serves (spec.diskUUID, else its label)."""
+        return self.disk_uuid or self.label_uuid
+
+    @property
+    def disk_uuids(self) -> tuple[str, ...]:
+        """Every disk UUID the BIM refers to (spec and label can disagree)."""
+        return tuple(dict.fromkeys(u for u in (self.disk_uuid, self.label_uuid) if u))
 
 
 def _s(value: str | None) -> str:

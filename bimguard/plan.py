@@ -44,7 +44,7 @@ def plan_group(
         name = prefix_bim_name(bim_image, group.prefix)
         bim = bims_by_name.get(name)
         if bim is not None and not bim.deleting:
-            owners = [d for d in group.disks if d.node == bim.node and d.uuid == (bim.disk_uuid or bim.label_uuid)]
+            owners = [d for d in group.disks if d.node == bim.node and d.uuid == bim.owner_uuid]
             if owners:
                 keep, keep_reason = owners[0], f"owns {name}"
     held = {id(d): deps.of(d) for d in group.disks}

@@ -21,16 +21,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from bimguard import records
-from bimguard.kube import Kube, KubeError
-from bimguard.kube import Resource as KubeResource
+from bimguard import model, records
+from bimguard import objects as wire
 from bimguard.bim import SETTING_VERSION, parse_version, prefix_naming
 from bimguard.decision import RecordedDisk
-from bimguard.dependents import SPEC_ONLY, Dependents
-from bimguard.model import LABEL_BIM_DISK_UUID, LABEL_REPLICA_DISK_UUID, DiskType, prefix_of
+from bimguard.dependents import Dependents
+from bimguard.kube import Kube, KubeError
+from bimguard.kube import Resource as KubeResource
+from bimguard.model import DiskType, prefix_of
 from bimguard.prefixes import PrefixIndex
 
 log = logging.getLogger("bimguard.webhook.index")
@@ -81,7 +83,6 @@ def contribution(plural: str, obj: dict[str, Any]) -> _Contribution:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
-    labels = meta.get("labels") or {}
     if plural == "nodes":
         node = meta.get("name", "")
         disks, uuids = [], []
@@ -96,25 +97,21 @@ def contribution(plural: str, obj: dict[str, Any]) -> _Contribution:
             dtype = st.get("diskType") or (spec_disks.get(name) or {}).get("diskType")
             disks.append(RecordedDisk(node, name, u, ready and DiskType.parse(dtype) is not None))
         return _Contribution(uuids=tuple(uuids), disks=tuple(disks))
+    # Replicas, BackingImages and BIMs are read by the same parsers as a scan's (bimguard.model),
+    # so both halves agree on which UUIDs an object refers to.
     if plural == "replicas":
-        node = spec.get("nodeID") or labels.get("longhornnode", "")
-        us = {_lower(spec.get("diskID")), _lower(labels.get(LABEL_REPLICA_DISK_UUID))} - {""}
-        return _Contribution(uuids=tuple(us), replicas=tuple((node, u) for u in us))
+        r = model.parse_replica(msgspec.convert(obj, wire.Replica))
+        return _Contribution(uuids=r.disk_uuids, replicas=tuple((r.node, u) for u in r.disk_uuids))
     if plural == "backingimages":
-        states: dict[str, str] = {}
-        for u in list((spec.get("diskFileSpecMap") or {})) + list((spec.get("disks") or {})):
-            states.setdefault(_lower(u), SPEC_ONLY)
-        for u, fs in (status.get("diskFileStatusMap") or {}).items():
-            states[_lower(u)] = str((fs or {}).get("state") or SPEC_ONLY)
-        return _Contribution(uuids=tuple(states), copies=tuple(states.items()))
+        copies = model.parse_backing_image(msgspec.convert(obj, wire.BackingImage)).copies()
+        return _Contribution(uuids=tuple(copies), copies=tuple(copies.items()))
     if plural == "backingimagemanagers":
-        node = spec.get("nodeID", "")
-        us = {_lower(spec.get("diskUUID")), _lower(labels.get(LABEL_BIM_DISK_UUID))} - {""}
-        refs = set(us)
-        m = _BIM_NAME_RE.match(meta.get("name", ""))
-        if m and m["prefix"] not in {prefix_of(u) for u in us}:
+        b = model.parse_bim(msgspec.convert(obj, wire.BackingImageManager))
+        refs = set(b.disk_uuids)
+        m = _BIM_NAME_RE.match(b.name)
+        if m and m["prefix"] not in {prefix_of(u) for u in b.disk_uuids}:
             refs.add(m["prefix"])  # the name holds a prefix even if its disk's UUID is unknown
-        return _Contribution(uuids=tuple(refs), bims=tuple((node, u) for u in us))
+        return _Contribution(uuids=tuple(refs), bims=tuple((b.node, u) for u in b.disk_uuids))
     if plural == "backingimagedatasources":
         u = _lower(spec.get("diskUUID"))
         return _Contribution(uuids=(u,) if u else ())
@@ -148,7 +145,11 @@ class ClusterIndex:
     def upsert(self, plural: str, obj: dict[str, Any]) -> None:
         key = self._key(plural, obj)
         self.remove_key(key)
-        c = contribution(plural, obj)
+        try:
+            c = contribution(plural, obj)
+        except msgspec.ValidationError as err:  # skipped, as a scan skips it; the rest stays usable
+            log.warning("ignoring %s %s: %s", plural, key[1], err)
+            return
         self._contrib[key] = c
         name = key[1]
         for u in c.uuids:
