@@ -11,16 +11,28 @@ is 422 Invalid, see `Invalid`), `AlreadyExists`, or `KubeError` for the rest.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
 Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30  # seconds; a hung request must not stall a control loop forever
+
+
+async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """A client from the kubeconfig (given, $KUBECONFIG or ~/.kube/config) or, in a pod with
+    neither flag given, the in-cluster service account. Raises config.ConfigException/OSError."""
+    cfg = client.Configuration()
+    if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
 
 
 class KubeError(Exception):

@@ -216,6 +216,7 @@ async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig:
     from kubernetes_asyncio import client
 
     from bimguard import records
+    from bimguard import kube
     from bimguard.kube import Kube, Resource
     from webhook import main as webhook_main
     from webhook.registration import mutating_webhook_configuration
@@ -223,7 +224,7 @@ async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig:
     namespace, service, mwc_name = "bimguard", "bimguard", "bimguard"
     say.step("Installing bimguard's admission webhook as the Helm chart does: its CRDs, 2 replicas of "
              "`bimguard webhook`, and a MutatingWebhookConfiguration on nodes/status (failurePolicy Ignore)")
-    api_client = await webhook_main.kube_client(str(kubeconfig), None)
+    api_client = await kube.api_client(str(kubeconfig))
     kube = Kube(api_client)
     await client.CoreV1Api(api_client).create_namespace({"apiVersion": "v1", "kind": "Namespace",
                                                          "metadata": {"name": namespace}})

@@ -20,6 +20,8 @@ from typing import Any
 
 from kubernetes_asyncio import client, config
 
+from bimguard import kube
+
 log = logging.getLogger("bimguard.webhook")
 
 
@@ -72,15 +74,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
-async def kube_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
-    cfg = client.Configuration()
-    if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
-    else:
-        config.load_incluster_config(client_configuration=cfg)
-    return client.ApiClient(configuration=cfg)
-
-
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     from webhook.admission import Admission
     from webhook.index import ClusterIndex, Informers
@@ -88,7 +81,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     from webhook.records_api import RecordsApi
     from webhook.server import WebhookServer
 
-    api_client = await kube_client(args.kubeconfig, args.context)
+    api_client = await kube.api_client(args.kubeconfig, args.context)
     metrics = Metrics()
     index = ClusterIndex()
     informers = Informers(api_client, index, longhorn_namespace=args.longhorn_namespace, namespace=args.namespace)

@@ -13,6 +13,7 @@ import os
 import aiohttp
 from kubernetes_asyncio import client, config
 
+from bimguard import kube
 from bimguard.decode import InputError, decode_json
 from bimguard.inventory import Inventory
 from bimguard.objects import LONGHORN_GROUP, PLURALS
@@ -26,16 +27,10 @@ _REQUEST_TIMEOUT = 60
 
 async def _api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
     try:
-        if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            cfg = client.Configuration()
-            await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
-        else:
-            cfg = client.Configuration()
-            config.load_incluster_config(client_configuration=cfg)
+        return await kube.api_client(kubeconfig, context)
     except (config.ConfigException, OSError, ValueError, TypeError, KeyError) as err:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise InputError(f"no usable Kubernetes configuration ({where}): {str(err).splitlines()[0]}") from None
-    return client.ApiClient(configuration=cfg)
 
 
 def _status_message(body: bytes) -> str:

@@ -15,11 +15,11 @@ from typing import Any
 import yaml
 from kubernetes_asyncio import client
 
+from bimguard.kube import api_client as api_client_from
 from bimguard.sim.apiserver import ApiServer
 from webhook.admission import Admission
 from webhook.certs import SelfManagedCerts
 from webhook.index import ClusterIndex, Informers
-from webhook.main import kube_client
 from webhook.metrics import Metrics
 from webhook.records_api import RecordsApi
 from webhook.server import WebhookServer
@@ -34,7 +34,7 @@ LONGHORN_NS = "longhorn-system"
 
 async def prepare(kubeconfig: Path) -> None:
     """What `helm install` does before the pods start: the namespace and bimguard's CRDs."""
-    api_client = await kube_client(str(kubeconfig), None)
+    api_client = await api_client_from(str(kubeconfig))
     try:
         await ensure_namespace(api_client)
         await install_crds(api_client)
@@ -88,7 +88,7 @@ class Replica:
 async def start_replica(kubeconfig: Path, *, deadline: float = 2.0, wait_ready: bool = True) -> Replica:
     import asyncio
 
-    api_client = await kube_client(str(kubeconfig), None)
+    api_client = await api_client_from(str(kubeconfig))
     metrics, index = Metrics(), ClusterIndex()
     informers = Informers(api_client, index, longhorn_namespace=LONGHORN_NS, namespace=NAMESPACE, watch_timeout=30)
     certs = SelfManagedCerts(api_client, NAMESPACE, f"{SERVICE}-tls", SERVICE)

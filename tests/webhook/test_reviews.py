@@ -268,8 +268,8 @@ async def test_not_ready_and_crds_missing_allow_without_patch(tmp_path, sample):
     await api.start()
     api.kubeconfig(tmp_path / "k")
     from tests.webhook.harness import ensure_namespace
-    from webhook.main import kube_client
-    c = await kube_client(str(tmp_path / "k"), None)
+    from bimguard.kube import api_client
+    c = await api_client(str(tmp_path / "k"))
     await ensure_namespace(c)
     await c.close()
     r = await start_replica(tmp_path / "k", wait_ready=False)
