@@ -271,7 +271,8 @@ async def role_webhook(args: argparse.Namespace) -> None:
 
     from webhook.admission import Admission
     from webhook.index import ClusterIndex
-    from webhook.main import JsonFormatter, kube_client
+    from bimguard.kube import api_client as kube_client
+    from webhook.main import JsonFormatter
     from webhook.metrics import Metrics
     from webhook.records_api import RecordsApi
     from webhook.server import WebhookServer
@@ -369,7 +370,7 @@ async def install_crds(kubeconfig: Path) -> None:
     import yaml
     from kubernetes_asyncio import client
 
-    from webhook.main import kube_client
+    from bimguard.kube import api_client as kube_client
 
     api_client = await kube_client(str(kubeconfig), None)
     try:
@@ -393,7 +394,7 @@ async def count_records(kubeconfig: Path) -> tuple[int, int, list[dict[str, Any]
     """(DiskRewrite records, PrefixClaims, claims that name no record) in the emulator."""
     from bimguard import records
     from bimguard.kube import Kube, Resource
-    from webhook.main import kube_client
+    from bimguard.kube import api_client as kube_client
 
     api_client = await kube_client(str(kubeconfig), None)
     try:
