@@ -65,18 +65,19 @@ class Admission:
 
     async def handle(self, body: bytes) -> bytes:
         """Raises review.BadReview for input that is not an AdmissionReview (answered 400)."""
-        review = wire.decode(body)
-        req = review.request
+        brief = wire.decode_brief(body).request
+        assert brief is not None
+        if not self._in_scope(brief):
+            return wire.allowed(brief.uid)
+        if wire.no_new_uuid(brief.object, brief.oldObject):
+            self.metrics.reviews.outcomes["unchanged"] += 1
+            return wire.allowed(brief.uid)  # the hot path: routine status writes
+        req = wire.decode(body).request
         assert req is not None
-        if not self._in_scope(req):
-            return wire.allowed(req.uid)
-        if wire.no_new_uuid(req.object, req.oldObject):
-            self.metrics.outcomes.labels("unchanged").inc()
-            return wire.allowed(req.uid)  # the hot path: routine status writes
         node = (req.object.metadata.name if req.object and req.object.metadata else "") or req.name or ""
         disks = first_recorded(node, wire.disk_entries(req.object), wire.disk_entries(req.oldObject))
         if not disks:
-            self.metrics.outcomes.labels("unchanged").inc()
+            self.metrics.reviews.outcomes["unchanged"] += 1
             return wire.allowed(req.uid)  # the hot path: routine status writes
         try:
             async with asyncio.timeout(self.deadline):
@@ -94,7 +95,7 @@ class Admission:
         return wire.allowed(req.uid)
 
     @staticmethod
-    def _in_scope(req: wire.RequestIn) -> bool:
+    def _in_scope(req: wire.RequestBrief) -> bool:
         r = req.resource
         return (r is not None and r.group == SCOPE.group and r.version == SCOPE.version
                 and r.resource == SCOPE.resource and req.subResource == SCOPE.subresource
@@ -127,7 +128,7 @@ class Admission:
             self.metrics.collisions.inc()
             if decision.verdict == "block":
                 self.metrics.blocked.inc()
-                self.metrics.outcomes.labels("blocked").inc()
+                self.metrics.reviews.outcomes["blocked"] += 1
                 if not dry_run:
                     await self._block(disk, decision, node_uid)
                 log.warning("disk %s/%s (%s) collides and is left for the repair Job: %s", disk.node, disk.disk,
@@ -142,7 +143,7 @@ class Admission:
             patch += rewrite_patch(disk.disk, done.new_uuid, wire.disk_conditions(req.object, disk.disk), message, now)
             warnings.append(message)
             audit[f"bimguard.io/rewrite-{len(audit)}"] = f"{disk.disk}: {disk.uuid} -> {done.new_uuid}"
-            self.metrics.outcomes.labels("rewritten").inc()
+            self.metrics.reviews.outcomes["rewritten"] += 1
             log.info("rewrote disk %s/%s: %s -> %s (%s)", disk.node, disk.disk, disk.uuid, done.new_uuid,
                      decision.reason, extra={"uid": req.uid, "record": done.record, "dryRun": dry_run})
             if decision.clone_of and not dry_run:

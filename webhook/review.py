@@ -1,8 +1,10 @@
 """AdmissionReview v1 on the wire: decode only what the decision needs, build responses.
 
 A Longhorn Node review carries two objects of ~15 KB each, most of it managedFields and
-conditions; msgspec Structs skip everything undeclared in C, and disk conditions stay raw JSON
-until a disk is actually rewritten. Responses are built by small constructors, never by hand in
+conditions; msgspec Structs skip everything undeclared in C. Two shapes: `decode_brief` reads only
+what routes a review and says whether any disk got a UUID (every routine status write stops
+there), `decode` the rest for the rare review that first-records a disk; disk conditions stay raw
+JSON until a disk is actually rewritten. Responses are built by small constructors, never by hand in
 the handler (the shape controller-runtime's admission package uses).
 """
 
@@ -85,7 +87,36 @@ class ReviewIn(_W):
     request: RequestIn | None = None
 
 
+# The brief shape: routing plus each disk's UUID, nothing else.
+class DiskUUIDIn(_W):
+    diskUUID: str | None = ""
+
+
+class NodeStatusBrief(_W):
+    diskStatus: dict[str, DiskUUIDIn] | None = None
+
+
+class NodeBrief(_W):
+    status: NodeStatusBrief | None = None
+
+
+class RequestBrief(_W):
+    uid: str
+    resource: GroupVersionResource | None = None
+    subResource: str | None = ""
+    operation: str | None = ""
+    object: NodeBrief | None = None
+    oldObject: NodeBrief | None = None
+
+
+class ReviewBrief(_W):
+    apiVersion: str | None = ""
+    kind: str | None = ""
+    request: RequestBrief | None = None
+
+
 _DECODER = msgspec.json.Decoder(ReviewIn)
+_BRIEF_DECODER = msgspec.json.Decoder(ReviewBrief)
 _CONDITIONS = msgspec.json.Decoder(list[dict[str, Any]])
 _REPLICAS = msgspec.json.Decoder(dict[str, msgspec.Raw] | None)
 _ENCODER = msgspec.json.Encoder()
@@ -95,9 +126,17 @@ class BadReview(Exception):
     """Not an AdmissionReview we can answer: the handler replies 400 with this message."""
 
 
+def decode_brief(body: bytes) -> ReviewBrief:
+    return _decode(body, _BRIEF_DECODER)
+
+
 def decode(body: bytes) -> ReviewIn:
+    return _decode(body, _DECODER)
+
+
+def _decode(body: bytes, decoder: msgspec.json.Decoder) -> Any:
     try:
-        review = _DECODER.decode(body)
+        review = decoder.decode(body)
     except msgspec.ValidationError as err:
         raise BadReview(f"not an AdmissionReview: {err}") from None
     except msgspec.DecodeError as err:
@@ -137,7 +176,7 @@ def _replica_names(raw: msgspec.Raw) -> tuple[str, ...]:
         return ()
 
 
-def no_new_uuid(new: NodeIn | None, old: NodeIn | None) -> bool:
+def no_new_uuid(new: NodeIn | NodeBrief | None, old: NodeIn | NodeBrief | None) -> bool:
     """True when every disk with a UUID in `new` already had one in `old`: then no disk is
     first-recorded (bimguard.decision.first_recorded is empty) and the review is routine. A cheap,
     conservative pre-check that skips building DiskEntry maps on the hot path."""

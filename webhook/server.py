@@ -46,11 +46,7 @@ class WebhookServer:
         self.in_flight_timeout = in_flight_timeout
         self.draining = False
         self._runners: list[web.AppRunner] = []
-        # Label lookups cost microseconds per review; resolve this webhook's series once.
-        path = LONGHORN_NODE_STATUS.path
-        self._in_flight = metrics.in_flight.labels(path)
-        self._latency = metrics.latency.labels(path)
-        self._ok = metrics.requests.labels(path, "200")
+        self._reviews = metrics.reviews
         self.bound_port = 0
         self.bound_metrics_port = 0
 
@@ -90,7 +86,8 @@ class WebhookServer:
         self._runners.clear()
 
     async def _mutate(self, request: web.Request) -> web.Response:
-        self._in_flight.inc()
+        reviews = self._reviews
+        reviews.in_flight += 1
         start = time.perf_counter()
         code = 200
         try:
@@ -105,9 +102,8 @@ class WebhookServer:
             code = err.status
             raise
         finally:
-            self._latency.observe(time.perf_counter() - start)
-            (self._ok if code == 200 else self.metrics.requests.labels(LONGHORN_NODE_STATUS.path, str(code))).inc()
-            self._in_flight.dec()
+            reviews.done(code, time.perf_counter() - start)
+            reviews.in_flight -= 1
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -81,7 +81,7 @@ class Webhook:
 
     def rewrites(self) -> int:
         """Reviews this replica answered with a rewrite patch."""
-        return int(self.replica.metrics.outcomes.labels("rewritten")._value.get())
+        return self.replica.metrics.reviews.outcomes["rewritten"]
 
     def start_leadership(self) -> None:
         self.elector.start()

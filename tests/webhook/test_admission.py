@@ -53,4 +53,4 @@ async def test_a_new_colliding_disk_gets_a_unique_prefix_at_admission(env):
     claims = {cl["metadata"]["name"]: cl["spec"] for cl in await kube.items(CLAIMS, NAMESPACE)}
     assert claims[new_uuid[:4]]["uuid"] == new_uuid and claims[new_uuid[:4]]["record"] == rec["metadata"]["name"]
     assert claims.get(taken[:4], {}).get("uuid") != generated_cfg_uuid  # the rewritten UUID gave its claim up
-    assert replica.metrics.outcomes.labels("rewritten")._value.get() == 1
+    assert replica.metrics.reviews.outcomes["rewritten"] == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bimguard import records
 from bimguard.kube import EVENTS, Kube, Resource
@@ -329,3 +330,37 @@ async def test_block_disks_are_never_rewritten(cluster, sample):
     code, resp = await post(r, doc)
     assert code == 200 and resp["response"]["allowed"] and "patch" not in resp["response"]
     assert await Kube(r.api_client).items(REWRITES, NAMESPACE) == []
+
+
+async def scrape(r) -> dict[tuple[str, tuple], float]:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{r.server.bound_metrics_port}/metrics") as resp:
+            text = await resp.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+async def test_metrics_count_every_review_by_code_outcome_and_latency(cluster, sample):
+    api, replica = cluster
+    r = await replica()
+    await occupy(r)
+    routine = review(sample)
+    routine["request"]["object"]["status"]["diskStatus"]["disk-nvme2"]["diskUUID"] = ""
+    assert (await post(r, routine))[0] == 200
+    assert (await post(r, review(sample)))[0] == 200  # rewritten
+    assert (await post(r, b"{not json"))[0] == 400
+    big = review(sample)
+    big["request"]["object"]["metadata"]["annotations"] = {"x": "y" * (7 * 1024 * 1024)}
+    assert (await post(r, big))[0] == 413
+    m = await scrape(r)
+    hook = ("webhook", "/mutate")
+    assert {code: m[("bimguard_webhook_requests_total", (("code", code), hook))] for code in ("200", "400", "413")} \
+        == {"200": 2, "400": 1, "413": 1}
+    assert m[("bimguard_admission_outcomes_total", (("outcome", "unchanged"),))] == 1
+    assert m[("bimguard_admission_outcomes_total", (("outcome", "rewritten"),))] == 1
+    assert m[("bimguard_webhook_requests_in_flight", (hook,))] == 0
+    buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in m.items()
+                     if name == "bimguard_webhook_latency_seconds_bucket")
+    assert buckets[-1] == (float("inf"), 4) == (float("inf"), m[("bimguard_webhook_latency_seconds_count", (hook,))])
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    assert 0 < m[("bimguard_webhook_latency_seconds_sum", (hook,))] < 4 * 2.0
