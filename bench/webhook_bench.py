@@ -65,7 +65,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-SAMPLE = Path("/work/shared/longhorn/samples/admission/nodes-status-first-record.request.json")
+SHARED = Path(os.environ.get("BIMGUARD_SHARED", REPO.parent / "shared"))  # as the tests find it
+SAMPLE = SHARED / "longhorn/samples/admission/nodes-status-first-record.request.json"
 NAMESPACE = "bimguard"
 LONGHORN_NS = "longhorn-system"
 SERVICE = "bimguard-webhook"
@@ -692,8 +693,10 @@ def role_openloop(args: argparse.Namespace) -> None:
 
 # -- main ------------------------------------------------------------------------------------------
 
-def preflight() -> None:
-    for tool, pkg in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("taskset", "util-linux")):
+def preflight(check: bool) -> None:
+    tools = (("taskset", "util-linux"),) if check else (("wrk", "wrk"), ("h2load", "nghttp2-client"),
+                                                        ("taskset", "util-linux"))
+    for tool, pkg in tools:
         if not shutil.which(tool):
             raise SetupError(f"{tool} not found on PATH (Debian: apt-get install {pkg})")
     cores = os.sched_getaffinity(0)
@@ -738,6 +741,9 @@ def main() -> int:
                     help="run servers, emulator and load generators SCHED_FIFO (chrt -f 10; root): on a machine "
                          "shared with other work, they then get their cores whenever they want them (the "
                          "kernel still leaves others 5 %%). Intrusive: other work on cores 0-1 crawls meanwhile")
+    ap.add_argument("--check", action="store_true",
+                    help="only check that the setup works (servers start, each path answers and is counted; "
+                         "needs no wrk or h2load; a few seconds), then exit")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (bodies, logs, certificates)")
     ap.add_argument("--role", choices=("apiserver", "webhook", "openloop"), help=argparse.SUPPRESS)
@@ -778,7 +784,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, tmp: Path, children: list[Child]) -> int:
-    preflight()
+    preflight(args.check)
     if args.rt:
         if os.geteuid() != 0 or not shutil.which("chrt"):
             raise SetupError("--rt needs root and chrt (util-linux)")
@@ -835,10 +841,11 @@ def run(args: argparse.Namespace, tmp: Path, children: list[Child]) -> int:
     print(f"# index: {args.nodes} nodes x {args.disks} disks ({hook.info['prefixes']} prefixes occupied, "
           f"{args.nodes * args.disks * args.replicas_per_disk} replicas, filled in {hook.info['fill_seconds']} s); "
           f"bodies: hot {len(hot) / 1024:.1f} KiB, rewrite {len(sample_rw) / 1024:.1f} KiB")
-    print(f"# closed loop: wrk -t1 -c{args.connections} -d{args.duration}s x {args.runs}; open loop: Python generator "
-          f"at {args.rate:,}/s (floor, hot) and {args.rewrite_rate:g}/s (rewrite), h2load --h1 "
-          f"-c{args.h2load_clients} --rps={args.rate // args.h2load_clients} -D{args.duration} (floor, hot)",
-          flush=True)
+    if not args.check:
+        print(f"# closed loop: wrk -t1 -c{args.connections} -d{args.duration}s x {args.runs}; open loop: Python generator "
+              f"at {args.rate:,}/s (floor, hot) and {args.rewrite_rate:g}/s (rewrite), h2load --h1 "
+              f"-c{args.h2load_clients} --rps={args.rate // args.h2load_clients} -D{args.duration} (floor, hot)",
+              flush=True)
 
     results: dict[str, dict[str, Any]] = {}
     checks: list[str] = []
@@ -864,6 +871,24 @@ def run(args: argparse.Namespace, tmp: Path, children: list[Child]) -> int:
         foreign[name] = max(foreign.get(name, 0.0), (core_busy(SERVER_CORE) - before_core - cpu) / wall)
         return out, delta(scrape(mport), before_m), cpu / wall, api_cpu / wall, cpu
 
+    # Open loop: latency at an offered rate; the Python generator (uniform arrivals, timed from
+    # each request's due time) for every path, h2load as a cross-check on floor and hot.
+    def generator(port: int, body: Path, rate: float, rewrite: bool, duration: float = args.duration) -> Open:
+        cmd = [py, me, "--role", "openloop", "--port", str(port), "--ca", str(ca), "--body", str(body),
+               "--open-rate", str(rate), "--duration", str(duration)]
+        if rewrite:
+            cmd += ["--prefixes", str(tmp / "prefixes.json"), "--session", session, "--start",
+                    str(args.runs * 10**7)]
+        out = subprocess.run(pinned(LOAD_CORE, cmd), capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SetupError(f"open-loop generator failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        return Open(r["offered"], r["achieved"], r["requests"], r["errors"], r["p50"], r["p90"], r["p99"], r["max"],
+                    note=f"generator send lag p99 {r['lag_p99']:.2f} ms", lag_p99_ms=r["lag_p99"])
+
+    if args.check:
+        return self_check(tmp, lambda name, fn: phase(name, hook, fn), generator, hot_path, hport, kubeconfig)
+
     # Closed loop: saturation; floor, hot, rewrite interleaved, best of --runs per path.
     for run_no in range(args.runs):
         for name in ("floor", "hot", "rewrite"):
@@ -887,21 +912,6 @@ def run(args: argparse.Namespace, tmp: Path, children: list[Child]) -> int:
                 served = d.get("bimguard_webhook_requests_total{code=200}", 0) if name != "floor" else res.requests
                 results[name] = {"closed": res, "util": util, "api_util": api_util,
                                  "cpu_us": cpu / max(1, served or res.requests) * 1e6}
-
-    # Open loop: latency at an offered rate; the Python generator (uniform arrivals, timed from
-    # each request's due time) for every path, h2load as a cross-check on floor and hot.
-    def generator(port: int, body: Path, rate: float, rewrite: bool) -> Open:
-        cmd = [py, me, "--role", "openloop", "--port", str(port), "--ca", str(ca), "--body", str(body),
-               "--open-rate", str(rate), "--duration", str(args.duration)]
-        if rewrite:
-            cmd += ["--prefixes", str(tmp / "prefixes.json"), "--session", session, "--start",
-                    str(args.runs * 10**7)]
-        out = subprocess.run(pinned(LOAD_CORE, cmd), capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SetupError(f"open-loop generator failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        return Open(r["offered"], r["achieved"], r["requests"], r["errors"], r["p50"], r["p90"], r["p99"], r["max"],
-                    note=f"generator send lag p99 {r['lag_p99']:.2f} ms", lag_p99_ms=r["lag_p99"])
 
     ports = {"floor": fport, "hot": hport, "rewrite": hport}
     for name in ("floor", "hot", "rewrite"):
@@ -934,6 +944,22 @@ def run(args: argparse.Namespace, tmp: Path, children: list[Child]) -> int:
     for c in (hook, floor):
         c.stop()
     report(args, results, foreign, checks, hook, floor)
+    return 0
+
+
+def self_check(tmp: Path, phase: Any, generator: Any, hot_path: Path, port: int, kubeconfig: Path) -> int:
+    """--check: the servers answered the sanity reviews; now one second of the open-loop generator
+    on each webhook path, every review counted under its outcome, every rewrite recorded."""
+    for name, body, outcome in (("hot", hot_path, "unchanged"), ("rewrite", tmp / "rewrite.template.json",
+                                                                  "rewritten")):
+        res, d, *_ = phase(name, lambda: generator(port, body, 20, name == "rewrite", duration=1))
+        got = d.get(f"bimguard_admission_outcomes_total{{outcome={outcome}}}", 0)
+        if res.errors or got != res.requests + 8:  # + the generator's warm-up reviews
+            raise SetupError(f"{name}: {res.requests} reviews sent, {res.errors} errors, {got:.0f} counted {outcome}")
+    recs, claims, bare = asyncio.run(count_records(kubeconfig))
+    if recs != claims or bare:
+        raise SetupError(f"{recs} DiskRewrite records but {claims} PrefixClaims, {len(bare)} without a record")
+    print(f"webhook_bench --check: floor, hot and rewrite paths answer; {recs} rewrites recorded, one claim each")
     return 0
 
 
