@@ -161,9 +161,9 @@ def decode_yaml(text: str | bytes, source: str, inv: Inventory, *, bundle: bool 
             add_object(doc, source, inv, bundle=bundle)
 
 
-def decode_document(data: bytes, source: str, inv: Inventory) -> None:
+def decode_document(data: bytes | memoryview, source: str, inv: Inventory) -> None:
     """JSON when it looks like JSON, else YAML (JSON is YAML, but JSON errors read better)."""
-    head = data[:256].lstrip()
+    head = bytes(data[:256]).lstrip()
     if head.startswith(b"\xef\xbb\xbf"):  # a BOM some Windows editors add
         data = data[3:]
         head = head[3:]
@@ -171,7 +171,7 @@ def decode_document(data: bytes, source: str, inv: Inventory) -> None:
         decode_json(data, source, inv)
         return
     try:
-        text = data.decode("utf-8")
+        text = str(data, "utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{source}: not text (not UTF-8): is this a zip? use --support-bundle") from None
     decode_yaml(text, source, inv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 from pathlib import Path
@@ -13,9 +14,17 @@ from bimguard.inventory import Inventory
 DUMP_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-def _read(path: Path) -> bytes:
+# Files at least this large are mapped instead of read: a 300 MB dump then needs no read pass and
+# no private copy (the scan of it got 0.3-1.3 s faster, bench/scan_bench.py).
+MAP_FROM_BYTES = 1 << 20
+
+
+def _read(path: Path) -> bytes | memoryview:
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size >= MAP_FROM_BYTES:
+                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            return f.read()
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory") from None
     except OSError as err:

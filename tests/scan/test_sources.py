@@ -134,3 +134,29 @@ def test_table_output_is_readable(tmp_path, collision_objects, capsys):
     assert "keep        worker-a/disk-7: owns backing-image-manager-5ae6-c012" in out
     assert "regenerate  worker-b/default-disk-a0c5d780fe32c91c" in out
     assert "Result: 1 collision group(s) to repair" in out
+
+
+def test_dumps_above_the_mapping_threshold_give_the_same_findings(collision_objects, tmp_path, capsys, monkeypatch):
+    """Large files are memory-mapped (bimguard.sources.dump.MAP_FROM_BYTES), small ones read: a
+    well-formed List (the one-pass typed decode), a List mixing in other kinds (the per-item path
+    over msgspec.Raw) and YAML with a BOM all give the findings of the same objects from stdin."""
+    from bimguard.sources.dump import MAP_FROM_BYTES
+
+    padded = [dict(o) for o in collision_objects]
+    padded[0] = {**padded[0], "metadata": {**padded[0]["metadata"], "annotations": {"pad": "x" * MAP_FROM_BYTES}}}
+    configmaps = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"cm-{i}"}, "data": {"k": "v" * 1024}}
+                  for i in range(MAP_FROM_BYTES // 1024 + 1)]
+    files = {
+        "typed.json": json.dumps({"apiVersion": "v1", "kind": "List", "items": padded}, indent=4).encode(),
+        "mixed.json": json.dumps({"apiVersion": "v1", "kind": "List", "items": configmaps + collision_objects}).encode(),
+        "bom.yaml": b"\xef\xbb\xbf" + yaml.safe_dump_all(padded).encode(),
+    }
+    code, doc, _ = scan(["--from-dump", "-", "-o", "json"], capsys, monkeypatch=monkeypatch,
+                        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": collision_objects}).encode())
+    want = findings(doc)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert len(data) >= MAP_FROM_BYTES
+        code, doc, err = scan(["--from-dump", str(tmp_path / name), "-o", "json"], capsys)
+        assert (code, err, doc["skipped"]) == (1, "", []), name
+        assert findings(doc) == want, name
