@@ -9,18 +9,16 @@ a disk that still holds data orphans that data, which `orphan-auto-deletion` the
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from typing import Iterable
+
+import msgspec
 
 from bimguard.model import SPEC_ONLY, BackingImage, Bim, Disk, Replica
 
 
-
-
-@dataclass(frozen=True, slots=True)
-class Dependents:
+class Dependents(msgspec.Struct, frozen=True, gc=False):  # like bimguard.model's records: cheap to build
     replicas: tuple[str, ...] = ()
-    backing_image_copies: dict[str, str] = field(default_factory=dict)  # BI name -> file state
+    backing_image_copies: dict[str, str] = msgspec.field(default_factory=dict)  # BI name -> file state
     bims: tuple[str, ...] = ()
     scheduled_replicas: tuple[str, ...] = ()
 
