@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Iterable, Literal
 
 from bimguard.bim import LonghornInfo
@@ -25,16 +26,18 @@ class CollisionGroup:
     disks: tuple[Disk, ...]  # sorted by (node, disk name)
 
 
+_by_node_and_name = attrgetter("node", "name")
+
+
 def find_groups(disks: Iterable[Disk]) -> list[CollisionGroup]:
     by_prefix: dict[str, list[Disk]] = defaultdict(list)
     for d in disks:
         if d.type is DiskType.V1 and d.uuid:
             by_prefix[d.prefix].append(d)
     groups = []
-    for prefix, members in sorted(by_prefix.items()):
-        if len(members) < 2:
-            continue
-        members.sort(key=lambda d: (d.node, d.name))
+    for prefix in sorted(p for p, members in by_prefix.items() if len(members) > 1):
+        members = by_prefix[prefix]
+        members.sort(key=_by_node_and_name)
         kind: GroupKind = "duplicate-uuid" if len({d.uuid for d in members}) < len(members) else "prefix"
         groups.append(CollisionGroup(prefix, kind, tuple(members)))
     return groups

@@ -73,29 +73,22 @@ class DependentsIndex:
             for u, state in bi.copies().items():
                 self._copies[u][bi.name] = state
 
-        self._memo: dict[tuple[str, str], Dependents] = {}
-
     def of(self, disk: Disk) -> Dependents:
-        found = self._memo.get((disk.node, disk.name))
-        if found is None:
-            found = self._memo[(disk.node, disk.name)] = self._collect(disk)
-        return found
-
-    def _collect(self, disk: Disk) -> Dependents:
         if not disk.uuid:
             return Dependents(scheduled_replicas=disk.scheduled_replicas)
         key = (disk.node, disk.uuid)
-        bims = self._bims.get(key, [])
+        bims = self._bims.get(key, ())
         if self._uuid_holders[disk.uuid] == 1:
-            copies = dict(self._copies.get(disk.uuid, {}))
+            copies = dict(self._copies.get(disk.uuid) or ())
         else:
             # A cloned UUID: BackingImage maps cannot tell the clones apart, only a BIM on this
             # node can say which copies are really here.
             known = self._copies.get(disk.uuid, {})
             copies = {bi: known.get(bi, SPEC_ONLY) for b in bims for bi in b.backing_images}
+        replicas = self._replicas.get(key)
         return Dependents(
-            replicas=tuple(sorted(self._replicas.get(key, ()))),
+            replicas=tuple(sorted(replicas)) if replicas else (),
             backing_image_copies=copies,
-            bims=tuple(sorted(b.name for b in bims)),
+            bims=tuple(sorted(b.name for b in bims)) if bims else (),
             scheduled_replicas=disk.scheduled_replicas,
         )

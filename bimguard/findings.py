@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from bimguard import bim, probability
 from bimguard.collisions import Symptom, find_groups, find_symptoms
-from bimguard.dependents import Dependents, DependentsIndex
+from bimguard.dependents import DependentsIndex
 from bimguard.inventory import Inventory
-from bimguard.model import Disk, DiskType, Skipped
+from bimguard.model import DiskType, Skipped
 from bimguard.plan import GroupPlan, plan_group
 
 
@@ -19,8 +19,7 @@ class Findings:
     disks_v1: int
     disks_v2: int
     disks_without_uuid: int
-    plans: tuple[GroupPlan, ...]
-    dependents: dict[tuple[str, str], Dependents]  # of every disk in a group
+    plans: tuple[GroupPlan, ...]  # each with the dependents of its disks
     symptoms: tuple[Symptom, ...]
     skipped: tuple[Skipped, ...]
     v1_disks_with_uuid: int
@@ -42,7 +41,6 @@ def analyze(inv: Inventory) -> Findings:
     deps = DependentsIndex(inv.disks, inv.replicas, inv.backing_images, inv.bims)
     bims_by_name = {b.name: b for b in inv.bims}
     plans = tuple(plan_group(g, deps, bims_by_name, info.bim_image) for g in find_groups(inv.disks))
-    in_groups: list[Disk] = [d for p in plans for d in p.group.disks]
     v1 = [d for d in inv.disks if d.type is DiskType.V1]
     v1_uuids = [d for d in v1 if d.uuid]
     return Findings(
@@ -52,7 +50,6 @@ def analyze(inv: Inventory) -> Findings:
         disks_v2=len(inv.disks) - len(v1),
         disks_without_uuid=sum(1 for d in inv.disks if not d.uuid),
         plans=plans,
-        dependents={d.key: deps.of(d) for d in in_groups},
         symptoms=tuple(find_symptoms(info, inv.disks, inv.replicas, inv.backing_images, inv.bims)),
         skipped=tuple(inv.skipped),
         v1_disks_with_uuid=len(v1_uuids),

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from bimguard.bim import prefix_bim_name
 from bimguard.collisions import CollisionGroup
-from bimguard.dependents import DependentsIndex
+from bimguard.dependents import Dependents, DependentsIndex
 from bimguard.model import Bim, Disk
 
 
@@ -31,6 +31,7 @@ class GroupPlan:
     keep: Disk
     keep_reason: str
     regenerate: tuple[Regenerate, ...]
+    dependents: tuple[Dependents, ...]  # of group.disks, in the same order
 
 
 def plan_group(
@@ -47,21 +48,20 @@ def plan_group(
             owners = [d for d in group.disks if d.node == bim.node and d.uuid == bim.owner_uuid]
             if owners:
                 keep, keep_reason = owners[0], f"owns {name}"
-    held = {id(d): deps.of(d) for d in group.disks}
+    held = tuple(deps.of(d) for d in group.disks)
     if keep is None:
-        most = max(h.data_count for h in held.values())
-        candidates = [d for d in group.disks if held[id(d)].data_count == most]  # already sorted by key
-        keep = candidates[0]
-        if len(candidates) == 1:
-            keep_reason = f"holds the most data ({held[id(keep)].describe()})"
+        counts = [h.data_count for h in held]
+        most = max(counts)
+        keep = group.disks[counts.index(most)]  # the first of the fullest: disks are sorted by key
+        if counts.count(most) == 1:
+            keep_reason = f"holds the most data ({held[counts.index(most)].describe()})"
         else:
             keep_reason = "first by node and disk name (no disk owns the BIM; equal data)"
 
     regenerate = []
-    for disk in group.disks:
+    for disk, data in zip(group.disks, held):
         if disk is keep:
             continue
-        data = held[id(disk)]
         if data.holds_data:
             reason = f"holds {data.describe()}: drain it with Longhorn's disk eviction before the UUID changes"
         else:
@@ -69,4 +69,4 @@ def plan_group(
         if group.kind == "duplicate-uuid" and disk.uuid == keep.uuid:
             reason = f"same full UUID as {keep.node}/{keep.name} (a cloned disk); " + reason
         regenerate.append(Regenerate(disk, data.holds_data, reason))
-    return GroupPlan(group, keep, keep_reason, tuple(regenerate))
+    return GroupPlan(group, keep, keep_reason, tuple(regenerate), held)

@@ -19,8 +19,7 @@ def to_json(f: Findings, source: dict[str, Any]) -> dict[str, Any]:
     collisions = []
     for plan in f.plans:
         disks = []
-        for d in plan.group.disks:
-            deps = f.dependents[d.key]
+        for d, deps in zip(plan.group.disks, plan.dependents):
             wanted = info.expected_bim_name(d.uuid)
             owned = sorted(deps.bims, key=lambda name: name != wanted)  # the colliding name first
             disks.append({

@@ -45,7 +45,8 @@ def test_a_cloned_disk_is_a_duplicate_uuid_group_and_replicas_count_by_node():
     f = analyze(inv)
     (plan,) = f.plans
     assert plan.group.kind == "duplicate-uuid"
-    assert len(f.dependents[("n1", "d")].replicas) == 2 and len(f.dependents[("n2", "d")].replicas) == 1
+    held = {d.key: h for d, h in zip(plan.group.disks, plan.dependents)}
+    assert len(held[("n1", "d")].replicas) == 2 and len(held[("n2", "d")].replicas) == 1
     assert plan.keep.key == ("n1", "d") and "most data" in plan.keep_reason
     (regen,) = plan.regenerate
     assert regen.disk.key == ("n2", "d") and regen.needs_eviction and "cloned" in regen.reason
