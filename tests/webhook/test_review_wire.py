@@ -1,4 +1,4 @@
-"""The wire layer's hot-path pre-check never hides a first-recorded disk."""
+"""The wire layer's hot path (brief decode, pre-check) never hides a first-recorded disk."""
 
 from __future__ import annotations
 
@@ -32,3 +32,20 @@ def test_no_new_uuid_implies_nothing_first_recorded(new, old):
         assert found == []
     for d in found:
         assert d.scheduled_replicas == tuple(new[d.disk]["scheduledReplica"])
+
+
+@settings(deadline=None)
+@given(new=entries, old=st.none() | entries)
+def test_the_brief_decode_answers_as_the_whole_review_would(new, old):
+    """Routine writes are answered from `decode_brief`: it must see the same disks and UUIDs."""
+    def obj(disks: dict | None) -> dict:
+        return {"apiVersion": "longhorn.io/v1beta2", "kind": "Node", "metadata": {"name": "n", "managedFields": [{}]},
+                "spec": {"disks": {}}, "status": {"diskStatus": disks} if disks is not None else {}}
+    body = msgspec.json.encode({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                "request": {"uid": "u", "object": obj(new),
+                                            "oldObject": obj(old) if old is not None else None}})
+    brief, whole = review.decode_brief(body).request, review.decode(body).request
+    routine = review.no_new_uuid(brief.object, brief.oldObject)
+    assert routine == review.no_new_uuid(whole.object, whole.oldObject)
+    if routine:
+        assert first_recorded("n", review.disk_entries(whole.object), review.disk_entries(whole.oldObject)) == []
