@@ -52,9 +52,10 @@ def plan_group(
     if keep is None:
         counts = [h.data_count for h in held]
         most = max(counts)
-        keep = group.disks[counts.index(most)]  # the first of the fullest: disks are sorted by key
+        fullest = counts.index(most)  # the first of them: disks are sorted by key
+        keep = group.disks[fullest]
         if counts.count(most) == 1:
-            keep_reason = f"holds the most data ({held[counts.index(most)].describe()})"
+            keep_reason = f"holds the most data ({held[fullest].describe()})"
         else:
             keep_reason = "first by node and disk name (no disk owns the BIM; equal data)"
 

@@ -76,9 +76,9 @@ class Admission:
         assert req is not None
         node = (req.object.metadata.name if req.object and req.object.metadata else "") or req.name or ""
         disks = first_recorded(node, wire.disk_entries(req.object), wire.disk_entries(req.oldObject))
-        if not disks:
+        if not disks:  # a UUID appeared, but on a block disk or not a Longhorn UUID
             self.metrics.reviews.outcomes["unchanged"] += 1
-            return wire.allowed(req.uid)  # the hot path: routine status writes
+            return wire.allowed(req.uid)
         try:
             async with asyncio.timeout(self.deadline):
                 return await self._decide(req, node, disks)
