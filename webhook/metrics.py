@@ -31,7 +31,7 @@ class ReviewSeries(Collector):
     def __init__(self, webhook: str) -> None:
         self.webhook = webhook
         self.in_flight = 0
-        self.codes: dict[int, int] = {}
+        self.codes: dict[int, int] = {200: 0}  # exported from the start, so rate() has a series
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self._latency_sum = 0.0
