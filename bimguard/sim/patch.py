@@ -51,23 +51,10 @@ def _index(container: list, token: str, *, for_add: bool) -> int:
     return i
 
 
-def _parent(doc: JSON, tokens: list[str]) -> JSON:
+def _walk(doc: JSON, tokens: list[str], pointer: str) -> JSON:
+    """The value at `tokens`; PatchError naming `pointer` when any step is missing."""
     node = doc
-    for t in tokens[:-1]:
-        if isinstance(node, dict):
-            if t not in node:
-                raise PatchError(f"doc is missing path: /{'/'.join(tokens)}")
-            node = node[t]
-        elif isinstance(node, list):
-            node = node[_index(node, t, for_add=False)]
-        else:
-            raise PatchError(f"doc is missing path: /{'/'.join(tokens)}")
-    return node
-
-
-def get_path(doc: JSON, pointer: str) -> JSON:
-    node = doc
-    for t in parse_pointer(pointer):
+    for t in tokens:
         if isinstance(node, dict):
             if t not in node:
                 raise PatchError(f"doc is missing path: {pointer}")
@@ -77,6 +64,14 @@ def get_path(doc: JSON, pointer: str) -> JSON:
         else:
             raise PatchError(f"doc is missing path: {pointer}")
     return node
+
+
+def _parent(doc: JSON, tokens: list[str]) -> JSON:
+    return _walk(doc, tokens[:-1], f"/{'/'.join(tokens)}")
+
+
+def get_path(doc: JSON, pointer: str) -> JSON:
+    return _walk(doc, parse_pointer(pointer), pointer)
 
 
 def _add(doc: JSON, tokens: list[str], value: JSON) -> JSON:
