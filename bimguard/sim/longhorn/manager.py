@@ -377,19 +377,7 @@ class LonghornManager:
 
     # ------------------------------------------------------------------ replica controller
     async def sync_replicas(self) -> None:
-        node = self.cache.peek("nodes", self.node_name)  # read-only
-        if node is None:
-            return
-        requeue = False
-        for r in await self.cache.list("replicas"):
-            if r.get("spec", {}).get("nodeID") != self.node_name:
-                continue
-            try:
-                await self.sync_replica(r, node)
-            except Requeue:
-                requeue = True
-        if requeue:
-            raise Requeue()
+        await self._sync_on_this_node("replicas", self.sync_replica)
 
     async def sync_replica(self, r: dict[str, Any], node: Mapping[str, Any]) -> None:
         r = copy.deepcopy(r)  # cached objects are shared (informer.py)
@@ -659,23 +647,30 @@ class LonghornManager:
 
     # ------------------------------------------------------------------ BIM controller
     async def sync_bims(self) -> None:
+        await self._sync_on_this_node("backingimagemanagers", self.sync_bim)
+
+    async def _sync_on_this_node(
+        self, plural: str, sync: Callable[[dict[str, Any], Mapping[str, Any]], Awaitable[None]]
+    ) -> None:
+        """Sync every cached object of `plural` whose spec.nodeID is this manager's node; one
+        conflict requeues the whole pass, after the others had their turn."""
         node = self.cache.peek("nodes", self.node_name)  # read-only
         if node is None:
             return
         requeue = False
-        for bim in await self.cache.list("backingimagemanagers"):
-            if (bim.get("spec") or {}).get("nodeID") != self.node_name:
+        for obj in await self.cache.list(plural):
+            if (obj.get("spec") or {}).get("nodeID") != self.node_name:
                 continue
             try:
-                await self.sync_bim(bim, node)
+                await sync(obj, node)
             except Requeue:
                 requeue = True
         if requeue:
             raise Requeue()
 
     async def sync_bim(self, bim: dict[str, Any], node: Mapping[str, Any]) -> None:
-        bim = copy.deepcopy(bim)
         """A BIM "pod" that downloads instantly (lm backing_image_manager_controller.go, heavily reduced)."""
+        bim = copy.deepcopy(bim)
         spec = bim.get("spec") or {}
         wanted = dict(spec.get("backingImages") or {})
         if bim["metadata"].get("deletionTimestamp"):
