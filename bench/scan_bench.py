@@ -2,7 +2,7 @@
 """Benchmark `bimguard scan --from-dump` against a jq one-liner on the same generated dump.
 
 Generates `kubectl get ... -o json`-shaped dumps (4-space indented List, Longhorn v1.7.2 object
-shapes as in shared/longhorn/samples, trimmed of fields neither tool reads so that the full size
+shapes as in tests/fixtures/longhorn/samples, trimmed of fields neither tool reads so that the full size
 is the ~190 MB the task names) of N nodes x 5 disks with 7.5 replicas per node and
 N/100 backing images, then runs, in the same process tree and one after the other:
   - the full scan (groups, ownership, replica counts, plan, symptoms), JSON output;

@@ -15,8 +15,8 @@ generator on the other (`taskset -c 0`):
            (`bimguard.sim.apiserver.ApiServer`, bimguard's CRDs from charts/bimguard/crds
            installed) running in its own process on core 0, beside the load generator.
 
-Review bodies: compact JSON as kube-apiserver sends it, built from the shared sample
-(shared/longhorn/samples/admission/nodes-status-first-record.request.json), nodes with four
+Review bodies: compact JSON as kube-apiserver sends it, built from the sample review
+(tests/fixtures/longhorn/samples/admission/nodes-status-first-record.request.json), nodes with four
 filesystem disks, full status, scheduled replicas and the managedFields a real Node carries:
 ~35 KB per review.
 
@@ -65,8 +65,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-SHARED = Path(os.environ.get("BIMGUARD_SHARED", REPO.parent / "shared"))  # as the tests find it
-SAMPLE = SHARED / "longhorn/samples/admission/nodes-status-first-record.request.json"
+# the sample review the tests read (tests/fixtures/README.md says where it comes from)
+SAMPLE = REPO / "tests/fixtures/longhorn/samples/admission/nodes-status-first-record.request.json"
 NAMESPACE = "bimguard"
 LONGHORN_NS = "longhorn-system"
 SERVICE = "bimguard-webhook"
@@ -122,7 +122,7 @@ def node_disks(n: int, disks: int, replicas_per_disk: int, rng: random.Random) -
 
 def node_object(name: str, disks: list[DiskSpec], *, managed_fields: bool, rv: int = 1240001,
                 node_uid: str = "5b1c7f0e-2f0d-4d52-9a53-6f4a3b0f8e21") -> dict[str, Any]:
-    """A Longhorn v1.7.2 Node (shapes from the shared sample) with these disks, all Ready."""
+    """A Longhorn v1.7.2 Node (shapes from the sample review) with these disks, all Ready."""
     im = "instance-manager-3264d6d586275520591b8a78fe1d9927"
     spec_disks, status_disks = {}, {}
     for d in disks:

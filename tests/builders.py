@@ -1,6 +1,6 @@
 """Small builders for Longhorn objects in the shapes longhorn-manager v1.7.2 writes.
 
-Field shapes follow shared/longhorn/samples (see their header comments for sources)."""
+Field shapes follow tests/fixtures/longhorn/samples (see their header comments for sources)."""
 
 from __future__ import annotations
 

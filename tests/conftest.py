@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -9,15 +8,14 @@ import pytest
 from bimguard.sim.apiserver import ApiServer
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared() -> Path:
-    """The project's shared material (Longhorn CRDs and samples), beside the checkout."""
-    path = Path(os.environ.get("BIMGUARD_SHARED", REPO.parent / "shared"))
-    if not (path / "longhorn" / "samples").is_dir():
-        pytest.fail(f"shared material not found at {path}; set BIMGUARD_SHARED")
-    return path
+def fixtures() -> Path:
+    """The test data kept in the repository: Longhorn sample objects (tests/fixtures; where each
+    file comes from is in tests/fixtures/README.md)."""
+    return FIXTURES
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,12 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(not shutil.which("taskset"), reason="the benchmark pins its processes with taskset (util-linux)")
-def test_webhook_benchmark_self_check_serves_every_path(shared: Path) -> None:
+def test_webhook_benchmark_self_check_serves_every_path() -> None:
     """Floor, hot and rewrite servers start as in a measured run; each path's review gets its
     answer and is counted under its outcome; every rewrite leaves one record and one claim."""
     out = subprocess.run([sys.executable, "bench/webhook_bench.py", "--check", "--nodes", "20"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "BIMGUARD_SHARED": str(shared)})
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "webhook_bench --check: floor, hot and rewrite paths answer" in out.stdout
 

@@ -38,26 +38,26 @@ def findings(doc: dict) -> dict:
 
 
 @pytest.fixture
-def collision_objects(shared: Path) -> list[dict]:
+def collision_objects(fixtures: Path) -> list[dict]:
     objs = []
     for name in COLLISION_FILES:
-        objs += [d for d in yaml.safe_load_all((shared / "longhorn/samples/collision" / name).read_text()) if d]
-    objs += [yaml.safe_load((shared / "longhorn/samples/healthy/setting-default-backing-image-manager-image.yaml")
+        objs += [d for d in yaml.safe_load_all((fixtures / "longhorn/samples/collision" / name).read_text()) if d]
+    objs += [yaml.safe_load((fixtures / "longhorn/samples/healthy/setting-default-backing-image-manager-image.yaml")
                             .read_text())]
     return objs
 
 
 @pytest.fixture
-def bundle_dir(shared: Path) -> Path:
-    (bundle,) = (shared / "longhorn/samples/support-bundle").glob("supportbundle_*")
+def bundle_dir(fixtures: Path) -> Path:
+    (bundle,) = (fixtures / "longhorn/samples/support-bundle").glob("supportbundle_*")
     return bundle
 
 
-def test_collision_sample_matches_the_expected_findings(shared, collision_objects, tmp_path, capsys):
+def test_collision_sample_matches_the_expected_findings(fixtures, collision_objects, tmp_path, capsys):
     dump = tmp_path / "dump.json"
     dump.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": collision_objects}, indent=4))
     code, doc, _ = scan(["--from-dump", str(dump), "-o", "json"], capsys)
-    expected = yaml.safe_load((shared / "longhorn/samples/collision/expected-findings.yaml").read_text())
+    expected = yaml.safe_load((fixtures / "longhorn/samples/collision/expected-findings.yaml").read_text())
     assert code == 1
     assert doc["longhorn"]["bimImage"] == expected["bimImage"]
     assert doc["longhorn"]["bimImagePrefix"] == expected["bimImagePrefix"]

@@ -1,6 +1,6 @@
 """The simulated Longhorn reproduces the BIM-name collision of BRIEF §4 and recovers like the KB.
 
-Compared with the constructed sample set ``shared/longhorn/samples/collision/`` (log line
+Compared with the constructed sample set ``tests/fixtures/longhorn/samples/collision/`` (log line
 format, BIM shape, stuck BackingImage/Replica shape).
 """
 
@@ -20,8 +20,8 @@ from bimguard.sim.longhorn.node_status import get_condition
 
 
 @pytest.fixture
-def samples(shared: Path) -> Path:
-    return shared / "longhorn/samples/collision"
+def samples(fixtures: Path) -> Path:
+    return fixtures / "longhorn/samples/collision"
 
 
 def _strip_time(line: str) -> str:

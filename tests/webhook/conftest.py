@@ -7,6 +7,6 @@ import pytest
 
 
 @pytest.fixture
-def sample(shared: Path) -> dict:
-    """The shared AdmissionReview of a first-recorded disk (shared/longhorn/samples/admission)."""
-    return json.loads((shared / "longhorn/samples/admission/nodes-status-first-record.request.json").read_text())
+def sample(fixtures: Path) -> dict:
+    """The sample AdmissionReview of a first-recorded disk (tests/fixtures/longhorn/samples/admission)."""
+    return json.loads((fixtures / "longhorn/samples/admission/nodes-status-first-record.request.json").read_text())

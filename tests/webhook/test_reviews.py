@@ -1,6 +1,6 @@
 """Admission reviews POSTed straight to webhook replicas over verified TLS.
 
-Built from the shared sample (shared/longhorn/samples/admission): longhorn-manager on worker-1
+Built from the sample review (tests/fixtures/longhorn/samples/admission): longhorn-manager on worker-1
 first records disk-nvme2 with UUID a3af91c2-..., whose prefix a3af another disk already holds.
 """
 
