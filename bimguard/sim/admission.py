@@ -1,4 +1,4 @@
-"""Mutating admission dispatch of the emulated API server, as kube-apiserver does it.
+"""Admission webhook dispatch of the emulated API server, as kube-apiserver does it.
 
 Follows staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/ (generic/webhook.go
 `ShouldCallHook`, predicates/rules/rules.go, mutating/dispatcher.go, pkg/util/webhook/):
@@ -14,6 +14,11 @@ Follows staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/ (generic/webh
   `allowed: false` always rejects with the webhook's status; the JSONPatch is applied;
   `response.warnings` become `Warning` headers.
 - a dryRun request to a webhook whose sideEffects is not None/NoneOnDryRun is rejected (400).
+- ValidatingWebhookConfigurations (validating/dispatcher.go) run after mutation and after the
+  object passed its schema and strategy (the API server calls them from inside the storage update,
+  with the final object and the stored oldObject); every matching webhook is called (kube-apiserver
+  calls them in parallel), the first denial in configuration order is the answer, failurePolicy as
+  above (a patch in a validating webhook's answer is not looked at).
 Not emulated: `reinvocationPolicy: IfNeeded` (webhooks run once), `matchConditions`,
 `matchPolicy` (only one version of each resource is served, so Exact and Equivalent coincide).
 
@@ -47,6 +52,7 @@ from bimguard.sim.store import (
 )
 
 MWC = ResourceKey("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations")
+VWC = ResourceKey("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations")
 DEFAULT_USER: dict[str, Any] = {"username": "kubernetes-admin", "groups": ["kubeadm:cluster-admins", "system:authenticated"]}
 
 
@@ -287,8 +293,8 @@ class Dispatcher:
         except aiohttp.ClientError as e:
             raise WebhookCallError(f'failed to call webhook: Post "{shown}": {e}') from None
 
-    def _configs(self) -> list[dict]:
-        items, _ = self.store.list(MWC)
+    def _configs(self, key: ResourceKey = MWC) -> list[dict]:
+        items, _ = self.store.list(key)
         return sorted(items, key=lambda c: c["metadata"]["name"])
 
     def _namespace_labels(self, namespace: str) -> dict[str, str] | None:
@@ -298,6 +304,31 @@ class Dispatcher:
             return self.store.get("v1/namespaces", None, namespace)["metadata"].get("labels") or {}
         except ApiError:
             return {}
+
+    def _matching(self, key: ResourceKey, attrs: Attributes, ns_labels: dict[str, str] | None) -> list[dict]:
+        return [hook for config in self._configs(key) for hook in config.get("webhooks") or []
+                if hook_matches(hook, attrs, ns_labels)]
+
+    async def _consult(self, hook: dict, attrs: Attributes) -> dict | None:
+        """One webhook call: its verified response, or None when failurePolicy Ignore swallowed a
+        call failure; a denial is raised."""
+        name = hook.get("name", "")
+        if attrs.dry_run and hook.get("sideEffects") not in ("None", "NoneOnDryRun"):
+            raise bad_request(f'admission webhook "{name}" does not support dry run')
+        uid = str(uuid.uuid4())
+        try:
+            response = verify_response(await self._call(hook, build_review(attrs, uid)), uid)
+        except WebhookCallError as e:
+            message = f'failed calling webhook "{name}": {e}'
+            if hook.get("failurePolicy", "Fail") == "Ignore":
+                self.calls.append((name, f"ignored: {message}"))
+                return None
+            self.calls.append((name, f"failed: {message}"))
+            raise internal(message) from None
+        if not response.get("allowed"):
+            self.calls.append((name, "denied"))
+            raise rejection(name, response.get("status"))
+        return response
 
     async def admit(self, attrs: Attributes) -> tuple[dict | None, list[str]]:
         """Run all matching mutating webhooks; returns (possibly patched object, warnings)."""
@@ -311,22 +342,10 @@ class Dispatcher:
                 if not hook_matches(hook, current, ns_labels):
                     continue
                 name = hook.get("name", "")
-                if attrs.dry_run and hook.get("sideEffects") not in ("None", "NoneOnDryRun"):
-                    raise bad_request(f'admission webhook "{name}" does not support dry run')
-                uid = str(uuid.uuid4())
-                try:
-                    response = verify_response(await self._call(hook, build_review(current, uid)), uid)
-                except WebhookCallError as e:
-                    message = f'failed calling webhook "{name}": {e}'
-                    if hook.get("failurePolicy", "Fail") == "Ignore":
-                        self.calls.append((name, f"ignored: {message}"))
-                        continue
-                    self.calls.append((name, f"failed: {message}"))
-                    raise internal(message) from None
+                response = await self._consult(hook, current)
+                if response is None:
+                    continue
                 warnings.extend(str(w) for w in response.get("warnings") or [])
-                if not response.get("allowed"):
-                    self.calls.append((name, "denied"))
-                    raise rejection(name, response.get("status"))
                 if response.get("patch") and obj is not None and attrs.operation != "DELETE":
                     try:
                         ops = json.loads(base64.b64decode(response["patch"]))
@@ -338,3 +357,22 @@ class Dispatcher:
                 else:
                     self.calls.append((name, "allowed"))
         return obj, warnings
+
+    def validates(self, attrs: Attributes) -> bool:
+        """Whether any validating webhook matches (callers skip the extra storage pass if not)."""
+        return bool(self._matching(VWC, attrs, self._namespace_labels(attrs.namespace)))
+
+    async def validate(self, attrs: Attributes) -> list[str]:
+        """Run all matching validating webhooks concurrently (validating/dispatcher.go); the first
+        denial or Fail-policy error in configuration order is raised. Returns the warnings."""
+        hooks = self._matching(VWC, attrs, self._namespace_labels(attrs.namespace))
+        results = await asyncio.gather(*(self._consult(h, attrs) for h in hooks), return_exceptions=True)
+        warnings: list[str] = []
+        for hook, result in zip(hooks, results):
+            if isinstance(result, BaseException):
+                raise result
+            if result is None:
+                continue
+            self.calls.append((hook.get("name", ""), "allowed"))
+            warnings.extend(str(w) for w in result.get("warnings") or [])
+        return warnings

@@ -8,12 +8,13 @@ resourceVersion, bookmarks, 410 as an ERROR event) / create / update / patch (JS
 patch, strategic merge patch for built-ins only) / delete / deletecollection, with the `status`
 subresource where the resource has one.
 
-Resources: built-ins (see resources.py) plus every CRD object in the store; the Longhorn v1.7.2
-CRDs (nodes, replicas, backingimages, backingimagemanagers, backingimagedatasources, settings,
-orphans) are installed at start-up and more can be created at runtime.
+Resources: built-ins (see resources.py) plus every CRD object in the store; the Longhorn CRDs of the
+emulated release line (nodes, replicas, backingimages, backingimagemanagers,
+backingimagedatasources, settings, orphans, volumes, engines, volumeattachments; v1.7.2, v1.8.1 or
+v1.9.1, `longhorn_version=`) are installed at start-up and more can be created at runtime.
 
 Public API:
-    ApiServer(namespace_seed=("default", "longhorn-system"), webhook_hosts=None)
+    ApiServer(namespace_seed=("default", "longhorn-system"), webhook_hosts=None, longhorn_version="v1.7.2")
     await server.start(host="127.0.0.1", port=0) -> "http://127.0.0.1:PORT"; server.url
     await server.stop()
     server.kubeconfig(path)        # context "sim", a dummy bearer token
@@ -28,7 +29,7 @@ The write path runs in kube-apiserver's order (handlers/create.go, update.go, pa
 registry/store.go): decode + prune unknown fields (Warning headers, or 400 under
 `fieldValidation=Strict`) + schema defaults -> mutating admission (oldObject = the stored object) -> prune the
 webhook output -> resourceVersion precondition (409) -> status strategy -> validation (422) ->
-store. Authentication accepts any bearer token (`add_user` says who a token is; kubectl's
+validating admission -> store. Authentication accepts any bearer token (`add_user` says who a token is; kubectl's
 `--as` impersonation headers are honoured); there is no RBAC.
 
 The store lives on the server's event loop: in-process callers must use it from that loop.
@@ -40,10 +41,9 @@ Not emulated (known differences from kube-apiserver):
   latest state (continue tokens do page a consistent snapshot);
 - no garbage collection (ownerReferences), no graceful pod deletion (pods go at once unless they
   have finalizers), namespace deletion removes its contents at once (no Terminating phase);
-- only the storage version of a CRD is served, no conversion webhooks, no CEL validation rules,
-  no validating admission webhooks;
-- ServiceAccounts, Deployments, Jobs, PodDisruptionBudgets, RBAC kinds and
-  ValidatingWebhookConfigurations are stored and served, but nothing acts on them;
+- only the storage version of a CRD is served, no conversion webhooks, no CEL validation rules;
+- ServiceAccounts, Deployments, Jobs, PodDisruptionBudgets and RBAC kinds are stored and served,
+  but nothing acts on them;
 - protobuf request bodies only for Namespace, Secret and ConfigMap (what kubectl's `create
   namespace|secret|configmap` send); responses are always JSON.
 """
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -78,6 +79,7 @@ from bimguard.sim.store import (
     bad_request,
     unsupported_media_type,
     APPLY_PATCH,
+    copy_json,
 )
 
 __all__ = ["ApiServer", "ApiError", "ResourceKey", "Store"]
@@ -121,7 +123,7 @@ def _truthy(value: str | None) -> bool:
 
 class ApiServer:
     def __init__(self, *, namespace_seed: tuple[str, ...] = ("default", "longhorn-system"),
-                 webhook_hosts: dict[str, tuple[str, int]] | None = None) -> None:
+                 webhook_hosts: dict[str, tuple[str, int]] | None = None, longhorn_version: str = "v1.7.2") -> None:
         self.store = Store()
         self.faults = Faults(self.store)
         self.admission = Dispatcher(self.store, dict(webhook_hosts or {}))
@@ -133,7 +135,7 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         for ns in namespace_seed:
             self.store.create("v1/namespaces", {"metadata": {"name": ns}})
-        for crd in longhorn_crds():
+        for crd in longhorn_crds(longhorn_version):
             self.store.create(CRD_KEY, crd)
 
     @property
@@ -495,6 +497,16 @@ class ApiServer:
                name: str, dry: bool) -> Attributes:
         return Attributes(req.rt, operation, req.namespace or "", name, obj, old, req.subresource or "", dry, self._user(request))
 
+    async def _validate(self, request: web.Request, req: _Request, operation: str, obj: dict | None,
+                        old: dict | None, name: str, dry: bool, prepare: Any) -> list[str]:
+        """Validating admission: called with the object as the storage layer would write it
+        (`prepare` runs the strategy and validation without writing), and the stored oldObject."""
+        attrs = self._attrs(request, req, operation, obj, old, name, dry)
+        if not self.admission.validates(attrs):
+            return []
+        final = prepare() if prepare is not None else None
+        return await self.admission.validate(dataclasses.replace(attrs, obj=final))
+
     async def _do_create(self, request: web.Request, req: _Request) -> web.Response:
         dry, fv = self._options(request)
         body = await self._body(request)
@@ -508,6 +520,9 @@ class ApiServer:
         admitted, hook_warnings = await self.admission.admit(self._attrs(request, req, "CREATE", obj, None, meta.get("name", ""), dry))
         assert admitted is not None
         admitted, _ = self.store.decode(req.rt, admitted)  # webhook output is pruned too
+        hook_warnings += await self._validate(request, req, "CREATE", admitted, None, meta.get("name", ""), dry,
+                                              lambda: self.store.commit_create(req.rt, copy_json(admitted), req.namespace,
+                                                                               dry_run=True))
         created = self.store.commit_create(req.rt, admitted, req.namespace, dry_run=dry)
         return self._respond(created, 201, warnings + hook_warnings if fv != "Ignore" else hook_warnings)
 
@@ -529,6 +544,10 @@ class ApiServer:
         admitted, hook_warnings = await self.admission.admit(self._attrs(request, req, "UPDATE", obj, old, req.name, dry))
         assert admitted is not None
         admitted, _ = self.store.decode(req.rt, admitted)
+        hook_warnings += await self._validate(
+            request, req, "UPDATE", admitted, old, req.name, dry,
+            lambda: self.store.commit_update(req.rt, copy_json(admitted), req.namespace, req.name,
+                                             subresource=req.subresource, dry_run=True))
         updated = self.store.commit_update(req.rt, admitted, req.namespace, req.name, subresource=req.subresource, dry_run=dry)
         return self._respond(updated, 200, warnings + hook_warnings if fv != "Ignore" else hook_warnings)
 
@@ -552,6 +571,10 @@ class ApiServer:
             assert admitted is not None
             admitted, _ = self.store.decode(req.rt, admitted)
             try:
+                hook_warnings += await self._validate(
+                    request, req, "UPDATE", admitted, current, req.name, dry,
+                    lambda: self.store.commit_update(req.rt, copy_json(admitted), req.namespace, req.name,
+                                                     subresource=req.subresource, dry_run=True))
                 updated = self.store.commit_update(req.rt, admitted, req.namespace, req.name,
                                                    subresource=req.subresource, dry_run=dry)
             except ApiError as e:
@@ -573,6 +596,7 @@ class ApiServer:
         dry = "All" in request.query.getall("dryRun", []) or "All" in (options.get("dryRun") or [])
         old = self.store._current(req.rt, req.namespace, req.name)
         _, hook_warnings = await self.admission.admit(self._attrs(request, req, "DELETE", None, old, req.name, dry))
+        hook_warnings += await self._validate(request, req, "DELETE", None, old, req.name, dry, None)
         result = self.store.commit_delete(req.rt, req.namespace, req.name, preconditions=options.get("preconditions"), dry_run=dry)
         return self._respond(result, 200, hook_warnings)
 
@@ -585,6 +609,7 @@ class ApiServer:
             meta = obj["metadata"]
             sub = _Request(req.rt, meta.get("namespace"), meta["name"], None)
             await self.admission.admit(self._attrs(request, sub, "DELETE", None, obj, meta["name"], dry))
+            await self._validate(request, sub, "DELETE", None, obj, meta["name"], dry, None)
             self.store.commit_delete(req.rt, meta.get("namespace"), meta["name"], dry_run=dry)
             deleted.append(obj)
         return _json({"kind": req.rt.list_kind, "apiVersion": req.rt.api_version,

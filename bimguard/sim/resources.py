@@ -287,21 +287,30 @@ def resource_type_from_crd(crd: dict) -> ResourceType:
     )
 
 
-def longhorn_crds() -> list[dict]:
-    """The Longhorn v1.7.2 CRDs shipped in `bimguard/sim/data/` (see the README there); fresh
-    copies each call (parsed once: every ApiServer installs them)."""
-    return copy.deepcopy(_parsed_longhorn_crds())
+#: The Longhorn CRD sets shipped in `bimguard/sim/data/` (see the README there), by release line.
+LONGHORN_CRD_TAGS = {"v1.7": "v1.7.2", "v1.8": "v1.8.1", "v1.9": "v1.9.1"}
 
 
-@functools.lru_cache(maxsize=1)
-def _parsed_longhorn_crds() -> list[dict]:
-    out = []
+def longhorn_crd_tag(version: str) -> str:
+    """The tag whose CRDs stand in for Longhorn `version` ("v1.8.2" -> "v1.8.1")."""
+    line = ".".join(version.lstrip("v").split(".")[:2])
+    try:
+        return LONGHORN_CRD_TAGS[f"v{line}"]
+    except KeyError:
+        raise ValueError(f"the emulator models Longhorn {', '.join(LONGHORN_CRD_TAGS)}, not {version}") from None
+
+
+def longhorn_crds(version: str = "v1.7.2") -> list[dict]:
+    """The Longhorn CRDs of `version`'s release line; fresh copies each call (parsed once:
+    every ApiServer installs them)."""
+    return copy.deepcopy(_parsed_longhorn_crds(longhorn_crd_tag(version)))
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_longhorn_crds(tag: str) -> list[dict]:
     data = importlib_resources.files("bimguard.sim").joinpath("data")
-    for name in ("longhorn-crds-v1.7.2.yaml", "longhorn-crd-backingimagedatasources-v1.7.2.yaml"):
-        for doc in yaml.safe_load_all(data.joinpath(name).read_text()):
-            if doc and doc.get("kind") == "CustomResourceDefinition":
-                out.append(doc)
-    return out
+    text = data.joinpath(f"longhorn-crds-{tag}.yaml").read_text()
+    return [doc for doc in yaml.safe_load_all(text) if doc and doc.get("kind") == "CustomResourceDefinition"]
 
 
 @dataclass

@@ -266,7 +266,7 @@ def fields_match(reqs: tuple[tuple[str, str, str], ...], obj: dict) -> bool:
 # --- the store -------------------------------------------------------------------------------
 
 
-def _copy(obj: Any) -> Any:
+def copy_json(obj: Any) -> Any:
     return msgspec.json.decode(msgspec.json.encode(obj))
 
 
@@ -323,7 +323,7 @@ class Watcher:
         if cur:
             return ("ADDED", ev.obj)
         if old:
-            gone_obj = _copy(ev.old)
+            gone_obj = copy_json(ev.old)
             gone_obj["metadata"]["resourceVersion"] = str(ev.rv)
             return ("DELETED", gone_obj)
         return None
@@ -394,12 +394,12 @@ class Store:
 
     def get(self, resource: ResourceKey | str, namespace: str | None, name: str) -> dict:
         rt = self.resource_type(resource)
-        return _copy(self._current(rt, namespace, name))
+        return copy_json(self._current(rt, namespace, name))
 
     def list(self, resource: ResourceKey | str, namespace: str | None = None,
              label_selector: str | None = None, *, field_selector: str | None = None) -> tuple[list[dict], str]:
         page = self.list_page(resource, namespace, label_selector, field_selector=field_selector)
-        return _copy(page.items), page.resource_version
+        return copy_json(page.items), page.resource_version
 
     def list_page(self, resource: ResourceKey | str, namespace: str | None = None, label_selector: str | None = None,
                   *, field_selector: str | None = None, limit: int = 0, continue_token: str = "") -> ListPage:
@@ -539,15 +539,15 @@ class Store:
 
     def create(self, resource: ResourceKey | str, obj: dict, *, dry_run: bool = False) -> dict:
         rt = self.resource_type(resource)
-        decoded, _ = self.decode(rt, _copy(obj))
-        return _copy(self.commit_create(rt, decoded, decoded.get("metadata", {}).get("namespace"), dry_run=dry_run))
+        decoded, _ = self.decode(rt, copy_json(obj))
+        return copy_json(self.commit_create(rt, decoded, decoded.get("metadata", {}).get("namespace"), dry_run=dry_run))
 
     def update(self, resource: ResourceKey | str, obj: dict, *, subresource: str | None = None,
                dry_run: bool = False) -> dict:
         rt = self.resource_type(resource)
-        decoded, _ = self.decode(rt, _copy(obj))
+        decoded, _ = self.decode(rt, copy_json(obj))
         meta = decoded.get("metadata", {})
-        return _copy(self.commit_update(rt, decoded, meta.get("namespace"), meta.get("name", ""),
+        return copy_json(self.commit_update(rt, decoded, meta.get("namespace"), meta.get("name", ""),
                                         subresource=subresource, dry_run=dry_run))
 
     def patch(self, resource: ResourceKey | str, namespace: str | None, name: str, patch: Any,
@@ -559,12 +559,12 @@ class Store:
         decoded, _ = self.decode(rt, patched)
         pinned = decoded.setdefault("metadata", {}).get("resourceVersion") or current["metadata"]["resourceVersion"]
         decoded["metadata"]["resourceVersion"] = pinned
-        return _copy(self.commit_update(rt, decoded, namespace, name, subresource=subresource))
+        return copy_json(self.commit_update(rt, decoded, namespace, name, subresource=subresource))
 
     def delete(self, resource: ResourceKey | str, namespace: str | None, name: str, *,
                preconditions: dict | None = None, dry_run: bool = False) -> dict:
         rt = self.resource_type(resource)
-        return _copy(self.commit_delete(rt, namespace, name, preconditions=preconditions, dry_run=dry_run))
+        return copy_json(self.commit_delete(rt, namespace, name, preconditions=preconditions, dry_run=dry_run))
 
     # The commit_* steps run after admission; they are synchronous, so each is atomic with
     # respect to every other request on the event loop.
@@ -678,7 +678,7 @@ class Store:
             # Graceful deletion with finalizers: mark, keep (store.go updateForGracefulDeletionAndFinalizers).
             if old["metadata"].get("deletionTimestamp") or dry_run:
                 return old
-            new = _copy(old)
+            new = copy_json(old)
             new["metadata"]["deletionTimestamp"] = _rfc3339(self.clock())
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             if new["metadata"].get("generation"):
@@ -698,7 +698,7 @@ class Store:
 
     def _remove(self, rt: ResourceType, ns: str, name: str) -> dict:
         old = self._bucket(rt).pop((ns, name))
-        gone_obj = _copy(old)
+        gone_obj = copy_json(old)
         gone_obj["metadata"]["resourceVersion"] = self._next_rv()
         self._emit(rt, "DELETED", gone_obj, old)
         return gone_obj
@@ -729,13 +729,15 @@ class Store:
             _secret_string_data(obj)
         elif plural == ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"):
             _default_webhooks(obj)
+        elif plural == ("admissionregistration.k8s.io", "validatingwebhookconfigurations"):
+            _default_webhooks(obj, mutating=False)
         elif plural == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._validate_crd(obj)
 
     def _prepare_for_update(self, rt: ResourceType, obj: dict, old: dict, subresource: str | None) -> dict:
         if subresource == "status":
             # statusStrategy.PrepareForUpdate: copy the old object, keep only the new .status.
-            new = _copy(old)
+            new = copy_json(old)
             if "status" in obj:
                 new["status"] = obj["status"]
             else:
@@ -763,6 +765,8 @@ class Store:
             meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": meta["name"]}
         elif plural == ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"):
             _default_webhooks(new)
+        elif plural == ("admissionregistration.k8s.io", "validatingwebhookconfigurations"):
+            _default_webhooks(new, mutating=False)
         elif plural == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._validate_crd(new)
         return new
@@ -926,7 +930,7 @@ def _secret_string_data(obj: dict) -> None:
     obj.setdefault("type", "Opaque")
 
 
-def _default_webhooks(obj: dict) -> None:
+def _default_webhooks(obj: dict, *, mutating: bool = True) -> None:
     # admissionregistration/v1 defaults (pkg/apis/admissionregistration/v1/defaults.go).
     hooks = []
     for hook in obj.get("webhooks") or []:
@@ -936,7 +940,8 @@ def _default_webhooks(obj: dict) -> None:
         hook.setdefault("namespaceSelector", {})
         hook.setdefault("objectSelector", {})
         hook.setdefault("timeoutSeconds", 10)
-        hook.setdefault("reinvocationPolicy", "Never")
+        if mutating:
+            hook.setdefault("reinvocationPolicy", "Never")
         svc = (hook.get("clientConfig") or {}).get("service")
         if isinstance(svc, dict):
             hook["clientConfig"] = {**hook["clientConfig"], "service": {**svc, "port": svc.get("port", 443)}}
