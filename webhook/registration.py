@@ -2,36 +2,90 @@
 
 The Helm chart writes the same fields in its template (tests/chart checks that they agree);
 this builder is what the demo and the tests install into the emulator.
+
+matchConditions (scope.MATCH_CONDITIONS) are rendered for servers that have them on by default,
+Kubernetes 1.28 and later (scope.MATCH_CONDITIONS_SINCE): `kube_version` is what the server's
+`/version` says (`server_version()` reads it; `for_server()` does both). Without a version the
+builder assumes a current server and renders them; a version it cannot read gets the older form,
+which every server accepts (the webhook's own trigger decides either way; matchConditions only
+spare routine writes the round trip).
 """
 
 from __future__ import annotations
 
 import base64
+import re
+from collections.abc import Mapping
 from typing import Any
 
+from kubernetes_asyncio import client
+
 from webhook import scope
+
+_VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)")
+_NUMBER_RE = re.compile(r"^(\d+)")
+
+
+def kube_version_tuple(version: str | Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """(major, minor) of a server version: a `/version` document (its `major`/`minor`, which
+    may carry a `+` as on GKE and EKS, else its `gitVersion`) or a version string such as
+    "v1.30.2+k3s1" or "1.28.0-gke.100"; None when it cannot be read."""
+    if version is None:
+        return None
+    if isinstance(version, Mapping):
+        major = _NUMBER_RE.match(str(version.get("major") or ""))
+        minor = _NUMBER_RE.match(str(version.get("minor") or ""))
+        if major and minor:
+            return int(major[1]), int(minor[1])
+        version = str(version.get("gitVersion") or "")
+    m = _VERSION_RE.match(version.strip())
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def supports_match_conditions(version: str | Mapping[str, Any] | None) -> bool:
+    """Whether to render matchConditions for a server of this version (None: assume a current one)."""
+    if version is None:
+        return True
+    parsed = kube_version_tuple(version)
+    return parsed is not None and parsed >= scope.MATCH_CONDITIONS_SINCE
+
+
+async def server_version(api_client: client.ApiClient) -> dict[str, Any]:
+    """The API server's `/version` document (major, minor, gitVersion...)."""
+    info = await client.VersionApi(api_client).get_code()
+    return {"major": info.major, "minor": info.minor, "gitVersion": info.git_version}
 
 
 def mutating_webhook_configuration(*, name: str, service: str, namespace: str, longhorn_namespace: str,
                                    ca_bundle: bytes = b"", port: int = 443,
-                                   failure_policy: str = scope.FAILURE_POLICY) -> dict[str, Any]:
+                                   failure_policy: str = scope.FAILURE_POLICY,
+                                   kube_version: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
     s = scope.LONGHORN_NODE_STATUS
     client_config: dict[str, Any] = {"service": {"name": service, "namespace": namespace, "path": s.path, "port": port}}
     if ca_bundle:
         client_config["caBundle"] = base64.b64encode(ca_bundle).decode()
+    hook: dict[str, Any] = {
+        "name": scope.WEBHOOK_NAME,
+        "admissionReviewVersions": list(scope.ADMISSION_REVIEW_VERSIONS),
+        "sideEffects": scope.SIDE_EFFECTS,
+        "failurePolicy": failure_policy,
+        "timeoutSeconds": scope.TIMEOUT_SECONDS,
+        "matchPolicy": "Equivalent",
+        "clientConfig": client_config,
+        "rules": [{"apiGroups": [s.group], "apiVersions": [s.version], "resources": [s.rule_resource],
+                   "operations": list(s.operations), "scope": "Namespaced"}],
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": longhorn_namespace}},
+    }
+    if supports_match_conditions(kube_version):
+        hook["matchConditions"] = [c.as_dict() for c in scope.MATCH_CONDITIONS]
     return {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "bimguard"}},
-        "webhooks": [{
-            "name": scope.WEBHOOK_NAME,
-            "admissionReviewVersions": list(scope.ADMISSION_REVIEW_VERSIONS),
-            "sideEffects": scope.SIDE_EFFECTS,
-            "failurePolicy": failure_policy,
-            "timeoutSeconds": scope.TIMEOUT_SECONDS,
-            "matchPolicy": "Equivalent",
-            "clientConfig": client_config,
-            "rules": [{"apiGroups": [s.group], "apiVersions": [s.version], "resources": [s.rule_resource],
-                       "operations": list(s.operations), "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": longhorn_namespace}},
-        }],
+        "webhooks": [hook],
     }
+
+
+async def for_server(api_client: client.ApiClient, **kwargs: Any) -> dict[str, Any]:
+    """The configuration for the server behind `api_client`: matchConditions when its `/version`
+    says it has them on by default."""
+    return mutating_webhook_configuration(kube_version=await server_version(api_client), **kwargs)
