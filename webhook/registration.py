@@ -27,17 +27,19 @@ _NUMBER_RE = re.compile(r"^(\d+)")
 
 
 def kube_version_tuple(version: str | Mapping[str, Any] | None) -> tuple[int, int] | None:
-    """(major, minor) of a server version: a `/version` document (its `major`/`minor`, which
-    may carry a `+` as on GKE and EKS, else its `gitVersion`) or a version string such as
-    "v1.30.2+k3s1" or "1.28.0-gke.100"; None when it cannot be read."""
+    """(major, minor) of a server version: a `/version` document (its `gitVersion`, what Helm's
+    `.Capabilities.KubeVersion` holds, else its `major`/`minor`, which may carry a `+` as on GKE
+    and EKS) or a version string such as "v1.30.2+k3s1" or "1.28.0-gke.100"; None when it
+    cannot be read."""
     if version is None:
         return None
     if isinstance(version, Mapping):
+        m = _VERSION_RE.match(str(version.get("gitVersion") or "").strip())
+        if m:
+            return int(m[1]), int(m[2])
         major = _NUMBER_RE.match(str(version.get("major") or ""))
         minor = _NUMBER_RE.match(str(version.get("minor") or ""))
-        if major and minor:
-            return int(major[1]), int(minor[1])
-        version = str(version.get("gitVersion") or "")
+        return (int(major[1]), int(minor[1])) if major and minor else None
     m = _VERSION_RE.match(version.strip())
     return (int(m[1]), int(m[2])) if m else None
 

@@ -145,6 +145,9 @@ def test_webhook_configuration_matches_the_declared_scope(values: dict[str, Any]
     assert hook["matchPolicy"] == "Equivalent"  # v1beta1 requests converted for us (BRIEF §6)
     assert hook["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "longhorn-system"}}
     assert "objectSelector" not in hook
+    # Helm's default Kubernetes version has matchConditions: the scope's, character for character
+    # (per Kubernetes version: tests/chart/test_match_conditions_chart.py).
+    assert hook["matchConditions"] == [c.as_dict() for c in scope.MATCH_CONDITIONS]
 
     service = one(docs, "Service")
     https = [p for p in service["spec"]["ports"] if p["name"] == "https"][0]

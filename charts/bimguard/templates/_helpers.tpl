@@ -96,3 +96,40 @@ bimguard-controller
 {{- define "bimguard.injectsCABundle" -}}
 {{- if or (eq .Values.tls.mode "selfManaged") .Values.tls.injectCABundle }}true{{ end }}
 {{- end }}
+
+{{/*
+matchConditions: webhook/scope.py MATCH_CONDITIONS written out once (tests/chart checks that the
+rendered conditions equal it, character for character). kube-apiserver skips the webhook for
+every Longhorn Node status write that does not first-record a filesystem disk's UUID, so routine
+writes pay no round trip, nor the timeoutSeconds wait while the webhook is unreachable; the
+webhook's own trigger still decides. Rendered for Kubernetes >= 1.28, where the feature gate
+AdmissionWebhookMatchConditions is beta and on by default (GA in 1.30; kubernetes/kubernetes
+staging/src/k8s.io/apiserver/pkg/features/kube_features.go): `.Capabilities.KubeVersion` is the
+cluster's version on install/upgrade and `--kube-version` (else Helm's default) for
+`helm template`. Older clusters get the configuration without them.
+*/}}
+{{- define "bimguard.matchConditions" -}}
+- name: first-records-a-filesystem-disk-uuid
+  expression: |-
+    (type(object) == map && has(object.status) && type(object.status) == map
+      && has(object.status.diskStatus) && type(object.status.diskStatus) == map
+      ? object.status.diskStatus : {}).exists(d,
+      type(object.status.diskStatus[d]) == map
+      && has(object.status.diskStatus[d].diskUUID) && type(object.status.diskStatus[d].diskUUID) == string
+      && object.status.diskStatus[d].diskUUID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\\n?$')
+      && (has(object.status.diskStatus[d].diskType) && type(object.status.diskStatus[d].diskType) == string
+          && object.status.diskStatus[d].diskType != ''
+        ? object.status.diskStatus[d].diskType == 'filesystem'
+        : !(has(object.spec) && type(object.spec) == map && has(object.spec.disks) && type(object.spec.disks) == map
+            && d in object.spec.disks && type(object.spec.disks[d]) == map && has(object.spec.disks[d].diskType)
+            && type(object.spec.disks[d].diskType) == string && !(object.spec.disks[d].diskType in ['', 'filesystem'])))
+      && !(type(oldObject) == map && has(oldObject.status) && type(oldObject.status) == map
+        && has(oldObject.status.diskStatus) && type(oldObject.status.diskStatus) == map
+        && d in oldObject.status.diskStatus && type(oldObject.status.diskStatus[d]) == map
+        && has(oldObject.status.diskStatus[d].diskUUID) && type(oldObject.status.diskStatus[d].diskUUID) == string
+        && oldObject.status.diskStatus[d].diskUUID != ''))
+{{- end }}
+
+{{- define "bimguard.supportsMatchConditions" -}}
+{{- if semverCompare ">=1.28.0-0" .Capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
