@@ -4,8 +4,8 @@ The controller and the leader elector read and write custom objects (Longhorn No
 DiskRewrites and PrefixClaims), Pods, Events and Leases. Everything is requested with
 `_preload_content=False` and decoded as JSON, so built-in kinds come back as the same dicts the
 API server sent (no generated model classes, no datetime conversion). API failures become
-`NotFound`, `Conflict` (409 on a resourceVersion precondition or a failed JSON Patch `test`
-is 422 Invalid, see `Invalid`), `AlreadyExists`, or `KubeError` for the rest.
+`NotFound`, `Conflict` (409 on a resourceVersion precondition; a failed JSON Patch `test` is 422
+`Invalid`), `AlreadyExists`, `Forbidden` (403), or `KubeError` for the rest.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ class Invalid(KubeError):
     """422: includes a JSON Patch whose `test` operation failed."""
 
 
+class Forbidden(KubeError):
+    """403: RBAC, or an admission webhook's refusal with that code (Longhorn's node validator
+    answers 403 while a Node's spec and status disk sets differ)."""
+
+
 def translate(exc: ApiException) -> KubeError:
     return _error(int(exc.status or 0), exc.reason, exc.body)
 
@@ -82,6 +87,8 @@ def _error(status: int, http_reason: Any, raw: Any) -> KubeError:
         return Conflict(status, reason, message)
     if status == 422:
         return Invalid(status, reason, message)
+    if status == 403:
+        return Forbidden(status, reason, message)
     return KubeError(status, reason, message)
 
 

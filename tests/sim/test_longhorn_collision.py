@@ -75,7 +75,7 @@ async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiS
         assert set(existing["status"]) >= {"backingImageFileMap", "currentState", "ownerID"}
 
         # A volume with replicas on both disks: the worker-b one needs the file on ub.
-        r_a, r_b = await c.create_volume_replicas("pvc-6d1e2f3a", "parrot", [("worker-a", da), ("worker-b", db)])
+        r_a, r_b = await c.create_volume("pvc-6d1e2f3a", [("worker-a", da), ("worker-b", db)], backing_image="parrot")
 
         async def stuck() -> bool:
             rb = await _replica(c, r_b)
@@ -113,13 +113,16 @@ async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiS
         assert waiting in lines
         assert dropping in lines  # after maxRetries (3) in one burst
 
-        # Recovery (KB option 2 in our words): drop the stuck spec entry and the stuck replica,
-        # give worker-b's disk a unique UUID in status and cfg, re-create the replica.
-        bi = await _bi(c, "parrot")
-        del bi["spec"]["diskFileSpecMap"][ub]
-        await c.kube.replace("backingimages", bi)
-        await c.kube.delete("replicas", r_b)
+        # The stuck replica holds the volume in "attaching": Longhorn waits for every scheduled
+        # replica to run before it starts the engine (volume_controller.go:1893-1896).
+        vol = await c.kube.get("volumes", "pvc-6d1e2f3a")
+        assert vol["status"]["state"] == "attaching" and not (await _replica(c, r_a))["spec"]["healthyAt"]
+
+        # Recovery (KB option 2 in our words): give worker-b's disk a unique UUID in status and
+        # cfg, then drop the stuck spec entry and the stuck replica; Longhorn attaches the volume
+        # and replaces the replica by itself.
         new_ub = "d00d" + ub[4:]
+        await c.set_disk_flags("worker-b", db, allow_scheduling=False)
         await c.set_status_disk_uuid("worker-b", db, new_ub)
         disks.replace_cfg_atomically(c.disk_dir("worker-b", db), disks.DiskConfig(db, new_ub))
 
@@ -128,9 +131,19 @@ async def test_forced_prefix_collision_blocks_second_bim_then_recovers(api: ApiS
             return e["diskUUID"] == new_ub and get_condition(e["conditions"], "Ready")["status"] == "True"
 
         await c.wait_for(disk_ready, 10, "worker-b disk Ready under the new UUID")
-        [r_b2] = await c.create_volume_replicas("pvc-6d1e2f3a", "parrot", [("worker-b", db)])
-        await c.wait_for(lambda: copy_ready(new_ub), 15, "copy on the recovered disk ready")
-        await c.wait_for(lambda: _running(c, r_b2), 10, "recovered replica running")
+        bi = await _bi(c, "parrot")
+        del bi["spec"]["diskFileSpecMap"][ub]
+        await c.kube.replace("backingimages", bi)
+        await c.kube.delete("replicas", r_b)
+        await c.set_disk_flags("worker-b", db, allow_scheduling=True)
+
+        async def replaced() -> list[dict[str, Any]]:
+            reps = [r for r in await c.kube.list("replicas", "longhornvolume=pvc-6d1e2f3a") if r["spec"]["healthyAt"]]
+            return reps if len(reps) == 2 else []
+
+        reps = await c.wait_for(replaced, 20, "both replicas healthy")
+        assert sorted((r["spec"]["nodeID"], r["spec"]["diskID"]) for r in reps) == [("worker-a", ua), ("worker-b", new_ub)]
+        assert await copy_ready(new_ub)
         names = sorted(b["metadata"]["name"] for b in await c.kube.list("backingimagemanagers"))
         assert names == sorted([bim, c.expected_bim_name(new_ub)])
     finally:
@@ -143,7 +156,7 @@ async def _running(c: SimCluster, name: str) -> bool:
 
 
 async def test_eviction_cannot_drain_the_stuck_copy(api: ApiServer, tmp_path: Path) -> None:
-    """BRIEF §0.9: on the colliding disk Longhorn flags the replica for eviction but never the
+    """On the colliding disk Longhorn flags the replica for eviction but never the
     backing-image copy, because eviction only looks at ``status.diskFileStatusMap``."""
     import asyncio
 
@@ -158,7 +171,7 @@ async def test_eviction_cannot_drain_the_stuck_copy(api: ApiServer, tmp_path: Pa
         ua, ub = await c.disk_uuid("worker-a", da), await c.disk_uuid("worker-b", db)
         assert ua[:4] == ub[:4] == "c012" and ua != ub
         await c.create_backing_image("parrot", disks_=[("worker-a", da)])
-        _, r_b = await c.create_volume_replicas("vol", "parrot", [("worker-a", da), ("worker-b", db)])
+        _, r_b = await c.create_volume("vol", [("worker-a", da), ("worker-b", db)], backing_image="parrot")
 
         async def stuck() -> bool:
             bi = await _bi(c, "parrot")
@@ -175,8 +188,10 @@ async def test_eviction_cannot_drain_the_stuck_copy(api: ApiServer, tmp_path: Pa
         bi = await _bi(c, "parrot")
         assert bi["spec"]["diskFileSpecMap"][ub] == {"evictionRequested": False}
         assert ub not in (bi["status"].get("diskFileStatusMap") or {})
-        # no other node is free for the replacement (anti-affinity), so the replica stays
+        # The volume never attached (its stuck replica never ran), so nothing is rebuilt and
+        # nothing is deleted: eviction does not drain a stuck replica either.
         assert await _replica(c, r_b)
-        assert any("Failed to evict replica" in l for l in c.all_log_lines())
+        assert len(await c.kube.list("replicas", "longhornvolume=vol")) == 2
+        assert not any("Creating one more replica for eviction" in l for l in c.all_log_lines())
     finally:
         await c.stop()

@@ -191,7 +191,7 @@ def test_bi_eviction_only_for_status_listed_copies() -> None:
     spec_only = {"metadata": {"name": "a"}, "spec": {"diskFileSpecMap": {"u1": {"evictionRequested": False}}}, "status": {}}
     listed = {"metadata": {"name": "b"}, "spec": {"diskFileSpecMap": {"u1": {"evictionRequested": False}}},
               "status": {"diskFileStatusMap": {"u1": {"state": "ready"}}}}
-    assert ns.backing_image_eviction_updates(node, status, [spec_only, listed]) == [("b", "u1", True)]
+    assert ns.backing_image_eviction_updates(node, status, [spec_only, listed]) == ([("b", "u1", True)], [])
 
 
 def test_names_match_longhorn_samples() -> None:

@@ -251,7 +251,7 @@ async def test_transient_failures_exhausted_roll_back(env: Env) -> None:
 
 async def test_data_under_old_uuid_is_never_rewritten(env: Env) -> None:
     # A re-recorded disk that still holds a replica (BRIEF §0.7): no pod, status back to old.
-    await env.cluster.create_volume_replicas("vol-1", placements=[(NODE, DISK)])
+    await env.cluster.create_volume("vol-1", [(NODE, DISK)])
     name, old, new = await env.make_record()
     await env.cluster.set_status_disk_uuid(NODE, DISK, new)
     env.controller().start()

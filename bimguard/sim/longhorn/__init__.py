@@ -53,6 +53,15 @@ class Release:
         major, minor, patch = self._parts
         return (minor == 7 and patch >= 4) or (minor == 8 and patch >= 2) or (minor == 9 and patch >= 1) or minor > 9
 
+    def backing_image_eviction_panic_site(self, evicting: bool) -> str:
+        """Where that dereference is in this release's node_controller.go."""
+        major, minor, patch = self._parts
+        if minor == 8:
+            return "node_controller.go:1635"  # v1.8.1 (the non-evicting branch is guarded)
+        if minor == 9:
+            return "node_controller.go:1680"  # v1.9.0
+        return "node_controller.go:1806" if evicting else "node_controller.go:1811"  # v1.7.2
+
     @property
     def non_evicting_branch_guarded(self) -> bool:
         """The non-evicting branch got its guard earlier (lm v1.8.1 node_controller.go:1640,
@@ -63,6 +72,31 @@ class Release:
     def replica_data_engine_in_bi_spec(self) -> bool:
         """v1.8+: BackingImage ``diskFileSpecMap`` entries carry ``dataEngine``
         (lm v1.8.1 controller/replica_controller.go:405-446)."""
+        return self.line >= (1, 8)
+
+    @property
+    def lowercase_backing_image_error(self) -> bool:
+        """"The backing image %v can not be put on the disk %v" became "backing image ..." in
+        v1.7.4 and v1.9.0 (lm controller/replica_controller.go:427; v1.8.2 still capitalised)."""
+        major, minor, patch = self._parts
+        return (minor == 7 and patch >= 4) or minor >= 9
+
+    @property
+    def backing_image_real_size(self) -> bool:
+        """v1.8+: BackingImage ``status.realSize`` (lm v1.8.1 k8s/pkg/apis/longhorn/v1beta2/backingimage.go:95)."""
+        return self.line >= (1, 8)
+
+    @property
+    def keeps_copies_in_use_when_evicting(self) -> bool:
+        """v1.8.2, v1.9.1: an evicting copy still used by a replica is not deleted
+        (lm v1.9.1 controller/backing_image_controller.go:906-913,921-930)."""
+        major, minor, patch = self._parts
+        return (minor == 8 and patch >= 2) or (minor == 9 and patch >= 1) or minor > 9
+
+    @property
+    def eviction_ticket_needs_candidates(self) -> bool:
+        """v1.8.1+: the volume-eviction controller attaches a volume only when every replica would
+        find a disk (lm v1.8.1 controller/volume_eviction_controller.go:206-242)."""
         return self.line >= (1, 8)
 
     @property

@@ -1,23 +1,26 @@
 """BackingImage and BackingImageManager controllers of the simulated Longhorn v1.7.2.
 
-This is where the bug bimguard exists for lives (BRIEF §4): BIMs are named
+This is where the bug bimguard exists for lives: BIMs are named
 ``backing-image-manager-<sha512(image)[:4]>-<diskUUID[:4]>`` (lm v1.7.2 types/types.go:385), so two
 disks whose UUIDs share four hex characters want the same name. On ``AlreadyExists`` the whole
 BackingImage reconcile aborts (lm v1.7.2 backing_image_controller.go:693-753, 186-313): no spec or
 status write, file status frozen, no Event, only the manager log lines of the KB.
 
-Not simulated: BackingImageDataSource (the first copy is "downloaded" straight by a BIM), file
-transfer between BIMs, checksum mismatch, v2 backing images, cleanup-wait-interval.
+The BackingImageDataSource downloads the first copy and the BIM on its disk takes it over; BIMs
+fetch further copies once one is ready. Not emulated: checksum mismatch, v2 backing images,
+``backing-image-cleanup-wait-interval``, re-downloads after every copy failed.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import random
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from bimguard.sim.longhorn import Release
 from bimguard.sim.longhorn.node_status import get_condition
+from bimguard.sim.longhorn.volumes import go_map_order
 
 BIM_COMPONENT_LABELS = {"longhorn.io/component": "backing-image-manager", "longhorn.io/managed-by": "longhorn-manager"}
 #: Content of every simulated backing file; its size and sha512 become the BI's size/checksum.
@@ -83,30 +86,101 @@ def ready_disks(nodes: Sequence[Mapping[str, Any]]) -> list[ReadyDisk]:
     return out
 
 
-def file_status_from_bims(bi: Mapping[str, Any], bims: Sequence[Mapping[str, Any]], now: str) -> dict[str, Any]:
-    """New ``status.diskFileStatusMap`` from the BIMs' reports (syncBackingImageFileInfo, line 756).
+def ready_disk(nodes: Sequence[Mapping[str, Any]], uuid: str) -> ReadyDisk | None:
+    """lm v1.7.2 datastore/longhorn.go:2637-2665 GetReadyDiskNode: the disk with this UUID on a
+    Ready node, in spec and Ready."""
+    if not uuid:
+        return None
+    return next((d for d in ready_disks(nodes) if d.uuid == uuid), None)
 
-    Entries are rebuilt for spec disks whose BIM reports the file; vanished ones are dropped.
-    """
+
+def disk_ready_on(node: Mapping[str, Any], uuid: str) -> bool:
+    """CanPutBackingImageOnDisk (lm datastore/longhorn.go:5589-5616) without selectors."""
+    return ready_disk([node], uuid) is not None
+
+
+def choose_disk_for_copy(bi: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]], rng: random.Random) -> ReadyDisk | None:
+    """GetReadyNodeDiskForBackingImage (lm v1.7.2 datastore/longhorn.go:2841-2900): nodes in random
+    order, disks in Go map order, the first that is allowed and Schedulable and holds no copy yet.
+    Evicting disks are out only because Longhorn's validator forces allowScheduling off with eviction."""
+    spec_map = (bi.get("spec") or {}).get("diskFileSpecMap") or {}
+    by_node: dict[str, list[ReadyDisk]] = {}
+    for n in nodes:
+        conds = (n.get("status") or {}).get("conditions")
+        if not (n.get("spec") or {}).get("allowScheduling", True) or get_condition(conds, "Schedulable").get("status") != "True":
+            continue
+        by_node[n["metadata"]["name"]] = []
+    for d in ready_disks(nodes):
+        if d.node in by_node:
+            by_node[d.node].append(d)
+    for node in go_map_order(by_node, rng):
+        for d in rng.sample(by_node[node], len(by_node[node])):
+            if d.uuid not in spec_map and d.allow_scheduling and d.schedulable:
+                return d
+    return None
+
+
+def spec_entry(release: Release) -> dict[str, Any]:
+    """A new ``spec.diskFileSpecMap`` entry (v1.8+ with ``dataEngine``, lm v1.8.1 replica_controller.go:430)."""
+    return {"evictionRequested": False, "dataEngine": "v1"} if release.replica_data_engine_in_bi_spec else {"evictionRequested": False}
+
+
+def data_source_manifest(bi: Mapping[str, Any], disk: ReadyDisk, *, transferred: bool) -> dict[str, Any]:
+    """The BackingImageDataSource the BackingImage controller creates (lm v1.7.2
+    backing_image_controller.go:545-575): named after the BackingImage, owned by it."""
+    meta = bi.get("metadata") or {}
+    spec = bi.get("spec") or {}
+    return {
+        "kind": "BackingImageDataSource",
+        "metadata": {"name": meta["name"], "labels": {"longhorn.io/component": "backing-image-data-source",
+                                                      "longhorn.io/managed-by": "longhorn-manager",
+                                                      "longhorn.io/backing-image": meta["name"]},
+                     "ownerReferences": [{"apiVersion": "longhorn.io/v1beta2", "kind": "BackingImage", "name": meta["name"],
+                                          "uid": meta.get("uid", ""), "controller": True}],
+                     "finalizers": ["longhorn.io"]},
+        "spec": {"nodeID": disk.node, "uuid": (bi.get("status") or {}).get("uuid", ""), "diskUUID": disk.uuid,
+                 "diskPath": disk.path, "checksum": spec.get("checksum", ""), "sourceType": spec.get("sourceType", "download"),
+                 "parameters": dict(spec.get("sourceParameters") or {}), "fileTransferred": transferred},
+    }
+
+
+def download_fails(bids: Mapping[str, Any]) -> bool:
+    """A download from a host that does not resolve never completes (the emulator's way to keep a
+    data source untransferred; Longhorn's retry after backing-image-recovery-wait-interval is not emulated)."""
+    url = str(((bids.get("spec") or {}).get("parameters") or {}).get("url", ""))
+    return ".invalid/" in url or url.endswith(".invalid")
+
+
+def file_status(bi: Mapping[str, Any], bids: Mapping[str, Any] | None, bims: Sequence[Mapping[str, Any]],
+                now: str) -> dict[str, Any]:
+    """syncBackingImageFileInfo (lm v1.7.2 backing_image_controller.go:755-858), "blindly" from
+    the data source and from *every* BIM that reports the file: the spec is not consulted, so a
+    status entry outlives its spec entry until the BIM drops the file."""
     name = bi["metadata"]["name"]
+    bi_uuid = (bi.get("status") or {}).get("uuid")
     old = (bi.get("status") or {}).get("diskFileStatusMap") or {}
+    found: dict[str, Mapping[str, Any]] = {}
+    preparing = ""
+    if bids is not None and ((bids.get("status") or {}).get("currentState") or "") != "ready":
+        bst = bids.get("status") or {}
+        preparing = str((bids.get("spec") or {}).get("diskUUID") or "")
+        if preparing:
+            found[preparing] = {"state": bst.get("currentState") or "pending", "progress": bst.get("progress", 0),
+                                "message": bst.get("message", "")}
+    for bim in bims:
+        if (bim.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        f = ((bim.get("status") or {}).get("backingImageFileMap") or {}).get(name)
+        uuid = str((bim.get("spec") or {}).get("diskUUID") or "")
+        if not f or f.get("uuid") != bi_uuid or not uuid or uuid == preparing:
+            continue
+        found[uuid] = f
     out: dict[str, Any] = {}
-    for uuid in (bi.get("spec") or {}).get("diskFileSpecMap") or {}:
-        for bim in bims:
-            if (bim.get("metadata", {}).get("labels") or {}).get("longhorn.io/disk-uuid") != uuid:
-                continue
-            f = ((bim.get("status") or {}).get("backingImageFileMap") or {}).get(name)
-            if not f or f.get("uuid") != (bi.get("status") or {}).get("uuid"):
-                continue
-            prev = old.get(uuid) or {}
-            state = f.get("state", "")
-            out[uuid] = {
-                "state": state,
-                "progress": f.get("progress", 0),
-                "message": f.get("message", ""),
-                "lastStateTransitionTime": prev.get("lastStateTransitionTime", "") if prev.get("state") == state else now,
-            }
-            break
+    for uuid, f in found.items():
+        prev = old.get(uuid) or {}
+        state = f.get("state", "")
+        out[uuid] = {"state": state, "progress": f.get("progress", 0), "message": f.get("message", ""),
+                     "lastStateTransitionTime": prev.get("lastStateTransitionTime", "") if prev.get("state") == state else now}
     return out
 
 
@@ -127,27 +201,44 @@ def last_ref_map(bi: Mapping[str, Any], replicas: Sequence[Mapping[str, Any]], n
     return refs
 
 
-def evicted_copies_to_drop(bi: Mapping[str, Any]) -> list[str]:
-    """lm v1.7.2 backing_image_controller.go:379: drop evicting copies once a non-evicting ready copy exists."""
+def evicted_copies_to_drop(bi: Mapping[str, Any], replicas: Sequence[Mapping[str, Any]], rng: random.Random,
+                           release: Release) -> tuple[list[str], str]:
+    """cleanupEvictionRequestedBackingImageCopies (lm v1.7.2 backing_image_controller.go:379-420):
+    (copies to delete, the evicting copy kept because no non-evicting copy is ready). Which of
+    several ready evicting copies is kept depends on Go's map order. v1.8.2 and v1.9.1 also keep
+    a copy a replica still uses (lm v1.9.1 :906-913)."""
+    name = bi["metadata"]["name"]
     spec_map = (bi.get("spec") or {}).get("diskFileSpecMap") or {}
     status_map = (bi.get("status") or {}).get("diskFileStatusMap") or {}
-    has_healthy = any(
-        not (s or {}).get("evictionRequested") and (status_map.get(u) or {}).get("state") == "ready"
-        for u, s in spec_map.items()
-    )
-    if not has_healthy:
-        return []
-    return [u for u, s in spec_map.items() if (s or {}).get("evictionRequested")]
+    order = go_map_order(spec_map, rng)
+    has_healthy, kept = False, ""
+    for u in order:
+        if (status_map.get(u) or {}).get("state") != "ready":
+            continue
+        if not (spec_map[u] or {}).get("evictionRequested"):
+            has_healthy = True
+            break
+        kept = u
+    in_use = {(r.get("spec") or {}).get("diskID") for r in replicas if (r.get("spec") or {}).get("backingImage") == name}
+    drop = []
+    for u in order:
+        if not (spec_map[u] or {}).get("evictionRequested"):
+            continue
+        if not has_healthy and u == kept:
+            continue
+        if release.keeps_copies_in_use_when_evicting and u in in_use:
+            continue
+        drop.append(u)
+    return drop, ("" if has_healthy else kept)
 
 
-def bim_file_entry(bi_name: str, bi_uuid: str, state: str, progress: int) -> dict[str, Any]:
-    return {
+def bim_file_entry(bi_name: str, bi_uuid: str, state: str, progress: int, release: Release) -> dict[str, Any]:
+    entry = {
         "name": bi_name, "uuid": bi_uuid, "state": state, "progress": progress, "message": "",
         "size": len(BACKING_FILE_CONTENT), "virtualSize": len(BACKING_FILE_CONTENT),
         "currentChecksum": hashlib.sha512(BACKING_FILE_CONTENT).hexdigest() if state == "ready" else "",
         "senderManagerAddress": "", "sendingReference": 0,
     }
-
-
-def copy_obj(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(dict(obj))
+    if release.backing_image_real_size:  # lm v1.8.1 BIM backingImageFileMap[].realSize
+        entry["realSize"] = len(BACKING_FILE_CONTENT) if state == "ready" else 0
+    return entry

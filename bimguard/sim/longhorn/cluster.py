@@ -1,4 +1,4 @@
-"""A whole simulated Longhorn v1.7.2 cluster on top of the emulated API server.
+"""A whole simulated Longhorn cluster (v1.7.2 by default) on top of the emulated API server.
 
 :class:`SimCluster` creates what a fresh Longhorn install has (namespace, Settings, one Longhorn
 Node per node with its disks), lays the nodes' disks out as real directories under ``root_dir``
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,33 +29,62 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from bimguard.sim.clock import DEFAULT_TIME_SCALE, SimClock
 from bimguard.sim.kubelet import SimKubelet
-from bimguard.sim.longhorn import NAMESPACE, disks
+from bimguard.sim.longhorn import NAMESPACE, Release, disks
+from bimguard.sim.longhorn import volumes as vl
 from bimguard.sim.longhorn.backing_images import bim_name
 from bimguard.sim.longhorn.informer import Caches
-from bimguard.sim.longhorn.kube import AlreadyExists, Conflict, LonghornClient
-from bimguard.sim.longhorn.manager import SERVICE_ACCOUNT, LonghornManager
+from bimguard.sim.longhorn.kube import AlreadyExists, Conflict, Forbidden, LonghornClient
+from bimguard.sim.longhorn.manager import SERVICE_ACCOUNT, LonghornManager, cancel_and_wait
 from bimguard.sim.longhorn.monitor import HostDisks
-from bimguard.sim.longhorn.node_status import get_condition
-from bimguard.sim.longhorn.replicas import replica_manifest
+from bimguard.sim.longhorn.node_status import ManagerPanic, get_condition
+from bimguard.sim.longhorn.volume_controller import REBUILD_SECONDS
+from bimguard.sim.longhorn.webhook import LonghornWebhook
 from bimguard.sim.uuidgen import UuidGen
 
 log = logging.getLogger("bimguard.sim.longhorn.cluster")
 
 DEFAULT_BIM_IMAGE = "longhornio/backing-image-manager:v1.7.2"
 DEFAULT_DISK_PATH = "/var/lib/longhorn/"
-WATCHED = ("nodes", "replicas", "backingimages", "backingimagemanagers", "orphans", "settings")
+WATCHED = ("nodes", "replicas", "backingimages", "backingimagemanagers", "backingimagedatasources", "orphans",
+           "settings", "volumes", "engines", "volumeattachments")
+CRASH_BACKOFF = 10.0  # Longhorn seconds before a crashed manager's pod runs again (kubelet back-off, scaled)
 
-#: Settings a fresh v1.7.2 install has that the simulation reads (lm types/setting.go).
+
 def default_settings(version: str, bim_image: str) -> dict[str, str]:
-    return {
+    """Settings a fresh install of ``version`` has that the emulation reads (lm types/setting.go defaults)."""
+    out = {
         "default-backing-image-manager-image": bim_image,
         "current-longhorn-version": version,
-        "orphan-auto-deletion": "false",
         "storage-minimal-available-percentage": "25",
         "storage-over-provisioning-percentage": "100",
         "disable-scheduling-on-cordoned-node": "true",
         "backing-image-cleanup-wait-interval": "60",
+        "concurrent-replica-rebuild-per-node-limit": "5",
+        "concurrent-backing-image-replenish-per-node-limit": "5",
+        "replica-soft-anti-affinity": "false",
+        "replica-zone-soft-anti-affinity": "true",
+        "replica-disk-soft-anti-affinity": "true",
     }
+    if Release(version).orphan_auto_deletion_setting == "orphan-auto-deletion":
+        out["orphan-auto-deletion"] = "false"
+    else:  # lm v1.9.0 types/setting.go:1063-1090
+        out["orphan-resource-auto-deletion"] = ""
+        out["orphan-resource-auto-deletion-grace-period"] = "300"
+    return out
+
+
+@dataclass(frozen=True)
+class Crash:
+    """A simulated longhorn-manager exited with a panic."""
+
+    node: str
+    message: str
+    where: str
+
+
+class LonghornCrashed(AssertionError):
+    """Raised by :meth:`SimCluster.stop` when a manager panicked and no test acknowledged it: a
+    state that crashes Longhorn must never pass unnoticed."""
 
 
 class SimCluster:
@@ -74,6 +104,7 @@ class SimCluster:
         url: str | None = None,
         token: str | None = None,
         disk_size: int | None = None,
+        rebuild_seconds: float = REBUILD_SECONDS,
     ) -> None:
         self.api = api
         self._url = url
@@ -87,6 +118,13 @@ class SimCluster:
         # repeat the hex digits of other disks' UUIDs.
         self._rng = random.Random(None if seed is None else f"sim-disk-names-{seed}")
         self.longhorn_version = longhorn_version
+        self.release = Release(longhorn_version)
+        # Go's map order and Longhorn's random choices (disk for a copy, tie-breaks): seeded.
+        self.rng = random.Random(None if seed is None else f"sim-longhorn-{seed}")
+        self.rebuild_seconds = rebuild_seconds
+        self.crashes: list[Crash] = []
+        self._restarts: set[asyncio.Task[None]] = set()
+        self.webhook: LonghornWebhook | None = None
         self.bim_image = bim_image
         self.token = token
         self.disk_size = disk_size
@@ -143,6 +181,11 @@ class SimCluster:
                             WATCHED, self.clock, self._route)
         self.cache.start()
         await self.cache.wait_synced()
+        if hasattr(self.api, "webhook_hosts") and hasattr(self.api, "store"):
+            # Longhorn's validating webhook (served by every manager in Longhorn; one server here).
+            self.webhook = LonghornWebhook(self.cache, self.release)
+            await self.webhook.start()
+            self.webhook.register(self.api)
         for node in self.node_names:
             self._start_manager(node)
 
@@ -156,12 +199,18 @@ class SimCluster:
         return self.kubelet
 
     async def stop(self) -> None:
+        """Stop everything; raises :class:`LonghornCrashed` if a manager panicked unacknowledged."""
+        for task in list(self._restarts):
+            await cancel_and_wait(task)
         if self.kubelet is not None:
             await self.kubelet.stop()
             self.kubelet = None
         for m in list(self.managers.values()):
             await m.stop()
         self.managers.clear()
+        if self.webhook is not None:
+            await self.webhook.stop()
+            self.webhook = None
         if self.cache is not None:
             await self.cache.stop()
             for inf in self.cache.informers.values():
@@ -171,6 +220,30 @@ class SimCluster:
         if self.kube:
             await self.kube.close()
             self.kube = None
+        if self.crashes:
+            crashes, self.crashes = self.crashes, []
+            raise LonghornCrashed("longhorn-manager panicked: " + "; ".join(
+                f"{c.node}: {c.message} ({c.where})" for c in crashes))
+
+    def acknowledge_crashes(self) -> list[Crash]:
+        """The crashes so far, forgotten: for tests that provoke one on purpose."""
+        crashes, self.crashes = self.crashes, []
+        return crashes
+
+    def manager_crashed(self, node: str, panic: ManagerPanic) -> None:
+        """A manager panicked: its process is gone until the kubelet restarts the pod."""
+        self.crashes.append(Crash(node, panic.message, panic.where))
+        task = asyncio.get_running_loop().create_task(self._restart(node), name=f"restart-manager-{node}")
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, node: str) -> None:
+        m = self.managers.pop(node, None)
+        if m is not None:
+            await m.stop()
+        await self.clock.sleep(CRASH_BACKOFF)
+        if node not in self.down and node not in self.managers and self.cache is not None:
+            self._start_manager(node)
 
     async def __aenter__(self) -> "SimCluster":
         await self.start()
@@ -204,12 +277,16 @@ class SimCluster:
         lm v1.7.2 NewNodeController node_controller.go:88, backing_image_controller.go:50, ...).
         ``obj`` None (a relist) wakes everything that watches ``plural``."""
         every = {
-            "nodes": ("node", "replica", "backingimage", "bim", "orphan", "volume"),
-            "replicas": ("node", "replica", "backingimage", "volume"),
-            "backingimages": ("backingimage", "replica", "node"),
+            "nodes": ("node", "replica", "backingimage", "bim", "bids", "orphan", "volume"),
+            "replicas": ("node", "replica", "backingimage", "volume", "engine"),
+            "backingimages": ("backingimage", "replica", "node", "bids"),
             "backingimagemanagers": ("backingimage", "bim", "node"),
+            "backingimagedatasources": ("backingimage", "bids", "bim"),
             "orphans": ("orphan", "node"),
-            "settings": ("node",),
+            "settings": ("node", "volume", "replica"),
+            "volumes": ("volume", "engine"),
+            "engines": ("volume", "engine"),
+            "volumeattachments": ("volume",),
         }.get(plural, ())
         managers = self.managers
         if obj is None:
@@ -221,19 +298,27 @@ class SimCluster:
         if plural == "nodes":
             owner = managers.get(obj["metadata"]["name"])
             if owner:
-                owner.wake("node", "replica", "bim", "orphan")
+                owner.wake("node", "replica", "bim", "bids", "orphan")
             if leader:
-                leader.wake("node", "volume")
+                leader.wake("node")
             for m in managers.values():
-                m.wake("backingimage")  # ready disks feed BIM creation
+                m.wake("backingimage", "volume")  # ready disks feed BIM creation and scheduling
         elif plural == "replicas":
             owner = managers.get(spec.get("nodeID", ""))
             if owner:
                 owner.wake("node", "replica")
-            if leader:
-                leader.wake("volume")
+            self._wake_volume_owner(spec.get("volumeName") or (obj["metadata"].get("labels") or {}).get("longhornvolume", ""))
             for m in managers.values():
                 m.wake("backingimage")
+        elif plural in ("volumes", "engines", "volumeattachments"):
+            name = obj["metadata"]["name"] if plural != "engines" else spec.get("volumeName", "")
+            self._wake_volume_owner(name if plural != "volumeattachments" else spec.get("volume", name))
+        elif plural == "backingimagedatasources":
+            owner = managers.get(spec.get("nodeID", ""))
+            if owner:
+                owner.wake("bids")
+            for m in managers.values():
+                m.wake("backingimage", "bim")
         elif plural == "backingimages":
             for m in managers.values():
                 m.wake("backingimage", "replica", "node")  # node: eviction of copies reads BI status
@@ -250,6 +335,14 @@ class SimCluster:
         else:
             for m in managers.values():
                 m.wake(*every)
+
+    def _wake_volume_owner(self, volume: str) -> None:
+        v = self.cache.peek("volumes", volume) if self.cache is not None and volume else None
+        if v is None:
+            return
+        for m in self.managers.values():
+            if m.volumes.responsible(v):
+                m.wake("volume", "engine")
 
     # ---------------------------------------------------------------- setup objects
     async def _ensure_namespace(self) -> None:
@@ -317,17 +410,27 @@ class SimCluster:
         assert self.kube is not None
         return await self.kube.get("nodes", node)
 
-    async def update_node_spec(self, node: str, mutate: Any) -> dict[str, Any]:
-        """GET, mutate(obj) in place, PUT; retried on 409 like any well-behaved client."""
+    async def update_node_spec(self, node: str, mutate: Any, timeout: float = 30.0) -> dict[str, Any]:
+        """GET, mutate(obj) in place, PUT; retried on 409, and on Longhorn's 403 while the Node's
+        spec and status disk sets differ ("being syncing and please retry later", lm
+        webhook/resources/node/validator.go:115-117), like any well-behaved client. Longhorn's
+        other refusals (422) are raised."""
         assert self.kube is not None
-        for _ in range(20):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
             obj = await self.kube.get("nodes", node)
             mutate(obj)
             try:
                 return await self.kube.replace("nodes", obj)
             except Conflict:
+                if loop.time() > deadline:
+                    raise
                 await asyncio.sleep(0.01)
-        raise RuntimeError(f"could not update node {node}: persistent conflicts")
+            except Forbidden:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(self.clock.real(1.0))
 
     async def recreate_node(self, node: str, timeout: float = 10.0) -> None:
         """Delete the Longhorn Node object and create it again with the same spec.
@@ -371,7 +474,14 @@ class SimCluster:
         return path
 
     async def remove_disk(self, node: str, disk_name: str) -> None:
-        """Remove the disk from ``spec.disks`` (Longhorn then deletes its status entry, BRIEF §1.3 step 4)."""
+        """Remove the disk from ``spec.disks`` the way Longhorn lets one: scheduling off first, then
+        the entry (its validator judges the *stored* allowScheduling and refuses while
+        ``storageScheduled`` is not 0, lm webhook/resources/node/validator.go:192-199; that 422 is
+        raised). Longhorn then deletes the status entry (node_controller.go:1663)."""
+        node_obj = await self.get_node(node)
+        if ((node_obj["spec"].get("disks") or {}).get(disk_name) or {}).get("allowScheduling"):
+            await self.set_disk_flags(node, disk_name, allow_scheduling=False)
+
         def mutate(obj: dict[str, Any]) -> None:
             (obj["spec"].get("disks") or {}).pop(disk_name, None)
 
@@ -457,21 +567,59 @@ class SimCluster:
         }
         return await self.kube.create("backingimages", body)
 
-    async def create_volume_replicas(self, volume: str, backing_image: str | None = None,
-                                     placements: Iterable[tuple[str, str]] = (), size: int = 1073741824) -> list[str]:
-        """Create one Replica per (node, disk), as Longhorn's scheduler would leave them."""
+    async def create_volume(self, volume: str, placements: Iterable[tuple[str, str]] = (), *,
+                            backing_image: str | None = None, size: int = 1073741824,
+                            replicas: int | None = None, attach_to: str | None = "",
+                            anti_affinity: str = "ignored") -> list[str]:
+        """A Volume with its engine and one Replica per (node, disk), as Longhorn's scheduler leaves
+        them (``replicas`` defaults to one per placement; without placements Longhorn's own
+        scheduler places them). ``attach_to``: a workload's attachment ticket on that node (""
+        = the first placement's node), or None for a detached volume. Returns the replica names."""
         assert self.kube is not None
+        placements = list(placements)
+        body = vl.volume_manifest(volume, size, replicas if replicas is not None else max(1, len(placements)),
+                                  backing_image, anti_affinity=anti_affinity)
+        # Engine and replicas first: the volume controller creates replicas for a volume it finds
+        # without any (first creation), and the placed ones must already be there.
+        engine = await self.kube.create("engines", vl.engine_manifest(body))
         names: list[str] = []
         for node, disk in placements:
             uuid = await self.disk_uuid(node, disk)
             if not uuid:
                 raise RuntimeError(f"disk {node}/{disk} has no recorded UUID yet")
-            path = self.host_path(node, disk)
             name = f"{volume}-r-{self.uuids.random_id()}"
-            await self.kube.create("replicas", replica_manifest(
-                name, volume, node, path, uuid, size, f"{volume}-{self.uuids.random_id()}", backing_image))
+            r = vl.new_replica(body, engine, name, rebuilding=False)
+            vl.place(r, vl.Candidate(node, disk, uuid, self.host_path(node, disk), 0), f"{volume}-{self.uuids.random_id()}")
+            await self.kube.create("replicas", r)
             names.append(name)
+        if placements:
+            await self.wait_for(lambda: len(self.cache.informers["replicas"].list(f"longhornvolume={volume}")) == len(names),
+                                10, f"replicas of {volume} in the managers' cache")
+        await self.kube.create("volumes", body)
+        if attach_to is not None:
+            await self.set_attachment(volume, attach_to or (placements[0][0] if placements else self.node_names[0]))
         return names
+
+    async def set_attachment(self, volume: str, node: str | None) -> None:
+        """Attach the volume for a workload on ``node`` (a CSI ticket), or drop every workload ticket (None)."""
+        assert self.kube is not None
+        for _ in range(200):
+            va = await self.kube.get_or_none("volumeattachments", volume)  # the volume controller creates it
+            if va is None:
+                await asyncio.sleep(self.clock.real(1.0))
+                continue
+            tickets = va["spec"].setdefault("attachmentTickets", {})
+            for tid in [k for k, t in tickets.items() if t.get("type") == vl.TICKET_CSI]:
+                del tickets[tid]
+            if node is not None:
+                t = vl.ticket(vl.TICKET_CSI, f"csi-{volume}", node, {"disableFrontend": "false"})
+                tickets[t["id"]] = t
+            try:
+                await self.kube.replace("volumeattachments", va)
+                return
+            except Conflict:
+                await asyncio.sleep(0.01)
+        raise RuntimeError(f"could not update the attachment of {volume}")
 
     def expected_bim_name(self, disk_uuid: str) -> str:
         return bim_name(self.bim_image, disk_uuid)

@@ -3,7 +3,7 @@
 Longhorn writes through client-go (``UpdateStatus`` = PUT ``.../<name>/status`` with the object's
 ``resourceVersion``, BRIEF §1.5); the sim does the same with ``CustomObjectsApi`` so that admission
 webhooks registered on the emulated API server see exactly these requests. Errors are mapped to
-three exceptions the controllers act on (409 Conflict -> requeue, 409 AlreadyExists, 404).
+the exceptions the controllers act on (409 Conflict -> requeue, 409 AlreadyExists, 404, 403, 422).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 # The same error types as the product's client layer: both map Kubernetes Status bodies alike.
-from bimguard.kube import AlreadyExists, Conflict, KubeError, NotFound
+from bimguard.kube import AlreadyExists, Conflict, Forbidden, Invalid, KubeError, NotFound
 from bimguard.kube import translate as _translate
 from bimguard.sim.clock import SimClock
 from bimguard.sim.longhorn import GROUP, NAMESPACE, VERSION
@@ -27,7 +27,7 @@ log = logging.getLogger("bimguard.sim.longhorn.kube")
 Obj = dict[str, Any]
 
 
-__all__ = ["AlreadyExists", "Conflict", "KubeError", "NotFound", "LonghornClient", "api_client"]
+__all__ = ["AlreadyExists", "Conflict", "Forbidden", "Invalid", "KubeError", "NotFound", "LonghornClient", "api_client"]
 
 
 def api_client(url: str, token: str | None = None) -> client.ApiClient:

@@ -3,7 +3,7 @@
 The product's scanner reads these lines from support bundles, so the emulator writes them the way
 logrus' TextFormatter does (keys after ``time, level, msg, func, file`` sorted; values quoted with
 Go ``%q`` when they contain characters outside ``[A-Za-z0-9-._/@^+]``); see
-``/work/shared/longhorn/samples/collision/longhorn-manager-log-excerpt.txt``.
+the collision sample's ``longhorn-manager-log-excerpt.txt`` (tests/fixtures/longhorn/samples/collision/).
 """
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ class ManagerLog:
             del self.lines[:5000]
         self._logger.log(logging.ERROR if level == "error" else logging.WARNING if level == "warning" else logging.INFO, "%s", line)
         return line
+
+    def panic(self, message: str, func: str, where: str) -> None:
+        """What a Go panic leaves in the pod's log before the process exits."""
+        for line in (f"panic: {message} [recovered]", f"\tpanic: {message}",
+                     "[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x0]", "",
+                     f"github.com/longhorn/longhorn-manager/{func}(...)",
+                     f"\t/go/src/github.com/longhorn/longhorn-manager/controller/{where}"):
+            self.lines.append(line)
+        self._logger.error("longhorn-manager %s panicked: %s at %s", self.node, message, where)
 
     def text(self) -> str:
         return "".join(line + "\n" for line in self.lines)

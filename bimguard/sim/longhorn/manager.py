@@ -19,23 +19,28 @@ import asyncio
 import copy
 import hashlib
 import logging
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from bimguard.sim.clock import SimClock
+from bimguard.sim.longhorn import Release
 from bimguard.sim.longhorn import backing_images as bil
-from bimguard.sim.longhorn import disks, node_status, orphans, replicas as rl
+from bimguard.sim.longhorn import disks, node_status, orphans, replicas as rl, volumes as vl
 from bimguard.sim.longhorn.informer import Caches
 from bimguard.sim.longhorn.kube import AlreadyExists, Conflict, KubeError, LonghornClient, NotFound
 from bimguard.sim.longhorn.logs import ManagerLog
 from bimguard.sim.longhorn.monitor import DiskMonitor, HostDisks
+from bimguard.sim.longhorn.volume_controller import VolumeControllers
 from bimguard.sim.uuidgen import UuidGen
 
 log = logging.getLogger("bimguard.sim.longhorn.manager")
 
 RESYNC_PERIOD = 30.0  # Longhorn seconds
+DOWNLOAD_SECONDS = 5.0  # Longhorn seconds a data source takes to download its file
+ENGINE_MONITOR_PERIOD = 5.0  # lm v1.7.2 controller/engine_controller.go:58 EnginePollInterval
 REQUEUE_DELAY = 0.5  # Longhorn seconds; client-go's rate limiter starts at 5 ms, we stay gentle
 MAX_RETRIES = 3  # lm v1.7.2 controller/base_controller.go maxRetries
 SERVICE_ACCOUNT = "system:serviceaccount:longhorn-system:longhorn-service-account"
@@ -51,12 +56,17 @@ class ClusterView(Protocol):
     bim_image: str
     token: str | None
     cache: Caches
+    release: Release
+    rng: random.Random  # stands in for Go's map order and Longhorn's random choices
+    rebuild_seconds: float
 
     def manager_up(self, node: str) -> bool: ...
 
     def leader(self) -> str | None: ...
 
     def host(self, node: str) -> HostDisks: ...
+
+    def manager_crashed(self, node: str, panic: node_status.ManagerPanic) -> None: ...
 
 
 class Requeue(Exception):
@@ -66,8 +76,10 @@ class Requeue(Exception):
 class Loop:
     """A level-triggered controller loop with resync and requeue."""
 
-    def __init__(self, name: str, clock: SimClock, fn: Callable[[], Awaitable[None]], period: float = RESYNC_PERIOD) -> None:
+    def __init__(self, name: str, clock: SimClock, fn: Callable[[], Awaitable[None]], period: float = RESYNC_PERIOD,
+                 on_panic: Callable[[node_status.ManagerPanic], None] | None = None) -> None:
         self.name = name
+        self.on_panic = on_panic
         self.clock = clock
         self.fn = fn
         self.period = period
@@ -101,6 +113,11 @@ class Loop:
                 raise
             except Requeue:
                 asyncio.get_running_loop().call_later(self.clock.real(REQUEUE_DELAY), self._ev.set)
+            except node_status.ManagerPanic as panic:
+                # runtime.HandleCrash re-panics (ReallyCrash=true): the whole process exits.
+                if self.on_panic is not None:
+                    self.on_panic(panic)
+                return
             except Exception:
                 log.exception("controller loop %s failed; retrying", self.name)
                 asyncio.get_running_loop().call_later(self.clock.real(REQUEUE_DELAY * 4), self._ev.set)
@@ -148,7 +165,9 @@ class LonghornManager:
     loops: dict[str, Loop] = field(init=False, default_factory=dict)
     _bi_retries: dict[str, _BiRetry] = field(init=False, default_factory=dict)
     _waiting_logged: dict[str, str] = field(init=False, default_factory=dict)
-    _evict_failed_logged: set[str] = field(init=False, default_factory=set)
+    _start_failures: dict[str, str] = field(init=False, default_factory=dict)
+    _downloads: dict[str, float] = field(init=False, default_factory=dict)  # data source -> done at (Longhorn s)
+    volumes: VolumeControllers = field(init=False)
     status_writes: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -164,15 +183,22 @@ class LonghornManager:
         )
         clock = self.cluster.clock
         self.loops = {
-            "node": Loop(f"node-controller-{self.node_name}", clock, self.sync_nodes),
+            "node": Loop(f"node-controller-{self.node_name}", clock, self.sync_nodes, on_panic=self._panicked),
             "replica": Loop(f"replica-controller-{self.node_name}", clock, self.sync_replicas),
             "backingimage": Loop(f"backing-image-controller-{self.node_name}", clock, self.sync_backing_images),
             "bim": Loop(f"backing-image-manager-controller-{self.node_name}", clock, self.sync_bims),
+            "bids": Loop(f"backing-image-data-source-controller-{self.node_name}", clock, self.sync_data_sources),
             "orphan": Loop(f"orphan-controller-{self.node_name}", clock, self.sync_orphans),
             "volume": Loop(f"volume-controller-{self.node_name}", clock, self.sync_volumes),
+            "engine": Loop(f"engine-controller-{self.node_name}", clock, self.sync_engines, period=ENGINE_MONITOR_PERIOD),
         }
+        self.volumes = VolumeControllers(self, self.cluster.rng)
 
     # ------------------------------------------------------------------ lifecycle
+    def _panicked(self, panic: node_status.ManagerPanic) -> None:
+        self.log.panic(panic.message, "controller.(*NodeController).syncBackingImageEvictionRequested", panic.where)
+        self.cluster.manager_crashed(self.node_name, panic)
+
     def start(self) -> None:
         self.monitor.start()
         for loop in self.loops.values():
@@ -247,13 +273,16 @@ class LonghornManager:
         )
         reps: list[dict[str, Any]] = []
         bims: list[dict[str, Any]] = []
+        bis: list[dict[str, Any]] = []
         if owner:
             reps = await self.cache.list("replicas")
             bims = await self.cache.list("backingimagemanagers")
+            bis = await self.cache.list("backingimages")
         collected = self.monitor.collected if owner else None
         result = node_status.sync_node_status(
             node, collected, reps, bims, now, owner=owner,
-            manager_up=self.cluster.manager_up(name), settings=sched,
+            manager_up=self.cluster.manager_up(name), settings=sched, backing_images=bis,
+            release=self.cluster.release,
         )
         if result.disk_part_skipped:
             self.log.emit(
@@ -311,13 +340,14 @@ class LonghornManager:
                     pass
             for oname in missing:
                 await self._delete_orphan(oname, touch_data=False)
-        auto = _setting(settings, "orphan-auto-deletion", "false").lower() == "true"
+        grace = orphans.auto_deletion_grace(self.cluster.release, lambda n, d: _setting(settings, n, d))
         for o in await self.cache.list("orphans"):
             if (o.get("status") or {}).get("ownerID") != self.node_name:
                 continue
             dc = node_status.get_condition((o.get("status") or {}).get("conditions"), "DataCleanable").get("status")
             if dc == "Unknown":
                 continue
+            auto = grace is not None and orphans.age(o, self.cluster.clock) >= grace
             if auto or dc == "False":
                 # Only an auto-deleted *cleanable* orphan takes its data along; one deleted because
                 # DataCleanable=False must never touch the directory, even if its status has
@@ -365,7 +395,13 @@ class LonghornManager:
             await self.kube.event(r, "Normal", "EvictionUserRequested" if want else "EvictionCanceled",
                                   f"{verb} replica {rname} eviction from node {self.node_name} and disk {r['spec'].get('diskID')}")
         bis = await self.cache.list("backingimages")
-        for bi_name, uuid, want in node_status.backing_image_eviction_updates(node, status, bis):
+        flips, notes = node_status.backing_image_eviction_updates(node, status, bis, self.cluster.release)
+        for note in notes:
+            self.log.emit("warning", note, "controller.(*NodeController).syncBackingImageEvictionRequested",
+                          "node_controller.go:1683", controller="longhorn-node")
+        if notes:
+            asyncio.get_running_loop().call_later(self.cluster.clock.real(REQUEUE_DELAY * 4), self.loops["node"].trigger)
+        for bi_name, uuid, want in flips:
             bi = await self.cache.get_or_none("backingimages", bi_name)
             if bi is None or uuid not in ((bi.get("spec") or {}).get("diskFileSpecMap") or {}):
                 continue
@@ -374,6 +410,13 @@ class LonghornManager:
                 await self.kube.replace("backingimages", bi)
             except Conflict:
                 self.loops["node"].trigger()
+
+    # ------------------------------------------------------------------ volume, engine controllers
+    async def sync_volumes(self) -> None:
+        await self.volumes.sync_all()
+
+    async def sync_engines(self) -> None:
+        await self.volumes.sync_engines()
 
     # ------------------------------------------------------------------ replica controller
     async def sync_replicas(self) -> None:
@@ -402,59 +445,27 @@ class LonghornManager:
             return
         status = copy.deepcopy(r.get("status") or {})
         status["ownerID"] = self.node_name
-        disk_uuid = r["spec"].get("diskID", "")
-        disk_entry = None
-        for entry in ((node.get("status") or {}).get("diskStatus") or {}).values():
-            if entry.get("diskUUID") == disk_uuid:
-                disk_entry = entry
+        spec = r["spec"]
         now = SimClock.now_rfc3339()
-        start = r["spec"].get("desireState") == "running"
-        if start and disk_entry is None:
-            # lm replica_controller.go:394 getDiskNameFromUUID
-            self.log.emit("error", f"cannot find disk name for replica {name}", "controller.(*ReplicaController).CreateInstance",
-                          "replica_controller.go:404", controller="longhorn-replica", replica=name)
-            start = False
-        if start and r["spec"].get("backingImage"):
-            bi_name = r["spec"]["backingImage"]
-            bi = self.cache.peek("backingimages", bi_name)  # read-only; copied before mutating
-            state, cur = rl.backing_image_wait_state(r, bi)
-            if state == "add-spec" and bi is not None:
-                bi = copy.deepcopy(bi)
-                bi.setdefault("spec", {}).setdefault("diskFileSpecMap", {})
-                if bi["spec"]["diskFileSpecMap"] is None:
-                    bi["spec"]["diskFileSpecMap"] = {}
-                bi["spec"]["diskFileSpecMap"][disk_uuid] = {"evictionRequested": False}
-                self.log.emit("info", f"Asking backing image {bi_name} to download file to node {r['spec'].get('nodeID')} disk {disk_uuid}",
-                              "controller.(*ReplicaController).GetBackingImagePathForReplicaStarting", "replica_controller.go:431",
-                              controller="longhorn-replica", replica=name)
-                try:
-                    await self.kube.replace("backingimages", bi)
-                except Conflict:
-                    raise Requeue() from None
-            if state != "ready":
-                if self._waiting_logged.get(name) != cur or state == "add-spec":
-                    self.log.emit(
-                        "info",
-                        f"Waiting for backing image {bi_name} to download file to node {r['spec'].get('nodeID')} disk {disk_uuid}, the current state is {cur}",
-                        "controller.(*ReplicaController).GetBackingImagePathForReplicaStarting", "replica_controller.go:442",
-                        controller="longhorn-replica", replica=name,
-                    )
-                    self._waiting_logged[name] = cur
-                status["conditions"] = node_status.set_condition(
-                    status.get("conditions"), "WaitForBackingImage", "True", "Waiting", "", now, [], "Normal")
-                start = False
-            else:
-                self._waiting_logged.pop(name, None)
-                status["conditions"] = node_status.set_condition(
-                    status.get("conditions"), "WaitForBackingImage", "False", "", "", now, [], "Normal")
-        if start:
-            ddir = self.host.dir(r["spec"].get("diskPath", "")) / disks.REPLICA_DIRECTORY / r["spec"].get("dataDirectoryName", "")
-            meta = ddir / disks.VOLUME_META
-            if not meta.exists():
-                ddir.mkdir(parents=True, exist_ok=True)
-                meta.write_text('{"Size":%s,"Head":"volume-head-000.img","Dirty":false}' % r["spec"].get("volumeSize", "0"))
+        running = status.get("currentState") == "running"
+        if spec.get("desireState") == "running" and not running:
+            # InstanceHandler.ReconcileInstanceState -> createInstance (lm v1.7.2
+            # controller/instance_handler.go:335-359,480-501): only a stopped replica is started.
+            try:
+                running = await self._create_instance(r, node, status, now)
+            except _StartFailed as failed:
+                # The error goes to a FailedStarting Event and the deferred status write is
+                # skipped (replica_controller.go:289-292; instance_handler.go:490-493).
+                if self._start_failures.get(name) != str(failed):
+                    self._start_failures[name] = str(failed)
+                    await self.kube.event(r, "Warning", "FailedStarting", f"Error starting {name}: {failed}")
+                return
+            self._start_failures.pop(name, None)
+        elif spec.get("desireState") != "running" and running:
+            running = False
+        if running:
             status.update(currentState="running", started=True, instanceManagerName=node_status.instance_manager_name(self.node_name),
-                          currentImage=r["spec"].get("image", ""), ip="10.42.0.1", storageIP="10.42.0.1", port=10000)
+                          currentImage=spec.get("image", ""), ip="10.42.0.1", storageIP="10.42.0.1", port=10000)
         else:
             status.update(currentState="stopped", started=False, ip="", storageIP="", port=0, instanceManagerName="",
                           currentImage="")
@@ -466,18 +477,99 @@ class LonghornManager:
             body = copy.deepcopy(r)
             body["status"] = status
             try:
-                r = await self.kube.replace_status("replicas", body)
+                await self.kube.replace_status("replicas", body)
             except Conflict:
                 raise Requeue() from None
             except NotFound:
                 return
-        if start and not r["spec"].get("healthyAt"):
-            r["spec"]["healthyAt"] = now
-            r["spec"]["lastHealthyAt"] = now
+
+    async def _create_instance(self, r: dict[str, Any], node: Mapping[str, Any], status: dict[str, Any], now: str) -> bool:
+        """ReplicaController.CreateInstance (lm v1.7.2 controller/replica_controller.go:331-355,
+        394-450): whether the instance runs now. Never touches ``healthyAt``: only the volume
+        controller does, when the engine reports the replica RW."""
+        name = r["metadata"]["name"]
+        spec = r["spec"]
+        disk_uuid = spec.get("diskID", "")
+        if not any(e.get("diskUUID") == disk_uuid for e in ((node.get("status") or {}).get("diskStatus") or {}).values()):
+            # replica_controller.go:394 getDiskNameFromUUID
+            raise _StartFailed(f"cannot find disk name for replica {name}")
+        if vl.is_rebuilding(r) and not await self._can_start_rebuilding(r):
+            return False
+        if spec.get("backingImage"):
+            ready = await self._backing_image_for_start(r, node, status, now)
+            if not ready:
+                return False
+        ddir = self.host.dir(spec.get("diskPath", "")) / disks.REPLICA_DIRECTORY / spec.get("dataDirectoryName", "")
+        meta = ddir / disks.VOLUME_META
+        if not meta.exists():
+            ddir.mkdir(parents=True, exist_ok=True)
+            meta.write_text('{"Size":%s,"Head":"volume-head-000.img","Dirty":false}' % spec.get("volumeSize", "0"))
+        return True
+
+    async def _can_start_rebuilding(self, r: dict[str, Any]) -> bool:
+        """CanStartRebuildingReplica (lm v1.7.2 replica_controller.go:452-514): at most
+        ``concurrent-replica-rebuild-per-node-limit`` rebuilding replicas starting or running on a node."""
+        settings = await self.cache.list("settings")
+        try:
+            limit = int(_setting(settings, "concurrent-replica-rebuild-per-node-limit", "5"))
+        except ValueError:
+            limit = 5
+        if limit < 1:
+            return True
+        busy = {x["metadata"]["name"] for x in await self.cache.list("replicas")
+                if (x.get("spec") or {}).get("nodeID") == self.node_name and vl.is_rebuilding(x)
+                and (x.get("status") or {}).get("currentState") in ("starting", "running")}
+        if r["metadata"]["name"] in busy or len(busy) < limit:
+            return True
+        self.log.emit("warning", f"Replica rebuildings for {sorted(busy)} are in progress on this node, which reaches "
+                      f"or exceeds the concurrent limit value {limit}", "controller.(*ReplicaController).CanStartRebuildingReplica",
+                      "replica_controller.go:505", controller="longhorn-replica", replica=r["metadata"]["name"])
+        return False
+
+    async def _backing_image_for_start(self, r: dict[str, Any], node: Mapping[str, Any], status: dict[str, Any],
+                                       now: str) -> bool:
+        """GetBackingImagePathForReplicaStarting (lm v1.7.2 replica_controller.go:407-446), the only
+        place a replica re-adds its disk to ``spec.diskFileSpecMap``: while it starts."""
+        name = r["metadata"]["name"]
+        spec = r["spec"]
+        bi_name, disk_uuid = spec["backingImage"], spec.get("diskID", "")
+        bi = self.cache.peek("backingimages", bi_name)  # read-only; copied before mutating
+        if bi is None:
+            raise _StartFailed(f"backingimages.longhorn.io \"{bi_name}\" not found")
+        state, cur = rl.backing_image_wait_state(r, bi)
+        if state == "add-spec":
+            # CanPutBackingImageOnDisk (lm datastore/longhorn.go:5589-5616): node and disk Ready.
+            if not bil.disk_ready_on(node, disk_uuid):
+                prefix = "The backing image" if not self.cluster.release.lowercase_backing_image_error else "backing image"
+                raise _StartFailed(f"{prefix} {bi_name} can not be put on the disk {disk_uuid}")
+            bi = copy.deepcopy(bi)
+            spec_map = bi.setdefault("spec", {}).get("diskFileSpecMap")
+            if spec_map is None:
+                spec_map = bi["spec"]["diskFileSpecMap"] = {}
+            spec_map[disk_uuid] = bil.spec_entry(self.cluster.release)
+            self.log.emit("info", f"Asking backing image {bi_name} to download file to node {spec.get('nodeID')} disk {disk_uuid}",
+                          "controller.(*ReplicaController).GetBackingImagePathForReplicaStarting", "replica_controller.go:431",
+                          controller="longhorn-replica", replica=name)
             try:
-                await self.kube.replace("replicas", r)
+                await self.kube.replace("backingimages", bi)
             except Conflict:
                 raise Requeue() from None
+        if state != "ready":
+            if self._waiting_logged.get(name) != cur or state == "add-spec":
+                self.log.emit(
+                    "info",
+                    f"Waiting for backing image {bi_name} to download file to node {spec.get('nodeID')} disk {disk_uuid}, the current state is {cur}",
+                    "controller.(*ReplicaController).GetBackingImagePathForReplicaStarting", "replica_controller.go:442",
+                    controller="longhorn-replica", replica=name,
+                )
+                self._waiting_logged[name] = cur
+            status["conditions"] = node_status.set_condition(
+                status.get("conditions"), "WaitForBackingImage", "True", "Waiting", "", now, [], "Normal")
+            return False
+        self._waiting_logged.pop(name, None)
+        status["conditions"] = node_status.set_condition(
+            status.get("conditions"), "WaitForBackingImage", "False", "", "", now, [], "Normal")
+        return True
 
     # ------------------------------------------------------------------ backing image controller
     def _responsible_for_bi(self, bi: Mapping[str, Any]) -> bool:
@@ -539,31 +631,41 @@ class LonghornManager:
             st["diskFileStatusMap"] = {}
         if st.get("diskLastRefAtMap") is None:
             st["diskLastRefAtMap"] = {}
+        nodes = await self.cache.list("nodes")
+        bids = await self._handle_data_source(bi, nodes)
         spec_map = (bi.get("spec") or {}).get("diskFileSpecMap")
         if spec_map is None:
-            return
+            return  # line 291-293
         try:
             await self._handle_bims(bi)
         except _BiSyncError as exc:
             raise _BiSyncError(f"failed to sync backing image for {key}: {exc}") from None
         now = SimClock.now_rfc3339()
         bims = await self.cache.list("backingimagemanagers")
-        st["diskFileStatusMap"] = bil.file_status_from_bims(bi, bims, now)
+        st["diskFileStatusMap"] = bil.file_status(bi, bids, bims, now)
         ready_files = [f for f in st["diskFileStatusMap"].values() if f.get("state") == "ready"]
         if ready_files:
             st["size"] = len(bil.BACKING_FILE_CONTENT)
             st["virtualSize"] = len(bil.BACKING_FILE_CONTENT)
+            if self.cluster.release.backing_image_real_size and not st.get("realSize"):
+                st["realSize"] = len(bil.BACKING_FILE_CONTENT)  # lm v1.8.1 backing_image_controller.go:1345-1348
             st.setdefault("checksum", "")
             if not st["checksum"]:
                 st["checksum"] = hashlib.sha512(bil.BACKING_FILE_CONTENT).hexdigest()
-        st["diskLastRefAtMap"] = bil.last_ref_map(bi, await self.cache.list("replicas"), now)
-        await self._replenish(bi)
-        for u in bil.evicted_copies_to_drop(bi):
+        replicas = await self.cache.list("replicas")
+        st["diskLastRefAtMap"] = bil.last_ref_map(bi, replicas, now)
+        await self._replenish(bi, bids, nodes)
+        drop, kept = bil.evicted_copies_to_drop(bi, replicas, self.cluster.rng, self.cluster.release)
+        for u in drop:
             del bi["spec"]["diskFileSpecMap"][u]
-        # Deferred writes (lines 264-281): spec first, then status.
+        if kept:
+            await self.kube.event(bi, "Warning", "FailedDeleting", f"Failed to evict backing image copy on disk {kept} "
+                                  "for now since there is no other healthy backing image copy")
+        # Deferred writes (lines 259-277): spec, then status on the same in-memory object, so a
+        # pass that changed both gets a Conflict on the status write and lands it next time.
         if bi.get("spec") != existing.get("spec"):
             try:
-                bi = {**(await self.kube.replace("backingimages", bi)), "status": bi["status"]}
+                await self.kube.replace("backingimages", bi)
             except Conflict:
                 raise Requeue() from None
         if bi.get("status") != existing.get("status"):
@@ -571,6 +673,50 @@ class LonghornManager:
                 await self.kube.replace_status("backingimages", bi)
             except Conflict:
                 raise Requeue() from None
+
+    async def _handle_data_source(self, bi: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """handleBackingImageDataSource (lm v1.7.2 backing_image_controller.go:492-690): create the
+        BackingImageDataSource named after the BackingImage, mark the file transferred once the BIM
+        on its disk holds it ready, move it while not transferred and its disk is not ready."""
+        name = bi["metadata"]["name"]
+        bids = self.cache.peek("backingimagedatasources", name)
+        spec_map = (bi.get("spec") or {}).get("diskFileSpecMap") or {}
+        file_status = (bi.get("status") or {}).get("diskFileStatusMap") or {}
+        if bids is None:
+            ready = [u for u in vl.go_map_order(spec_map, self.cluster.rng) if bil.ready_disk(nodes, u) is not None]
+            transferred = next((u for u in ready if (file_status.get(u) or {}).get("state") == "ready"), None)
+            disk = bil.ready_disk(nodes, transferred or (ready[0] if ready else ""))
+            if disk is None:
+                disk = bil.choose_disk_for_copy(bi, nodes, self.cluster.rng)
+            if disk is None:
+                return None
+            try:
+                return await self.kube.create("backingimagedatasources", bil.data_source_manifest(
+                    bi, disk, transferred=transferred is not None))
+            except AlreadyExists:
+                return None
+        bids = copy.deepcopy(bids)
+        spec = bids["spec"]
+        if spec.get("fileTransferred"):
+            return bids
+        changed = False
+        if (bids.get("status") or {}).get("currentState") == "ready" and \
+                (file_status.get(spec.get("diskUUID")) or {}).get("state") == "ready":
+            spec["fileTransferred"] = True  # 641-646: the BIM on that disk took the file over
+            changed = True
+        else:
+            disk = bil.ready_disk(nodes, spec.get("diskUUID", ""))
+            if disk is None or disk.node != spec.get("nodeID") or disk.path != spec.get("diskPath"):
+                moved = bil.choose_disk_for_copy(bi, nodes, self.cluster.rng)  # 660-683
+                if moved is not None:
+                    spec.update(nodeID=moved.node, diskUUID=moved.uuid, diskPath=moved.path)
+                    changed = True
+        if changed:
+            try:
+                bids = await self.kube.replace("backingimagedatasources", bids)
+            except Conflict:
+                raise Requeue() from None
+        return bids
 
     async def _handle_bims(self, bi: dict[str, Any]) -> None:
         """lm v1.7.2 backing_image_controller.go:693 handleBackingImageManagers, AlreadyExists and all."""
@@ -599,7 +745,7 @@ class LonghornManager:
                         bim["spec"].setdefault("backingImages", {})[name] = bi_uuid
                         try:
                             await self.kube.replace("backingimagemanagers", bim)
-                        except Conflict:
+                        except (Conflict, NotFound):
                             raise Requeue() from None
                     found = True
                     break
@@ -629,21 +775,31 @@ class LonghornManager:
             await self.kube.event(bi, "Normal", "Create",
                                   f"created default backing image manager {created['metadata']['name']} in disk {uuid} on node {disk.node}")
 
-    async def _replenish(self, bi: dict[str, Any]) -> None:
-        """Simplified replenishBackingImageCopies (line 316): add random ready disks up to minNumberOfCopies."""
-        spec_map = bi["spec"]["diskFileSpecMap"]
-        want = int((bi.get("spec") or {}).get("minNumberOfCopies") or 0)
-        healthy = [u for u, s in spec_map.items() if not (s or {}).get("evictionRequested")]
-        if len(healthy) >= want:
+    async def _replenish(self, bi: dict[str, Any], bids: Mapping[str, Any] | None, nodes: list[dict[str, Any]]) -> None:
+        """replenishBackingImageCopies (lm v1.7.2 backing_image_controller.go:316-377): only once the
+        data source's file is transferred, one copy per sync on a random eligible disk."""
+        if bids is None or not (bids.get("spec") or {}).get("fileTransferred"):
             return
-        nodes = await self.cache.list("nodes")
-        for d in sorted(bil.ready_disks(nodes), key=lambda d: (d.node, d.disk_name)):
-            if len(healthy) >= want:
-                break
-            if d.uuid in spec_map or d.evicting or not d.allow_scheduling or not d.schedulable:
-                continue
-            spec_map[d.uuid] = {"evictionRequested": False}
-            healthy.append(d.uuid)
+        settings = await self.cache.list("settings")
+        if _setting(settings, "concurrent-backing-image-replenish-per-node-limit", "5") == "0":
+            return
+        spec_map = bi["spec"]["diskFileSpecMap"]
+        status_map = bi["status"].get("diskFileStatusMap") or {}
+        non_failed = [u for u in spec_map
+                      if (status_map.get(u) or {}).get("state") not in ("failed", "failed-and-cleanup", "unknown")]
+        if not non_failed:
+            return
+        non_evicting = len(non_failed) - sum(1 for s in spec_map.values() if (s or {}).get("evictionRequested"))
+        if non_evicting >= int((bi.get("spec") or {}).get("minNumberOfCopies") or 0):
+            return
+        disk = bil.choose_disk_for_copy(bi, nodes, self.cluster.rng)
+        if disk is None:
+            self.log.emit("warning", "Failed to get the ready disk for replenishing backing image copies",
+                          "controller.(*BackingImageController).replenishBackingImageCopies",
+                          "backing_image_controller.go:368", controller="longhorn-backing-image",
+                          backingImage=bi["metadata"]["name"])
+            return
+        spec_map[disk.uuid] = bil.spec_entry(self.cluster.release)
 
     # ------------------------------------------------------------------ BIM controller
     async def sync_bims(self) -> None:
@@ -669,7 +825,9 @@ class LonghornManager:
             raise Requeue()
 
     async def sync_bim(self, bim: dict[str, Any], node: Mapping[str, Any]) -> None:
-        """A BIM "pod" that downloads instantly (lm backing_image_manager_controller.go, heavily reduced)."""
+        """A BIM and its pod (lm backing_image_manager_controller.go, reduced): files it is asked for
+        are fetched once a source has the file (the data source ready for transfer, or another BIM
+        holding it ready) and take one sync; the file on the data source's own disk is taken over."""
         bim = copy.deepcopy(bim)
         spec = bim.get("spec") or {}
         wanted = dict(spec.get("backingImages") or {})
@@ -703,15 +861,19 @@ class LonghornManager:
             for bi_name, bi_uuid in wanted.items():
                 fdir = base / f"{bi_name}-{bi_uuid}"
                 backing = fdir / "backing"
+                release = self.cluster.release
                 if backing.exists():
-                    files[bi_name] = bil.bim_file_entry(bi_name, bi_uuid, "ready", 100)
+                    files[bi_name] = bil.bim_file_entry(bi_name, bi_uuid, "ready", 100, release)
                     continue
-                # The "download" takes one sync: report in-progress now, ready next time (about
-                # one Longhorn second later), so BackingImage and Replica pass through the same
-                # states as on a real cluster.
+                if not await self._file_source(bi_name, bi_uuid):
+                    files[bi_name] = bil.bim_file_entry(bi_name, bi_uuid, "pending", 0, release)
+                    continue
+                # The transfer takes one sync: in-progress now, ready next time (about one Longhorn
+                # second later), so BackingImage and Replica pass through the states they do on a
+                # real cluster.
                 fdir.mkdir(parents=True, exist_ok=True)
                 backing.write_bytes(bil.BACKING_FILE_CONTENT)
-                files[bi_name] = bil.bim_file_entry(bi_name, bi_uuid, "in-progress", 50)
+                files[bi_name] = bil.bim_file_entry(bi_name, bi_uuid, "in-progress", 50, release)
                 asyncio.get_running_loop().call_later(self.cluster.clock.real(1.0), self.loops["bim"].trigger)
             if base.is_dir():
                 keep = {f"{n}-{u}" for n, u in wanted.items()}
@@ -725,6 +887,91 @@ class LonghornManager:
             body["status"] = status
             try:
                 await self.kube.replace_status("backingimagemanagers", body)
+            except Conflict:
+                raise Requeue() from None
+            except NotFound:
+                pass
+
+    async def _taken_over(self, bi_name: str, disk_uuid: str, bi_uuid: str) -> bool:
+        for bim in await self.cache.list("backingimagemanagers", f"longhorn.io/disk-uuid={disk_uuid}"):
+            f = ((bim.get("status") or {}).get("backingImageFileMap") or {}).get(bi_name) or {}
+            if f.get("state") == "ready" and f.get("uuid") == bi_uuid:
+                return True
+        return False
+
+    async def _file_source(self, bi_name: str, bi_uuid: str) -> bool:
+        bids = self.cache.peek("backingimagedatasources", bi_name)
+        if bids is not None and (bids.get("status") or {}).get("currentState") == "ready-for-transfer":
+            return True
+        return any(((((b.get("status") or {}).get("backingImageFileMap") or {}).get(bi_name) or {}).get("state") == "ready"
+                    and (((b.get("status") or {}).get("backingImageFileMap") or {}).get(bi_name) or {}).get("uuid") == bi_uuid)
+                   for b in await self.cache.list("backingimagemanagers"))
+
+    # ------------------------------------------------------------------ backing image data source controller
+    async def sync_data_sources(self) -> None:
+        await self._sync_on_this_node("backingimagedatasources", self.sync_data_source)
+
+    async def sync_data_source(self, cached: dict[str, Any], node: Mapping[str, Any]) -> None:
+        """lm v1.7.2 controller/backing_image_data_source_controller.go, reduced: while the file is
+        not transferred the data source keeps its disk in the BackingImage's spec (402-406) -- so
+        eviction never drains it --, "downloads" for ``DOWNLOAD_SECONDS``, then is ready for the
+        BIM on its disk to take the file over; once transferred it is ready (329-332); on a disk
+        that is not ready it is unknown (334-345)."""
+        bids = copy.deepcopy(cached)
+        name = bids["metadata"]["name"]
+        spec = bids.get("spec") or {}
+        if bids["metadata"].get("deletionTimestamp"):
+            if bids["metadata"].get("finalizers"):
+                bids["metadata"]["finalizers"] = []
+                try:
+                    await self.kube.replace("backingimagedatasources", bids)
+                except (Conflict, NotFound):
+                    pass
+            return
+        bi = self.cache.peek("backingimages", name)
+        if bi is None:
+            return
+        uuid = str(spec.get("diskUUID") or "")
+        if not spec.get("fileTransferred") and uuid and uuid not in ((bi.get("spec") or {}).get("diskFileSpecMap") or {}):
+            body = copy.deepcopy(bi)
+            body["spec"].setdefault("diskFileSpecMap", {})
+            if body["spec"]["diskFileSpecMap"] is None:
+                body["spec"]["diskFileSpecMap"] = {}
+            body["spec"]["diskFileSpecMap"][uuid] = bil.spec_entry(self.cluster.release)
+            try:
+                await self.kube.replace("backingimages", body)
+            except (Conflict, NotFound):
+                raise Requeue() from None
+        status = dict(bids.get("status") or {})
+        status["ownerID"] = self.node_name
+        state = status.get("currentState") or ""
+        if spec.get("fileTransferred"):
+            status.update(currentState="ready", progress=100, message="")
+        elif not bil.disk_ready_on(node, uuid):
+            status.update(currentState="unknown")
+        elif bil.download_fails(bids):
+            url = ((spec.get("parameters") or {}).get("url") or "")
+            status.update(currentState="failed", progress=0,
+                          message=f"failed to download {url}: dial tcp: lookup: no such host")
+        elif state in ("", "pending", "unknown", "starting"):
+            status.update(currentState="in-progress", progress=0, message="")
+            self._downloads[name] = self.cluster.clock.monotonic() + DOWNLOAD_SECONDS
+            asyncio.get_running_loop().call_later(self.cluster.clock.real(DOWNLOAD_SECONDS) + 0.01, self.loops["bids"].trigger)
+        elif state == "ready-for-transfer" and await self._taken_over(name, uuid, str(spec.get("uuid") or "")):
+            # The BIM on the data source's disk has the file: the pod reports the transfer done;
+            # the BackingImage controller then marks the file transferred (backing_image_controller.go:641-646).
+            status.update(currentState="ready")
+        elif state == "in-progress" and self.cluster.clock.monotonic() >= self._downloads.get(name, 0.0):
+            fdir = self.host.dir(spec.get("diskPath", "")) / disks.BACKING_IMAGE_DIRECTORY / f"{name}-{spec.get('uuid', '')}"
+            fdir.mkdir(parents=True, exist_ok=True)
+            (fdir / "backing").write_bytes(bil.BACKING_FILE_CONTENT)
+            status.update(currentState="ready-for-transfer", progress=100, size=len(bil.BACKING_FILE_CONTENT),
+                          checksum=hashlib.sha512(bil.BACKING_FILE_CONTENT).hexdigest())
+            self._downloads.pop(name, None)
+        if status != (bids.get("status") or {}):
+            bids["status"] = status
+            try:
+                await self.kube.replace_status("backingimagedatasources", bids)
             except Conflict:
                 raise Requeue() from None
             except NotFound:
@@ -761,50 +1008,9 @@ class LonghornManager:
                 except (Conflict, NotFound):
                     raise Requeue() from None
 
-    # ------------------------------------------------------------------ volume model (eviction)
-    async def sync_volumes(self) -> None:
-        if self.cluster.leader() != self.node_name:
-            return
-        reps = await self.cache.list("replicas")
-        nodes = await self.cache.list("nodes")
-        ready = bil.ready_disks(nodes)
-        for r in reps:
-            if not r["spec"].get("evictionRequested") or r["metadata"].get("deletionTimestamp"):
-                continue
-            name = r["metadata"]["name"]
-            volume = _labels(r).get("longhornvolume", r["spec"].get("volumeName", ""))
-            vol_reps = rl.replicas_of_volume(reps, volume)
-            replacement = next((x for x in vol_reps if (x["metadata"].get("annotations") or {}).get(rl.REPLACES_ANNOTATION) == name), None)
-            if replacement is None:
-                target = rl.choose_eviction_target(vol_reps, ready)
-                if target is None:
-                    if name not in self._evict_failed_logged:
-                        self._evict_failed_logged.add(name)
-                        self.log.emit("warning", f"Failed to evict replica {name}: no other disk fits (replica anti-affinity)",
-                                      "controller.(*VolumeController).ReconcileVolumeState", "volume_controller.go:1093",
-                                      controller="longhorn-volume", volume=volume)
-                    continue
-                self._evict_failed_logged.discard(name)
-                suffix = self.cluster.uuids.random_id()
-                manifest = rl.replica_manifest(
-                    f"{volume}-r-{suffix}", volume, target.node, target.path, target.uuid,
-                    int(r["spec"].get("volumeSize") or 0), f"{volume}-{self.cluster.uuids.random_id()}",
-                    r["spec"].get("backingImage") or None,
-                )
-                manifest["metadata"]["annotations"] = {rl.REPLACES_ANNOTATION: name}
-                await self.kube.create("replicas", manifest)
-                self.log.emit("info", f"Creating replacement replica {manifest['metadata']['name']} for evicting replica {name}",
-                              "controller.(*VolumeController).replenishReplicas", "volume_controller.go:1093",
-                              controller="longhorn-volume", volume=volume)
-                continue
-            others_running = [x for x in vol_reps if x is not r and rl.is_running(x) and not x["spec"].get("evictionRequested")]
-            if others_running:
-                await self._delete_replica(r)
 
-    async def _delete_replica(self, r: dict[str, Any]) -> None:
-        """Delete the evicted Replica; its owner's replica controller cleans the data directory and
-        drops the finalizer (see sync_replica), as in Longhorn."""
-        await self.kube.delete("replicas", r["metadata"]["name"])
+class _StartFailed(Exception):
+    """CreateInstance returned an error: an Event, no status write (replica_controller.go:289-292)."""
 
 
 class _BiSyncError(Exception):

@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from bimguard.sim.longhorn import DEFAULT_RELEASE, Release
 from bimguard.sim.longhorn.monitor import DiskInfo
 
 READY = "Ready"
@@ -131,7 +132,8 @@ def disks_matched(node: Mapping[str, Any], collected: Mapping[str, DiskInfo] | N
     return True
 
 
-def align_disk_spec_and_status(node: Mapping[str, Any], status: dict[str, Any]) -> list[str]:
+def align_disk_spec_and_status(node: Mapping[str, Any], status: dict[str, Any],
+                               release: Release = DEFAULT_RELEASE) -> list[str]:
     """lm v1.7.2 node_controller.go:1663: create empty entries, zero storage, drop removed disks.
 
     Returns the names of the deleted entries.
@@ -148,6 +150,8 @@ def align_disk_spec_and_status(node: Mapping[str, Any], status: dict[str, Any]) 
             entry["conditions"] = []
         if entry.get("scheduledReplica") is None:
             entry["scheduledReplica"] = {}
+        if release.storage_scheduled_counts_backing_images and entry.get("scheduledBackingImage") is None:
+            entry["scheduledBackingImage"] = {}
         for k, v in (("diskUUID", ""), ("diskName", ""), ("diskPath", ""), ("diskDriver", ""),
                      ("filesystemType", ""), ("instanceManagerName", ""), ("storageScheduled", 0)):
             entry.setdefault(k, v)
@@ -195,6 +199,8 @@ def sync_node_status(
     owner: bool,
     manager_up: bool = True,
     settings: SchedulingSettings = SchedulingSettings(),
+    backing_images: Sequence[Mapping[str, Any]] = (),
+    release: Release = DEFAULT_RELEASE,
 ) -> NodeSyncResult:
     """One ``syncNode`` (lm v1.7.2 node_controller.go:363) minus its I/O.
 
@@ -217,7 +223,7 @@ def sync_node_status(
         return NodeSyncResult(status, events, disk_part_skipped=True)
     assert collected is not None
 
-    align_disk_spec_and_status(node, status)
+    align_disk_spec_and_status(node, status, release)
     dstatus: dict[str, Any] = status["diskStatus"]
     sdisks = node.get("spec", {}).get("disks") or {}
 
@@ -315,6 +321,13 @@ def sync_node_status(
             scheduled[r["metadata"]["name"]] = _volume_size(r)
         entry["scheduledReplica"] = scheduled
         entry["storageScheduled"] = sum(scheduled.values())
+        if release.storage_scheduled_counts_backing_images:
+            # lm v1.8.1 node_controller.go:853-856,888-919: every BackingImage whose spec names the
+            # disk counts with its real size, whatever the file's state.
+            on_disk = {bi["metadata"]["name"]: int((bi.get("status") or {}).get("realSize") or 0) for bi in backing_images
+                       if uuid in (((bi.get("spec") or {}).get("diskFileSpecMap")) or {})}
+            entry["scheduledBackingImage"] = on_disk
+            entry["storageScheduled"] += sum(on_disk.values())
         if schedulable(dspec, entry, settings):
             entry["conditions"] = set_condition(
                 entry["conditions"], SCHEDULABLE, "True", "", f"Disk {disk_name}({path}) on node {name} is schedulable",
@@ -353,29 +366,56 @@ def eviction_updates(node: Mapping[str, Any], status: Mapping[str, Any], replica
     return out
 
 
-def backing_image_eviction_updates(
-    node: Mapping[str, Any], status: Mapping[str, Any], backing_images: Sequence[Mapping[str, Any]]
-) -> list[tuple[str, str, bool]]:
-    """(bi, diskUUID, evictionRequested) flips, lm v1.7.2 node_controller.go:1780.
+class ManagerPanic(Exception):
+    """longhorn-manager would panic here: the process exits and its pod restarts (crash loop)."""
 
-    Only BackingImages whose *status* lists the disk are considered (``GetDiskBackingImageMap``,
-    datastore/longhorn.go:5423) -- a stuck spec-only copy is never flagged (BRIEF §0.9).
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(f"{message} ({where})")
+        self.message = message
+        self.where = where
+
+
+NIL_DEREFERENCE = "runtime error: invalid memory address or nil pointer dereference"
+
+
+def backing_image_eviction_updates(
+    node: Mapping[str, Any], status: Mapping[str, Any], backing_images: Sequence[Mapping[str, Any]],
+    release: Release = DEFAULT_RELEASE,
+) -> tuple[list[tuple[str, str, bool]], list[str]]:
+    """((bi, diskUUID, evictionRequested) flips, log lines) of syncBackingImageEvictionRequested
+    (lm v1.7.2 node_controller.go:1780-1841).
+
+    Only BackingImages whose *status* lists the disk are looked at (``GetDiskBackingImageMap``,
+    datastore/longhorn.go:5423), so a stuck spec-only copy is never flagged. Nothing happens unless
+    the node or one of its disks is evicting (1782-1784): clearing every flag never resets a copy's
+    flag. A status entry whose spec entry is gone is dereferenced as nil: on the evicting branch
+    (1806; v1.8.1 :1635, v1.9.0 :1680) and, before v1.8, on the non-evicting one (1811) this
+    raises :class:`ManagerPanic`; v1.7.4, v1.8.2 and v1.9.1 check first and log instead
+    (v1.9.1 :1670-1689).
     """
     spec = node.get("spec", {})
-    if not spec.get("evictionRequested") and not any((d or {}).get("evictionRequested") for d in (spec.get("disks") or {}).values()):
-        return []
+    node_evicting = bool(spec.get("evictionRequested"))
+    if not node_evicting and not any((d or {}).get("evictionRequested") for d in (spec.get("disks") or {}).values()):
+        return [], []
     out: list[tuple[str, str, bool]] = []
+    notes: list[str] = []
     for disk_name, dspec in (spec.get("disks") or {}).items():
         uuid = ((status.get("diskStatus") or {}).get(disk_name) or {}).get("diskUUID", "")
-        want = bool(spec.get("evictionRequested")) or bool(dspec.get("evictionRequested"))
+        want = node_evicting or bool(dspec.get("evictionRequested"))
         for bi in backing_images:
-            if uuid not in ((bi.get("status") or {}).get("diskFileStatusMap") or {}):
+            if not uuid or uuid not in ((bi.get("status") or {}).get("diskFileStatusMap") or {}):
                 continue
             fspec = ((bi.get("spec") or {}).get("diskFileSpecMap") or {}).get(uuid)
             if fspec is None:
-                continue  # v1.7.2 would dereference nil here (BRIEF §0.10); the sim skips
+                guarded = release.backing_image_eviction_guarded or (not want and release.non_evicting_branch_guarded)
+                if not guarded:
+                    raise ManagerPanic(NIL_DEREFERENCE, release.backing_image_eviction_panic_site(want))
+                if release.backing_image_eviction_guarded:
+                    notes.append(f"Evicting missing disk {uuid} from backing image {bi['metadata']['name']}. "
+                                 f"Will enqueue then resync the node {node['metadata']['name']}")
+                continue
             if want and not fspec.get("evictionRequested"):
                 out.append((bi["metadata"]["name"], uuid, True))
             elif not want and fspec.get("evictionRequested"):
                 out.append((bi["metadata"]["name"], uuid, False))
-    return out
+    return out, notes

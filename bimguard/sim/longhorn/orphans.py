@@ -11,11 +11,44 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
+from bimguard.sim.clock import SimClock
+from bimguard.sim.longhorn import Release
 from bimguard.sim.longhorn.node_status import get_condition, set_condition
 
 FINALIZER = "longhorn.io"
+
+
+def auto_deletion_grace(release: Release, setting: Any) -> float | None:
+    """Whether the node controller deletes cleanable replica-data orphans by itself, and after how
+    many (Longhorn) seconds; None: never. ``setting(name, default)`` reads a Setting.
+
+    v1.7/v1.8: boolean ``orphan-auto-deletion``, no grace (lm v1.7.2 node_controller.go:1556-1591).
+    v1.9: ``orphan-resource-auto-deletion`` is a ``;``-separated list; ``replica-data`` turns it on,
+    after ``orphan-resource-auto-deletion-grace-period`` seconds (default 300; lm v1.9.0
+    types/setting.go:103-104,1063-1090,1807-1830; node_controller.go:1422-1447).
+    """
+    if release.orphan_auto_deletion_setting == "orphan-auto-deletion":
+        return 0.0 if str(setting("orphan-auto-deletion", "false")).lower() == "true" else None
+    items = {i.strip() for i in str(setting("orphan-resource-auto-deletion", "")).split(";") if i.strip()}
+    if "replica-data" not in items:
+        return None
+    try:
+        return float(setting("orphan-resource-auto-deletion-grace-period", "300"))
+    except ValueError:
+        return 300.0
+
+
+def age(orphan: Mapping[str, Any], clock: SimClock) -> float:
+    """Longhorn seconds since the Orphan was created (its creationTimestamp is real time)."""
+    stamp = (orphan.get("metadata") or {}).get("creationTimestamp") or ""
+    try:
+        created = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return 0.0
+    return max(0.0, (datetime.now(timezone.utc) - created).total_seconds()) / clock.time_scale
 
 
 def orphan_name(node_id: str, disk_name: str, disk_path: str, disk_uuid: str, data_dir: str) -> str:
