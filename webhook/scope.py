@@ -67,39 +67,46 @@ MATCH_CONDITIONS_SINCE = (1, 28)
 
 # The expression is the trigger, clause by clause, over the JSON objects kube-apiserver binds to
 # `object` and `oldObject` (the request is registered for UPDATE only, but a null `oldObject`, as
-# on CREATE, means "no disk had a UUID"). Longhorn's Go types let `status.diskStatus` and
-# `spec.disks` be null (`+nullable`), so every step is guarded with `type(...) == map` before
-# `has()`, a field selection or `in` (selecting a field of null is an evaluation error in CEL,
-# and comparing a map with null an error in some implementations); with those guards no input
-# Longhorn's types can produce makes it fail. Disk names are map keys, so names with `/` or `~`
-# need no escaping (only the webhook's JSON Patch escapes them, RFC 6901). `exists` runs over
-# `diskStatus` or, when that is not a map, over `{}`: a guard in front of `&&` would do in cel-go,
-# which short-circuits, but not in cel-python (the emulator's CEL), which evaluates both sides.
-#   - some disk d of object.status.diskStatus has a string diskUUID shaped like a UUID
-#     (bimguard.model.UUID_RE; Python's `$` also accepts one trailing newline, hence `\n?`);
-#   - its type is filesystem: status diskType if non-empty, else spec.disks[d].diskType, either
-#     "" or "filesystem" (DiskType.parse: "block" and unknown types are not v1 disks);
-#   - and oldObject has no non-empty string diskUUID for d (absent, null or "").
-# No `cel.bind` or optional types: the expression compiles in the CEL environment of every
-# Kubernetes version that has matchConditions.
+# on CREATE, means "no disk had a UUID"):
+#   - `old`, `spec`, `status`: oldObject.status.diskStatus, object.spec.disks and
+#     object.status.diskStatus, each `{}` when absent or not a map (Longhorn's Go types let them
+#     be null, `+nullable`). A one-element list's `exists` binds them: `cel.bind` is not in every
+#     Kubernetes CEL environment that has matchConditions;
+#   - for some disk d of `status` (entry `e`), unless `old` has a non-empty string diskUUID for d
+#     (absent, null or "" in oldObject: first-record),
+#   - `e` has a string diskUUID shaped like a UUID (bimguard.model.UUID_RE; Python's `$` also
+#     accepts one trailing newline, hence `\n?`),
+#   - and the disk is a filesystem disk: e.diskType if a non-empty string, else
+#     spec[d].diskType, either "" or "filesystem" (DiskType.parse: "block" and unknown types are
+#     not v1 disks).
+# Every step is guarded (`type(...) == map` before `has()`, a field or an index): selecting a field
+# of null is an evaluation error in CEL and comparing a map with null one in cel-cpp, so no input
+# Longhorn's types can produce makes the expression fail. Disk names are map keys: names with `/`
+# or `~` need no escaping (only the webhook's JSON Patch escapes them, RFC 6901). "unless old has
+# a UUID" is a conditional (`? false :`), not `!... &&`: equal in cel-go, which short-circuits
+# `&&`, but cel-python evaluates both sides of `&&` and only one branch of `?:`, and a routine
+# write (every disk already has its UUID) then costs it a third of the work (the emulator runs
+# this for every Node status write).
 MATCH_CONDITION_NAME = "first-records-a-filesystem-disk-uuid"
-MATCH_CONDITION_EXPRESSION = r"""(type(object) == map && has(object.status) && type(object.status) == map
+MATCH_CONDITION_EXPRESSION = r"""[type(oldObject) == map && has(oldObject.status) && type(oldObject.status) == map
+  && has(oldObject.status.diskStatus) && type(oldObject.status.diskStatus) == map
+  ? oldObject.status.diskStatus : {}].exists(old,
+[type(object) == map && has(object.spec) && type(object.spec) == map
+  && has(object.spec.disks) && type(object.spec.disks) == map
+  ? object.spec.disks : {}].exists(spec,
+[type(object) == map && has(object.status) && type(object.status) == map
   && has(object.status.diskStatus) && type(object.status.diskStatus) == map
-  ? object.status.diskStatus : {}).exists(d,
-  type(object.status.diskStatus[d]) == map
-  && has(object.status.diskStatus[d].diskUUID) && type(object.status.diskStatus[d].diskUUID) == string
-  && object.status.diskStatus[d].diskUUID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\\n?$')
-  && (has(object.status.diskStatus[d].diskType) && type(object.status.diskStatus[d].diskType) == string
-      && object.status.diskStatus[d].diskType != ''
-    ? object.status.diskStatus[d].diskType == 'filesystem'
-    : !(has(object.spec) && type(object.spec) == map && has(object.spec.disks) && type(object.spec.disks) == map
-        && d in object.spec.disks && type(object.spec.disks[d]) == map && has(object.spec.disks[d].diskType)
-        && type(object.spec.disks[d].diskType) == string && !(object.spec.disks[d].diskType in ['', 'filesystem'])))
-  && !(type(oldObject) == map && has(oldObject.status) && type(oldObject.status) == map
-    && has(oldObject.status.diskStatus) && type(oldObject.status.diskStatus) == map
-    && d in oldObject.status.diskStatus && type(oldObject.status.diskStatus[d]) == map
-    && has(oldObject.status.diskStatus[d].diskUUID) && type(oldObject.status.diskStatus[d].diskUUID) == string
-    && oldObject.status.diskStatus[d].diskUUID != ''))"""
+  ? object.status.diskStatus : {}].exists(status,
+status.exists(d, [status[d]].exists(e,
+  d in old && type(old[d]) == map && has(old[d].diskUUID) && type(old[d].diskUUID) == string
+    && old[d].diskUUID != ''
+  ? false
+  : type(e) == map && has(e.diskUUID) && type(e.diskUUID) == string
+    && e.diskUUID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\\n?$')
+    && (has(e.diskType) && type(e.diskType) == string && e.diskType != ''
+      ? e.diskType == 'filesystem'
+      : !(d in spec && type(spec[d]) == map && has(spec[d].diskType) && type(spec[d].diskType) == string
+          && !(spec[d].diskType in ['', 'filesystem']))))))))"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,21 @@ Follows staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/ (generic/webh
   with the final object and the stored oldObject); every matching webhook is called (kube-apiserver
   calls them in parallel), the first denial in configuration order is the answer, failurePolicy as
   above (a patch in a validating webhook's answer is not looked at).
-Not emulated: `reinvocationPolicy: IfNeeded` (webhooks run once), `matchConditions`,
-`matchPolicy` (only one version of each resource is served, so Exact and Equivalent coincide).
+- `matchConditions` (plugin/webhook/matchconditions/matcher.go, generic/webhook.go
+  `ShouldCallHook`): evaluated after the rules and selectors matched, with a real CEL
+  implementation (cel-expr-python, cel-cpp's wrapper, when installed, else cel-python), over `object`, `oldObject` (null on CREATE, `object` null on
+  DELETE) and `request` (the AdmissionRequest without its objects). Any condition false: the
+  webhook is skipped, even if others failed to evaluate. Otherwise an evaluation error follows
+  the webhook's failurePolicy: Ignore skips the webhook, Fail rejects the request (403 Forbidden,
+  as kube-apiserver's `NewForbidden`). Every skip is recorded in `Dispatcher.skipped` and
+  counted in `Dispatcher.counts` beside the requests admission saw and the calls it made.
+  `authorizer` is not bound: an expression that uses it fails to evaluate (then failurePolicy
+  applies). A malformed expression is not refused when the configuration is created (kube-apiserver
+  compiles it then); it fails at evaluation. cel-python evaluates both sides of `&&`/`||` where
+  cel-go short-circuits; the results agree, except that cel-python raises on `exists` over a
+  null (treated here as an evaluation error).
+Not emulated: `reinvocationPolicy: IfNeeded` (webhooks run once), `matchPolicy` (only one
+version of each resource is served, so Exact and Equivalent coincide).
 
 `webhook_hosts` maps "service.namespace.svc" (or "service.namespace.svc:port", or a
 clientConfig.url host) to the local (host, port) that stands in for the Service; a missing
@@ -32,13 +45,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import ssl
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import celpy
 
 from bimguard.sim.patch import PatchError, apply_json_patch
 from bimguard.sim.resources import ResourceKey, ResourceType
@@ -70,6 +86,15 @@ class Attributes:
     dry_run: bool = False
     user: dict = field(default_factory=lambda: dict(DEFAULT_USER))
     options: dict = field(default_factory=dict)
+
+
+def request_key(attrs: Attributes) -> str:
+    """How `Dispatcher.counts` names a kind of request: "longhorn.io/nodes/status UPDATE"."""
+    key = attrs.rt.key
+    resource = f"{key.group}/{key.plural}" if key.group else key.plural
+    if attrs.subresource:
+        resource += "/" + attrs.subresource
+    return f"{resource} {attrs.operation}"
 
 
 class WebhookCallError(Exception):
@@ -158,6 +183,130 @@ def build_review(attrs: Attributes, uid: str) -> dict:
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
 
+# --- matchConditions (pure but for the compile cache) ----------------------------------------
+
+
+class MatchConditionError(Exception):
+    """A matchCondition could not be compiled or evaluated."""
+
+
+class _CelPython:
+    """cel-python (celpy): pure Python, always installed. Slow (~3 ms per disk of a Node for
+    bimguard's expression): its interpreter walks the parse tree and evaluates both sides of
+    `&&`/`||` (the results agree with cel-go's short-circuit ones, errors absorbed the same way)."""
+
+    name = "cel-python"
+
+    def __init__(self) -> None:
+        self._env = celpy.Environment()
+
+    def compile(self, expression: str) -> Any:
+        return self._env.program(self._env.compile(expression))
+
+    def evaluate(self, program: Any, variables: dict[str, Any]) -> Any:
+        result = program.evaluate({k: celpy.json_to_cel(v) for k, v in variables.items()})
+        if isinstance(result, Exception):
+            raise MatchConditionError(str(result))
+        if isinstance(result, celpy.celtypes.BoolType):
+            return bool(result)
+        return result
+
+
+class _CelCpp:
+    """cel-expr-python: the Python wrapper of cel-cpp, Google's C++ CEL (microseconds per
+    evaluation). Variables are declared `dyn`, as kube-apiserver declares `object`, `oldObject`
+    and `request` for webhook matchConditions."""
+
+    name = "cel-expr-python"
+
+    def __init__(self) -> None:
+        from cel_expr_python import cel
+
+        self._cel = cel
+        self._env = cel.NewEnv(variables={v: cel.Type.DYN for v in ("object", "oldObject", "request")})
+
+    def compile(self, expression: str) -> Any:
+        return self._env.compile(expression)
+
+    def evaluate(self, program: Any, variables: dict[str, Any]) -> Any:
+        value = program.eval(data=variables)
+        if value.type() == self._cel.Type.ERROR:
+            raise MatchConditionError(str(value.value()))
+        return value.value()
+
+
+def _engine(name: str | None = None) -> _CelPython | _CelCpp:
+    """cel-expr-python when it is installed (the `test` extra), else cel-python;
+    BIMGUARD_SIM_CEL=cel-python|cel-expr-python picks one."""
+    name = name or os.environ.get("BIMGUARD_SIM_CEL", "")
+    if name == "cel-python":
+        return _CelPython()
+    try:
+        return _CelCpp()
+    except ImportError:
+        if name == "cel-expr-python":
+            raise
+        return _CelPython()
+
+
+CEL = _engine()
+_PROGRAMS: dict[tuple[str, str], Any] = {}
+
+
+def use_cel(name: str) -> None:
+    """Switch the CEL implementation (tests compare both)."""
+    global CEL
+    CEL = _engine(name)
+
+
+def _program(expression: str) -> Any:
+    """Compiled once per distinct expression and engine; a compile error is kept and raised at
+    every evaluation (kube-apiserver refuses it when the configuration is written)."""
+    key = (CEL.name, expression)
+    prog = _PROGRAMS.get(key)
+    if prog is None:
+        try:
+            prog = CEL.compile(expression)
+        except Exception as e:  # a parse or type-check error, in either implementation
+            prog = MatchConditionError(f"compilation failed: {e}")
+        _PROGRAMS[key] = prog
+    if isinstance(prog, Exception):
+        raise prog
+    return prog
+
+
+def match_request(attrs: Attributes, uid: str = "") -> dict:
+    """The `request` variable: the AdmissionRequest a webhook would get, without its objects
+    (those are `object` and `oldObject`)."""
+    request = dict(build_review(attrs, uid)["request"])
+    request.pop("object", None)
+    request.pop("oldObject", None)
+    return request
+
+
+def evaluate_match_conditions(conditions: list[dict], obj: dict | None, old: dict | None,
+                              request: dict | None = None) -> tuple[bool, str, list[str]]:
+    """matcher.go `Match` without the failure policy: (matches, the first false condition's name,
+    evaluation errors). Any false condition means no match, whatever the errors; errors with no
+    false condition are for the caller's failurePolicy."""
+    if not conditions:
+        return True, "", []
+    variables = {"object": obj, "oldObject": old, "request": request or {}}
+    errors: list[str] = []
+    for cond in conditions:
+        name, expression = str(cond.get("name", "")), str(cond.get("expression", ""))
+        try:
+            result = CEL.evaluate(_program(expression), variables)
+        except Exception as e:  # MatchConditionError, and cel-python's own TypeErrors
+            errors.append(f"expression '{expression}' resulted in error: {e}")
+            continue
+        if result is False:
+            return False, name, []
+        if result is not True:
+            errors.append(f"expression '{expression}' resulted in error: expected a bool, got {type(result).__name__}")
+    return (not errors), "", errors
+
+
 def verify_response(body: Any, uid: str) -> dict:
     """webhookutil.VerifyAdmissionResponse for v1; returns `response`."""
     if not isinstance(body, dict):
@@ -216,6 +365,13 @@ class Dispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[str, ssl.SSLContext] = {}
         self.calls: list[tuple[str, str]] = []  # (webhook name, outcome) for tests and debugging
+        # (webhook name, why) of every call matchConditions spared: "<condition> is false", or
+        # "error (failurePolicy Ignore): ..."; calls rejected under Fail are in `calls`.
+        self.skipped: list[tuple[str, str]] = []
+        # For counting, by request_key() ("longhorn.io/nodes/status UPDATE"): "requests" every
+        # request mutating admission saw; "sent <webhook>" calls made; "skipped <webhook>" calls
+        # spared by matchConditions.
+        self.counts: Counter[tuple[str, str]] = Counter()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -309,6 +465,33 @@ class Dispatcher:
         return [hook for config in self._configs(key) for hook in config.get("webhooks") or []
                 if hook_matches(hook, attrs, ns_labels)]
 
+    def _conditions_allow(self, hook: dict, attrs: Attributes) -> bool:
+        """generic/webhook.go ShouldCallHook's last step: False when matchConditions skip the
+        webhook; a Forbidden error when they cannot be evaluated and failurePolicy is Fail."""
+        conditions = hook.get("matchConditions") or []
+        if not conditions:
+            return True
+        name = hook.get("name", "")
+        matches, false_condition, errors = evaluate_match_conditions(conditions, attrs.obj, attrs.old,
+                                                                     match_request(attrs))
+        if matches:
+            return True
+        key = request_key(attrs)
+        if not errors:
+            self.skipped.append((name, f"{false_condition} is false"))
+            self.counts[(key, f"skipped {name}")] += 1
+            return False
+        message = "; ".join(errors)
+        if hook.get("failurePolicy", "Fail") == "Ignore":
+            self.skipped.append((name, f"error (failurePolicy Ignore): {message}"))
+            self.counts[(key, f"skipped {name}")] += 1
+            return False
+        self.calls.append((name, f"failed: matchConditions: {message}"))
+        rt = attrs.rt
+        resource = f"{rt.key.plural}.{rt.key.group}" if rt.key.group else rt.key.plural
+        raise ApiError(403, "Forbidden", f'{resource} "{attrs.name}" is forbidden: {message}',
+                       {"name": attrs.name, "group": rt.key.group, "kind": rt.key.plural})
+
     async def _consult(self, hook: dict, attrs: Attributes) -> dict | None:
         """One webhook call: its verified response, or None when failurePolicy Ignore swallowed a
         call failure; a denial is raised."""
@@ -316,6 +499,7 @@ class Dispatcher:
         if attrs.dry_run and hook.get("sideEffects") not in ("None", "NoneOnDryRun"):
             raise bad_request(f'admission webhook "{name}" does not support dry run')
         uid = str(uuid.uuid4())
+        self.counts[(request_key(attrs), f"sent {name}")] += 1
         try:
             response = verify_response(await self._call(hook, build_review(attrs, uid)), uid)
         except WebhookCallError as e:
@@ -335,11 +519,12 @@ class Dispatcher:
         warnings: list[str] = []
         obj = attrs.obj
         ns_labels = self._namespace_labels(attrs.namespace)
+        self.counts[(request_key(attrs), "requests")] += 1
         for config in self._configs():
             for hook in config.get("webhooks") or []:
                 current = Attributes(attrs.rt, attrs.operation, attrs.namespace, attrs.name, obj, attrs.old,
                                      attrs.subresource, attrs.dry_run, attrs.user, attrs.options)
-                if not hook_matches(hook, current, ns_labels):
+                if not hook_matches(hook, current, ns_labels) or not self._conditions_allow(hook, current):
                     continue
                 name = hook.get("name", "")
                 response = await self._consult(hook, current)
@@ -365,7 +550,8 @@ class Dispatcher:
     async def validate(self, attrs: Attributes) -> list[str]:
         """Run all matching validating webhooks concurrently (validating/dispatcher.go); the first
         denial or Fail-policy error in configuration order is raised. Returns the warnings."""
-        hooks = self._matching(VWC, attrs, self._namespace_labels(attrs.namespace))
+        hooks = [h for h in self._matching(VWC, attrs, self._namespace_labels(attrs.namespace))
+                 if self._conditions_allow(h, attrs)]
         results = await asyncio.gather(*(self._consult(h, attrs) for h in hooks), return_exceptions=True)
         warnings: list[str] = []
         for hook, result in zip(hooks, results):

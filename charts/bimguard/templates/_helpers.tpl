@@ -111,23 +111,25 @@ cluster's version on install/upgrade and `--kube-version` (else Helm's default) 
 {{- define "bimguard.matchConditions" -}}
 - name: first-records-a-filesystem-disk-uuid
   expression: |-
-    (type(object) == map && has(object.status) && type(object.status) == map
+    [type(oldObject) == map && has(oldObject.status) && type(oldObject.status) == map
+      && has(oldObject.status.diskStatus) && type(oldObject.status.diskStatus) == map
+      ? oldObject.status.diskStatus : {}].exists(old,
+    [type(object) == map && has(object.spec) && type(object.spec) == map
+      && has(object.spec.disks) && type(object.spec.disks) == map
+      ? object.spec.disks : {}].exists(spec,
+    [type(object) == map && has(object.status) && type(object.status) == map
       && has(object.status.diskStatus) && type(object.status.diskStatus) == map
-      ? object.status.diskStatus : {}).exists(d,
-      type(object.status.diskStatus[d]) == map
-      && has(object.status.diskStatus[d].diskUUID) && type(object.status.diskStatus[d].diskUUID) == string
-      && object.status.diskStatus[d].diskUUID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\\n?$')
-      && (has(object.status.diskStatus[d].diskType) && type(object.status.diskStatus[d].diskType) == string
-          && object.status.diskStatus[d].diskType != ''
-        ? object.status.diskStatus[d].diskType == 'filesystem'
-        : !(has(object.spec) && type(object.spec) == map && has(object.spec.disks) && type(object.spec.disks) == map
-            && d in object.spec.disks && type(object.spec.disks[d]) == map && has(object.spec.disks[d].diskType)
-            && type(object.spec.disks[d].diskType) == string && !(object.spec.disks[d].diskType in ['', 'filesystem'])))
-      && !(type(oldObject) == map && has(oldObject.status) && type(oldObject.status) == map
-        && has(oldObject.status.diskStatus) && type(oldObject.status.diskStatus) == map
-        && d in oldObject.status.diskStatus && type(oldObject.status.diskStatus[d]) == map
-        && has(oldObject.status.diskStatus[d].diskUUID) && type(oldObject.status.diskStatus[d].diskUUID) == string
-        && oldObject.status.diskStatus[d].diskUUID != ''))
+      ? object.status.diskStatus : {}].exists(status,
+    status.exists(d, [status[d]].exists(e,
+      d in old && type(old[d]) == map && has(old[d].diskUUID) && type(old[d].diskUUID) == string
+        && old[d].diskUUID != ''
+      ? false
+      : type(e) == map && has(e.diskUUID) && type(e.diskUUID) == string
+        && e.diskUUID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\\n?$')
+        && (has(e.diskType) && type(e.diskType) == string && e.diskType != ''
+          ? e.diskType == 'filesystem'
+          : !(d in spec && type(spec[d]) == map && has(spec[d].diskType) && type(spec[d].diskType) == string
+              && !(spec[d].diskType in ['', 'filesystem']))))))))
 {{- end }}
 
 {{- define "bimguard.supportsMatchConditions" -}}
