@@ -21,7 +21,7 @@ helm = pytest.importorskip("helm_python")
 from jobs.cli import build_parser  # noqa: E402
 from webhook import scope  # noqa: E402
 from webhook.leader import DEFAULT_LEASE_NAME  # noqa: E402
-from webhook.rewriter_pod import DEFAULT_SERVICE_ACCOUNT  # noqa: E402
+from bimguard.rewrite.pod import DEFAULT_SERVICE_ACCOUNT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bimguard"

@@ -43,12 +43,8 @@ from tests.webhook.harness import (
     start_replica,
     webhook_configuration,
 )
-from webhook.controller import (
-    REASON_DONE,
-    REASON_ROLLED_BACK,
-    RewriteController,
-    Settings,
-)
+from bimguard.rewrite.engine import REASON_DONE, REASON_ROLLED_BACK, Settings
+from webhook.controller import RewriteController
 from webhook.leader import LeaderElector
 
 RW = f"{records.GROUP}/{records.VERSION}/{records.REWRITES}"

@@ -1,5 +1,5 @@
 """The rewriter pod end to end in the emulator: the pod the controller builds
-(webhook/rewriter_pod.py) runs `rewrite-cfg` on the disk's node against its hostPath mount after
+(bimguard/rewrite/pod.py) runs `rewrite-cfg` on the disk's node against its hostPath mount after
 the status was changed webhook-style, and the simulated Longhorn turns the disk Ready under the
 new UUID (BRIEF §1.6). A refusal surfaces as exit code 3 and a termination message, and leaves
 the cfg alone; a retried pod is a no-op success. Both the console script and the
@@ -18,7 +18,7 @@ from bimguard.sim.apiserver import ApiServer
 from bimguard.sim.longhorn import disks
 from bimguard.sim.longhorn.cluster import SimCluster
 from bimguard.sim.longhorn.node_status import get_condition
-from webhook.rewriter_pod import DEFAULT_COMMAND, rewriter_pod
+from bimguard.rewrite.pod import DEFAULT_COMMAND, rewriter_pod
 
 NS = "bimguard-system"
 

@@ -20,9 +20,10 @@ from bimguard.sim.apiserver import CRD_KEY, ApiServer
 from bimguard.sim.longhorn.cluster import SimCluster
 from bimguard.sim.longhorn.kube import api_client
 from bimguard.sim.longhorn.node_status import get_condition
-from webhook.controller import REASON_ABANDONED, REASON_DONE, REASON_ROLLED_BACK, RewriteController, Settings
+from bimguard.rewrite.engine import REASON_ABANDONED, REASON_DONE, REASON_ROLLED_BACK, Settings
+from webhook.controller import RewriteController
 from webhook.leader import LeaderElector
-from webhook.rewriter_pod import pod_name
+from bimguard.rewrite.pod import pod_name
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "bimguard"
@@ -293,7 +294,7 @@ async def test_restart_between_status_and_pod_creation(env: Env, monkeypatch: py
     async def crash(*_a: Any, **_k: Any) -> None:
         raise SystemExit("killed")
 
-    monkeypatch.setattr(first, "_create_pod", crash)
+    monkeypatch.setattr(first.engine, "create_pod", crash)
     with pytest.raises(SystemExit):
         await first._reconcile(env.rec(name), {})
     assert env.phase(name) == "Rewriting" and not env.pods()

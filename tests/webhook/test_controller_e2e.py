@@ -12,7 +12,8 @@ from bimguard.kube import Kube, Resource
 from bimguard.sim.longhorn.node_status import get_condition
 from bimguard.sim.serve import simulated_cluster
 from tests.webhook.harness import LONGHORN_NS, NAMESPACE, prepare, register, start_replica
-from webhook.controller import REASON_DONE, RewriteController, Settings
+from bimguard.rewrite.engine import REASON_DONE, Settings
+from webhook.controller import RewriteController
 from webhook.leader import LeaderElector
 
 REWRITES = Resource(records.GROUP, records.VERSION, records.REWRITES)

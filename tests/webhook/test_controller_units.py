@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bimguard.sim.patch import PatchError, apply_json_patch
-from webhook.controller import parse_time, pointer_token, rollback_patch, termination, written_no_earlier_than
+from bimguard.rewrite.engine import parse_time, pointer_token, rollback_patch, termination, written_no_earlier_than
 
 OLD = "c0120d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"
 NEW = "5eed0d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"

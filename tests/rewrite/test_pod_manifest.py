@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bimguard import records
-from webhook.rewriter_pod import MOUNT_PATH, SELECTOR, pod_name, rewriter_pod
+from bimguard.rewrite.pod import MOUNT_PATH, SELECTOR, pod_name, rewriter_pod
 
 OLD = "c0120d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"
 NEW = "5eed0d6e-3b1a-4f7e-9a55-1a2b3c4d5e6f"
