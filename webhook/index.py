@@ -19,7 +19,7 @@ import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 from kubernetes_asyncio import client
@@ -30,6 +30,7 @@ from bimguard import objects as wire
 from bimguard.bim import SETTING_VERSION, parse_version, prefix_naming
 from bimguard.decision import RecordedDisk
 from bimguard.dependents import Dependents
+from bimguard.inventory import Inventory
 from bimguard.kube import Kube, KubeError
 from bimguard.kube import Resource as KubeResource
 from bimguard.model import DiskType, prefix_of
@@ -72,6 +73,11 @@ class _Contribution:
     copies: tuple[tuple[str, str], ...] = ()  # (uuid, state)
     claim: tuple[str, str, str, str] | None = None  # prefix, node, disk, uuid
     version: str | None = None
+    # What a scan would read of the object (bimguard.model records, parsed by the scan's own
+    # parsers): disks of a Node, a Replica, BackingImage or BIM, a Setting's (name, value).
+    # webhook/detection.py runs the scan's analysis over them.
+    scan: tuple[Any, ...] = ()
+    uid: str = ""  # a Node's metadata.uid, for Events about it
 
 
 def _lower(value: Any) -> str:
@@ -86,6 +92,10 @@ def contribution(plural: str, obj: dict[str, Any]) -> _Contribution:
     if plural == "nodes":
         node = meta.get("name", "")
         disks, uuids = [], []
+        try:
+            scan_disks = tuple(model.parse_node(msgspec.convert(obj, wire.Node), "watch")[0])
+        except msgspec.ValidationError:  # the admission half below still reads what it can
+            scan_disks = ()
         spec_disks = spec.get("disks") or {}
         for name, st in (status.get("diskStatus") or {}).items():
             u = _lower((st or {}).get("diskUUID"))
@@ -96,22 +106,23 @@ def contribution(plural: str, obj: dict[str, Any]) -> _Contribution:
                         if isinstance(c, dict))
             dtype = st.get("diskType") or (spec_disks.get(name) or {}).get("diskType")
             disks.append(RecordedDisk(node, name, u, ready and DiskType.parse(dtype) is not None))
-        return _Contribution(uuids=tuple(uuids), disks=tuple(disks))
+        return _Contribution(uuids=tuple(uuids), disks=tuple(disks), scan=scan_disks, uid=str(meta.get("uid") or ""))
     # Replicas, BackingImages and BIMs are read by the same parsers as a scan's (bimguard.model),
     # so both halves agree on which UUIDs an object refers to.
     if plural == "replicas":
         r = model.parse_replica(msgspec.convert(obj, wire.Replica))
-        return _Contribution(uuids=r.disk_uuids, replicas=tuple((r.node, u) for u in r.disk_uuids))
+        return _Contribution(uuids=r.disk_uuids, replicas=tuple((r.node, u) for u in r.disk_uuids), scan=(r,))
     if plural == "backingimages":
-        copies = model.parse_backing_image(msgspec.convert(obj, wire.BackingImage)).copies()
-        return _Contribution(uuids=tuple(copies), copies=tuple(copies.items()))
+        bi = model.parse_backing_image(msgspec.convert(obj, wire.BackingImage))
+        copies = bi.copies()
+        return _Contribution(uuids=tuple(copies), copies=tuple(copies.items()), scan=(bi,))
     if plural == "backingimagemanagers":
         b = model.parse_bim(msgspec.convert(obj, wire.BackingImageManager))
         refs = set(b.disk_uuids)
         m = _BIM_NAME_RE.match(b.name)
         if m and m["prefix"] not in {prefix_of(u) for u in b.disk_uuids}:
             refs.add(m["prefix"])  # the name holds a prefix even if its disk's UUID is unknown
-        return _Contribution(uuids=tuple(refs), bims=tuple((b.node, u) for u in b.disk_uuids))
+        return _Contribution(uuids=tuple(refs), bims=tuple((b.node, u) for u in b.disk_uuids), scan=(b,))
     if plural == "backingimagedatasources":
         u = _lower(spec.get("diskUUID"))
         return _Contribution(uuids=(u,) if u else ())
@@ -119,9 +130,11 @@ def contribution(plural: str, obj: dict[str, Any]) -> _Contribution:
         u = _lower((spec.get("parameters") or {}).get("DiskUUID"))
         return _Contribution(uuids=(u,) if u else ())
     if plural == "settings":
+        value = obj.get("value")
+        scan = ((meta.get("name", ""), value),) if isinstance(value, str) else ()  # as Inventory.add keeps them
         if meta.get("name") == SETTING_VERSION:
-            return _Contribution(version=str(obj.get("value") or ""))
-        return _Contribution()
+            return _Contribution(version=str(value or ""), scan=scan)
+        return _Contribution(scan=scan)
     if plural == records.CLAIMS:
         node, disk, u = records.claim_owner(obj)
         return _Contribution(uuids=(u,) if u else (), claim=(meta.get("name", ""), node, disk, u))
@@ -140,6 +153,9 @@ class ClusterIndex:
     _copies: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
     claims: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     longhorn_version: str | None = None
+    # Called with the resource's plural after every change (webhook/detection.py's trigger).
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+    _node_disks: dict[str, tuple[model.Disk, ...]] = field(default_factory=dict)  # node -> its disks, for a scan
 
     # -- feeding ------------------------------------------------------------------------------
     def upsert(self, plural: str, obj: dict[str, Any]) -> None:
@@ -151,7 +167,10 @@ class ClusterIndex:
             log.warning("ignoring %s %s: %s", plural, key[1], err)
             return
         self._contrib[key] = c
+        self._changed(plural)
         name = key[1]
+        if plural == "nodes":
+            self._node_disks[name] = c.scan
         for u in c.uuids:
             self.prefixes.add(u)
         for d in c.disks:
@@ -172,7 +191,10 @@ class ClusterIndex:
         c = self._contrib.pop(key, None)
         if c is None:
             return
+        self._changed(key[0])
         name = key[1]
+        if key[0] == "nodes":
+            self._node_disks.pop(name, None)
         for u in c.uuids:
             self.prefixes.remove(u)
         for d in c.disks:
@@ -199,6 +221,37 @@ class ClusterIndex:
             self.remove_key(key)
         for o in objs:
             self.upsert(plural, o)
+
+    def _changed(self, plural: str) -> None:
+        for listener in self.listeners:
+            listener(plural)
+
+    # -- what a scan would see ----------------------------------------------------------------
+    def scan_disks(self) -> list[model.Disk]:
+        """Every disk of every Longhorn Node, as bimguard.model.parse_node reads them."""
+        return [d for disks in self._node_disks.values() for d in disks]
+
+    def inventory(self) -> Inventory:
+        """The Inventory a scan of the same objects would build (bimguard.inventory), for
+        bimguard.findings.analyze: disks, Replicas, BackingImages, BIMs and string Settings."""
+        inv = Inventory()
+        for (plural, _), c in self._contrib.items():
+            if plural == "nodes":
+                inv.disks.extend(c.scan)
+                inv.nodes += 1
+            elif plural == "replicas":
+                inv.replicas.extend(c.scan)
+            elif plural == "backingimages":
+                inv.backing_images.extend(c.scan)
+            elif plural == "backingimagemanagers":
+                inv.bims.extend(c.scan)
+            elif plural == "settings":
+                inv.settings.update(c.scan)
+        return inv
+
+    def node_uid(self, node: str) -> str:
+        c = self._contrib.get(("nodes", node))
+        return c.uid if c else ""
 
     @staticmethod
     def _key(plural: str, obj: dict[str, Any]) -> tuple[str, str]:

@@ -76,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     from webhook.admission import Admission
+    from webhook.detection import CollisionWatch
     from webhook.index import ClusterIndex, Informers
     from webhook.metrics import Metrics
     from webhook.records_api import RecordsApi
@@ -105,8 +106,13 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await server.start()
     log.info("serving admission reviews on :%d, metrics on :%d", server.bound_port, server.bound_metrics_port)
     leadership = None if args.no_controller else _Leadership(api_client, args, certs, metrics)
+    # Existing collision groups from the index: the gauge on every replica, Events from the leader.
+    watch = CollisionWatch(index, metrics, kube.Kube(api_client) if leadership else None, args.longhorn_namespace,
+                           ready=not_ready, leading=leadership.is_leader if leadership else (lambda: False))
     if leadership:
+        leadership.on_started.append(watch.poke)
         leadership.start()
+    watch.start()
     frozen = False
     try:
         while not stop.is_set():
@@ -124,6 +130,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                 pass
     finally:
         log.info("shutting down: not ready now, serving %.1f s more", args.shutdown_delay)
+        await watch.stop()
         if leadership:
             await leadership.stop()  # hands the lease over at once
         await server.stop()
@@ -142,6 +149,7 @@ class _Leadership:
 
         self._keep_ca_bundle = lambda: keep_ca_bundle(api_client, args.webhook_configuration, certs)
         self._bundle_task: asyncio.Task[None] | None = None
+        self.on_started: list[Any] = []  # callables run when this replica starts leading
         self.elector = LeaderElector(api_client, args.namespace, args.lease_name, args.identity,
                                      on_started_leading=self._started, on_stopped_leading=self._stopped)
 
@@ -152,9 +160,14 @@ class _Leadership:
         self.controller = RewriteController(api_client, args.namespace, args.longhorn_namespace, args.rewriter_image,
                                             leader=self.elector, on_pass=gauge)
 
+    def is_leader(self) -> bool:
+        return self.elector.is_leader
+
     def _started(self) -> None:
         log.info("leading: driving rewrite records and the caBundle")
         self.controller.wake()
+        for hook in self.on_started:
+            hook()
         if self._bundle_task is None or self._bundle_task.done():
             self._bundle_task = asyncio.create_task(self._keep_ca_bundle(), name="bimguard-ca-bundle")
 

@@ -89,6 +89,13 @@ class Metrics:
                                registry=r)
         self.cert_expiry = Gauge("bimguard_certificate_expiry_timestamp_seconds",
                                  "Expiry of the serving certificate (Unix time).", registry=r)
+        # webhook/detection.py: the groups a scan would report as needing repair, from the index.
+        # No series until the index has been synced and evaluated once.
+        self.collision_groups = Gauge(
+            "bimguard_collision_groups",
+            "Existing collision groups (v1 disks whose UUIDs share a BIM name prefix) by kind: prefix, "
+            "duplicate-uuid (cloned disks). 0 on Longhorn that names BIMs by the whole UUID.",
+            ["kind"], registry=r)
 
     def set_occupancy(self, prefixes: int) -> None:
         self.occupancy.set(prefixes / PREFIX_SPACE)
