@@ -51,7 +51,10 @@ DATA_DIRS = ("replicas", "backing-images")
 # What DiskConfig holds (lm v1.7.2 util/util.go:637); cfgs written by Longhorn <= v1.5 hold only diskUUID.
 CFG_KEYS = frozenset({"diskName", "diskUUID", "diskDriver"})
 MAX_CFG_BYTES = 64 * 1024  # a real cfg is ~120 bytes; anything huge is not one
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+# Where kubelet reads a container's termination message. Written only when --termination-log is
+# given (the rewriter pod passes /dev/termination-log): run by hand on a host, the command must not
+# create /dev/termination-log.
+DEFAULT_TERMINATION_LOG: str | None = None
 # A rewriter of the same disk that holds the lock longer than this is stuck (hung storage?): give
 # up with a transient error rather than hang the pod.
 LOCK_TIMEOUT_SECONDS = 30.0
@@ -285,8 +288,10 @@ def _remove_stale_temps(dir_fd: int) -> None:
             pass
 
 
-def _report(outcome: Outcome, termination_log: str) -> None:
+def _report(outcome: Outcome, termination_log: str | None) -> None:
     print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
+    if not termination_log:
+        return
     try:
         # kubelet shows this file as the container's termination message; best effort only.
         with open(termination_log, "w", encoding="utf-8") as f:
@@ -303,7 +308,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--old", required=True, metavar="UUID", help="the diskUUID the cfg must hold now")
     p.add_argument("--new", required=True, metavar="UUID", help="the diskUUID to write")
     p.add_argument("--termination-log", default=DEFAULT_TERMINATION_LOG, metavar="PATH",
-                   help="where to write the outcome for kubelet (default %(default)s)")
+                   help="also write the outcome to this file for kubelet, e.g. /dev/termination-log in the "
+                        "rewriter pod (default: nowhere)")
 
 
 def run(args: argparse.Namespace) -> int:
