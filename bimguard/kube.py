@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -26,13 +27,67 @@ REQUEST_TIMEOUT = 30  # seconds; a hung request must not stall a control loop fo
 
 async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """A client from the kubeconfig (given, $KUBECONFIG or ~/.kube/config) or, in a pod with
-    neither flag given, the in-cluster service account. Raises config.ConfigException/OSError."""
+    neither flag given, the in-cluster service account. Raises config.ConfigException with one
+    line saying what kubectl would (`stat <path>: no such file or directory`, `context "prod"
+    does not exist`), and nothing is logged."""
     cfg = client.Configuration()
     if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        paths = kubeconfig or os.environ.get("KUBECONFIG") or os.path.join("~", ".kube", "config")
+        files = [os.path.expanduser(p) for p in paths.split(os.pathsep) if p]
+        # kubernetes_asyncio logs a warning and then fails on an empty config when no file exists.
+        if not any(os.path.exists(f) for f in files):
+            if kubeconfig:
+                raise config.ConfigException(f"stat {kubeconfig}: no such file or directory")
+            if os.environ.get("KUBECONFIG"):
+                raise config.ConfigException(f"stat {paths}: no such file or directory (from $KUBECONFIG)")
+            raise config.ConfigException(
+                f"no Kubernetes configuration: {files[0]} does not exist, $KUBECONFIG is not set, and there is no "
+                f"in-cluster service account (KUBERNETES_SERVICE_HOST is not set): pass --kubeconfig PATH")
+        try:
+            await config.load_kube_config(config_file=paths, context=context, client_configuration=cfg)
+        except Exception as err:  # noqa: BLE001 - the loader raises anything on a malformed file
+            raise _config_error(err, paths, context) from None
     else:
-        config.load_incluster_config(client_configuration=cfg)
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except (config.ConfigException, OSError) as err:
+            raise _config_error(err, None, None) from None
     return client.ApiClient(configuration=cfg)
+
+
+def _config_error(err: Exception, paths: str | None, context: str | None) -> config.ConfigException:
+    """kubernetes_asyncio's loader errors as kubectl words them, naming the file or the context."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if paths is None:  # in-cluster
+        sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+        if "token file does not exist" in text:
+            text = (f"in-cluster configuration: open {sa}/token: no such file or directory (the pod has no "
+                    f"service account token: automountServiceAccountToken: false?); pass --kubeconfig PATH")
+        elif "certification file does not exist" in text:
+            text = f"in-cluster configuration: open {sa}/ca.crt: no such file or directory; pass --kubeconfig PATH"
+        else:
+            text = f"in-cluster configuration: {text}; pass --kubeconfig PATH"
+        return config.ConfigException(text)
+    detail = text.removeprefix("Invalid kube-config file. ")
+    if isinstance(err, OSError):
+        return config.ConfigException(f"{err.filename or paths}: {err.strerror or err}")
+    if isinstance(err, yaml.YAMLError):
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or detail
+        return config.ConfigException(f'error loading config file "{paths}":{where} {problem}')
+    if isinstance(err, (AttributeError, TypeError)):  # an empty file, or YAML that is not a mapping
+        return config.ConfigException(
+            f'error loading config file "{paths}": not a kubeconfig (empty, or not a mapping)')
+    if detail.startswith("Expected object with name ") and detail.endswith(" list"):
+        name, _, where = detail.removeprefix("Expected object with name ").rpartition(" in ")
+        kind = where.split("/")[-1].split("[")[0].removesuffix(" list").rstrip("s")
+        if kind == "context" or name == context:
+            return config.ConfigException(f'context "{name}" does not exist')
+        return config.ConfigException(f'{kind} "{name}" does not exist (in {paths})')
+    if detail.startswith("Expected key current-context"):
+        return config.ConfigException(f"current-context is not set in {paths}: pass --context NAME")
+    return config.ConfigException(f"invalid kubeconfig {paths}: {detail}")
 
 
 class KubeError(Exception):

@@ -8,7 +8,6 @@ cluster see exactly the same objects.
 from __future__ import annotations
 
 import json
-import os
 
 import aiohttp
 from kubernetes_asyncio import client, config
@@ -28,9 +27,8 @@ _REQUEST_TIMEOUT = 60
 async def _api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
     try:
         return await kube.api_client(kubeconfig, context)
-    except (config.ConfigException, OSError, ValueError, TypeError, KeyError) as err:
-        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        raise InputError(f"no usable Kubernetes configuration ({where}): {str(err).splitlines()[0]}") from None
+    except config.ConfigException as err:  # already one line, worded like kubectl's
+        raise InputError(str(err)) from None
 
 
 def _status_message(body: bytes) -> str:
