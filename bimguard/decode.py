@@ -5,6 +5,12 @@ objects and JSON arrays. Objects outside the longhorn.io group (a Kubernetes `v1
 Longhorn Node) and kinds the scan does not need are ignored; a Longhorn object whose fields have
 the wrong shape is recorded as skipped and the rest is used. A document that cannot be parsed
 at all raises `InputError`.
+
+YAML (support bundles, `kubectl -o yaml`) is read by libyaml's parser through PyYAML's C
+binding when it is there (the pure-Python parser otherwise), and the objects are built straight
+from its events (`_load_yaml`): what PyYAML's own composer and constructor cost is two thirds of
+the time and five times the memory of a large file. Anything that building does not cover
+(explicit tags, merge keys, complex keys) is handed to `yaml.load_all` with the same loader.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import yaml
 from bimguard import objects as wire
 from bimguard.inventory import Inventory
 
-try:  # libyaml is ~10x faster; PyYAML wheels ship it, but a source build may not.
+try:  # libyaml's parser is ~5x faster; PyYAML wheels ship it, but a source build may not.
     _YamlLoader: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover
     _YamlLoader = yaml.SafeLoader
@@ -140,9 +146,129 @@ def add_object(obj: Any, source: str, inv: Inventory, *, bundle: bool = False) -
         inv.skip(source, kind, str(name), _short(err))
 
 
+class _Unusual(Exception):
+    """YAML that `_load_yaml` does not build itself; PyYAML's constructor does."""
+
+
+_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_BUILT_IN = {f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "timestamp")}
+_E = yaml.events
+
+
+def _plain(value: str, memo: dict[str, Any]) -> Any:
+    """A plain (unquoted, untagged) scalar as SafeLoader resolves and constructs it."""
+    resolvers = _RESOLVERS.get(value[:1])
+    if resolvers is None:  # most strings: no implicit type starts with this character
+        return value
+    try:
+        return memo[value]
+    except KeyError:
+        pass
+    for tag, regexp in resolvers:
+        if regexp.match(value):
+            if tag not in _BUILT_IN:  # the merge key `<<`, `=`
+                raise _Unusual(tag)
+            result = _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, yaml.ScalarNode(tag, value))
+            break
+    else:
+        result = value
+    if len(memo) < 65536:
+        memo[value] = result
+    return result
+
+
+def _load_yaml(data: str | bytes, *, bundle: bool) -> list[Any]:
+    """Every document, as `list(yaml.load_all(data, Loader=SafeLoader))` gives them, built from
+    the parser's events. With `bundle`, string values "null" are "" (see `denull`). Raises
+    yaml.YAMLError like load_all, or _Unusual for what only PyYAML's constructor builds."""
+    loader = _YamlLoader(data)
+    next_event = loader.get_event
+    scalar, map_start, map_end, seq_start, seq_end = (_E.ScalarEvent, _E.MappingStartEvent, _E.MappingEndEvent,
+                                                      _E.SequenceStartEvent, _E.SequenceEndEvent)
+    alias, doc_start, doc_end, stream_end = _E.AliasEvent, _E.DocumentStartEvent, _E.DocumentEndEvent, _E.StreamEndEvent
+    no_key: Any = _Unusual  # a sentinel: the next scalar in a mapping is a key
+    memo: dict[str, Any] = {}
+    docs: list[Any] = []
+    anchors: dict[str, Any] = {}
+    stack: list[tuple[Any, Any]] = []
+    node: Any = None  # the container being filled: a dict or a list, None at the top
+    key: Any = no_key
+    root: Any = None
+    try:
+        while True:
+            ev = next_event()
+            t = type(ev)
+            if t is scalar:
+                if ev.tag is not None and ev.tag != "!":
+                    raise _Unusual(ev.tag)
+                value = _plain(ev.value, memo) if ev.implicit[0] else ev.value
+                if ev.anchor is not None:
+                    if ev.anchor in anchors:
+                        raise _Unusual("a duplicate anchor")  # PyYAML words the error
+                    anchors[ev.anchor] = value
+            elif t is map_start or t is seq_start:
+                if ev.tag is not None and ev.tag != "!":
+                    raise _Unusual(ev.tag)
+                value = {} if t is map_start else []
+                if ev.anchor is not None:
+                    if ev.anchor in anchors:
+                        raise _Unusual("a duplicate anchor")
+                    anchors[ev.anchor] = value
+                if node is None:
+                    root = value
+                elif type(node) is dict:
+                    if key is no_key:
+                        raise _Unusual("a mapping or sequence as a key")
+                    node[key] = value
+                else:
+                    node.append(value)
+                stack.append((node, key))
+                node, key = value, no_key
+                continue
+            elif t is map_end or t is seq_end:
+                node, key = stack.pop()
+                key = no_key
+                continue
+            elif t is alias:
+                try:
+                    value = anchors[ev.anchor]
+                except KeyError:
+                    raise _Unusual("an undefined alias") from None  # PyYAML words the error
+            elif t is doc_start:
+                root, anchors = None, {}
+                continue
+            elif t is doc_end:
+                docs.append("" if bundle and type(root) is str and root == "null" else root)
+                continue
+            elif t is stream_end:
+                return docs
+            else:  # StreamStartEvent
+                continue
+            # a scalar or an alias: a key, a value or an item
+            if node is None:
+                root = value
+            elif type(node) is dict:
+                if key is no_key:
+                    if type(value) is dict or type(value) is list:
+                        raise _Unusual("a mapping or sequence as a key")
+                    key = value
+                else:
+                    node[key] = "" if bundle and type(value) is str and value == "null" else value
+                    key = no_key
+            else:
+                node.append("" if bundle and type(value) is str and value == "null" else value)
+    finally:
+        loader.dispose()
+
+
 def decode_yaml(text: str | bytes, source: str, inv: Inventory, *, bundle: bool = False) -> None:
     try:
-        docs = list(yaml.load_all(text, Loader=_YamlLoader))
+        try:
+            docs = _load_yaml(text, bundle=bundle)
+            bundle = False  # "null" is already undone
+        except _Unusual:
+            docs = list(yaml.load_all(text, Loader=_YamlLoader))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
