@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -44,19 +45,81 @@ COMMANDS = (
             "and holds the old UUID (or already the new one)."),
 )
 GROUP_HELP = {"sim": "the cluster emulator (an API server with a simulated Longhorn v1.7.2)"}
+# Exit code of a command whose standard output was closed early (`bimguard demo | head`): what a
+# process killed by SIGPIPE reports in a shell. `bimguard scan` keeps its verdict instead.
+EXIT_BROKEN_PIPE = 141
+EXIT_ERROR = 2
 
 
-def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line (what is wrong, and where help is), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and shows every option's default that its help does not state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return text
+        return f"{text} (default %(default)s)"
+
+
+class _Version(argparse.Action):
+    """--version, from the installed package's metadata (looked up only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print bimguard's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("bimguard")
+        except PackageNotFoundError:
+            v = "(version unknown: not installed; pip install -e .)"
+        parser._print_message(f"bimguard {v}\n", sys.stdout)
+        parser.exit(0)
+
+
+def prog_name(argv0: str | None = None) -> str:
+    """`kubectl bimguard` when run as the kubectl plugin (kubectl execs kubectl-bimguard), else `bimguard`."""
+    name = os.path.basename(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else ""))
+    return "kubectl bimguard" if name.startswith("kubectl-bimguard") else "bimguard"
+
+
+def discard_stdout() -> None:
+    """Point standard output at /dev/null after it failed (closed pipe, full disk), so the
+    interpreter's last flush of what is still buffered cannot fail again with a traceback."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stdout.fileno())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests capture stdout)
+        pass
+
+
+def build_parser(only: tuple[str, ...] | None = None, prog: str = "bimguard") -> argparse.ArgumentParser:
     """The whole CLI; with `only`, just that command's options are built (and its module imported)."""
-    parser = argparse.ArgumentParser(prog="bimguard", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for cmd in COMMANDS:
         parent = sub
         if len(cmd.path) == 2:
             if cmd.path[0] not in groups:
-                g = sub.add_parser(cmd.path[0], help=GROUP_HELP[cmd.path[0]])
+                g = sub.add_parser(cmd.path[0], help=GROUP_HELP[cmd.path[0]], formatter_class=HelpFormatter)
                 groups[cmd.path[0]] = g.add_subparsers(dest=f"{cmd.path[0]}_command", metavar="COMMAND",
                                                        required=True)
             parent = groups[cmd.path[0]]
@@ -65,7 +128,7 @@ def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser
         p = parent.add_parser(cmd.path[-1], help=cmd.help,
                               description=cmd.description or (module.__doc__ if module else None),
                               epilog=getattr(module, cmd.epilog_attr, None) if module and cmd.epilog_attr else None,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
         if module is not None:
             module.add_arguments(p)
             p.set_defaults(func=module.run)
@@ -81,15 +144,33 @@ def _selected(argv: list[str]) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Its own exit code is returned; whatever escapes it becomes one line on
+    standard error and exit code 2 (never 0 or 1, which `scan` keeps for a verdict), never a traceback."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(_selected(argv)).parse_args(argv)
+    prog = prog_name()
     try:
-        return args.func(args)
+        args = build_parser(_selected(argv), prog).parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
-        print("bimguard: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `bimguard scan | head`
-        return 0
+    except BrokenPipeError:  # `bimguard demo | head`; `scan` handles this itself and keeps its verdict
+        discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except MemoryError:
+        print(f"{prog}: out of memory", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 2
+        detail = str(err).splitlines()[0] if str(err) else ""
+        print(f"{prog}: internal error: {type(err).__name__}{': ' + detail if detail else ''} "
+              f"(a bug: please report it with the command line)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ from bimguard.inventory import Inventory
 from bimguard.sources.bundle import read_bundle
 from bimguard.sources.dump import read_dump
 from jobs import report
+from jobs.args import positive_int
 
 EXIT_OK, EXIT_COLLISIONS, EXIT_INPUT = 0, 1, 2
 
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig for a live scan (default: in-cluster, $KUBECONFIG)")
     p.add_argument("--context", help="kubeconfig context for a live scan")
     p.add_argument("-n", "--namespace", default="longhorn-system", help="Longhorn's namespace (default %(default)s)")
-    p.add_argument("--page-size", type=int, default=500, metavar="N",
+    p.add_argument("--page-size", type=positive_int, default=500, metavar="N",
                    help="objects per list request in a live scan (default %(default)s)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="report format")
 
@@ -55,8 +56,6 @@ def _load(args: argparse.Namespace) -> tuple[Inventory, dict[str, Any]]:
     if args.support_bundle:
         return read_bundle(args.support_bundle), {"type": "support-bundle", "path": args.support_bundle,
                                                   "description": f"support bundle {args.support_bundle}"}
-    if args.page_size < 1:
-        raise InputError("--page-size must be at least 1")
     from bimguard.sources.live import read_live  # kubernetes_asyncio costs ~0.3 s to import; offline scans skip it
     inv = asyncio.run(read_live(kubeconfig=args.kubeconfig, context=args.context,
                                 namespace=args.namespace, page_size=args.page_size))

@@ -18,6 +18,7 @@ from typing import AsyncIterator
 from bimguard.sim.apiserver import ApiServer
 from bimguard.sim.clock import DEFAULT_TIME_SCALE
 from bimguard.sim.longhorn.cluster import SimCluster
+from jobs.args import non_negative_int, port_number, positive_float, positive_int
 
 
 def ready_timeout(nodes: int, disks_per_node: int, time_scale: float) -> float:
@@ -44,14 +45,16 @@ async def simulated_cluster(*, nodes: int, disks_per_node: int, seed: int | None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nodes", type=int, default=3, help="simulated nodes (default %(default)s)")
-    p.add_argument("--disks-per-node", type=int, default=2, help="v1 disks per node (default %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="seed for UUIDs and names (default: random)")
+    p.add_argument("--nodes", type=positive_int, default=3, metavar="N", help="simulated nodes (default %(default)s)")
+    p.add_argument("--disks-per-node", type=positive_int, default=2, metavar="N",
+                   help="v1 disks per node (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=None, metavar="N",
+                   help="seed for UUIDs and names (default: random)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
+    p.add_argument("--port", type=port_number, default=0, help="port to listen on (default: any free port)")
     p.add_argument("--kubeconfig", default="./sim.kubeconfig", metavar="PATH",
                    help="kubeconfig to write once every initial disk is Ready (default %(default)s)")
-    p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE, metavar="F",
+    p.add_argument("--time-scale", type=positive_float, default=DEFAULT_TIME_SCALE, metavar="F",
                    help="simulated Longhorn seconds per real second, inverted: 0.02 makes a 30 s poll "
                         "0.6 s; 1 is real time (default %(default)s)")
     p.add_argument("--root", metavar="DIR", help="where node disk directories live (default: a temporary directory)")
@@ -67,7 +70,7 @@ def parse_services(values: list[str]) -> dict[str, tuple[str, int]]:
     for value in values:
         name, sep, endpoint = value.partition("=")
         host, colon, port = endpoint.rpartition(":")
-        if not (sep and colon and name.endswith(".svc") and port.isdigit()):
+        if not (sep and colon and name.endswith(".svc") and port.isdigit() and 0 < int(port) <= 65535):
             raise ValueError(f"--service {value!r}: expected NAME.NAMESPACE.svc=HOST:PORT")
         services[name] = (host, int(port))
     return services
@@ -102,12 +105,7 @@ async def _serve(args: argparse.Namespace, services: dict[str, tuple[str, int]])
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.nodes < 1 or args.disks_per_node < 1:
-        print("bimguard sim serve: --nodes and --disks-per-node must be at least 1", file=sys.stderr)
-        return 2
-    if args.time_scale <= 0:
-        print("bimguard sim serve: --time-scale must be positive", file=sys.stderr)
-        return 2
+    # --nodes, --disks-per-node, --port and --time-scale are checked by their argparse types (jobs.args).
     try:
         services = parse_services(args.service)
     except ValueError as err:
