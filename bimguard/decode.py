@@ -75,6 +75,15 @@ def _is_list(kind: str | None) -> bool:
     return bool(kind) and kind.endswith("List")  # type: ignore[union-attr]
 
 
+_JSON_TYPES = {ord("{"): "an object", ord("["): "an array", ord('"'): "a string", ord("t"): "a boolean",
+               ord("f"): "a boolean", ord("n"): "null"}
+
+
+def _json_type(raw: msgspec.Raw) -> str:
+    first = bytes(memoryview(raw)[:1])
+    return _JSON_TYPES.get(first[0], "a number") if first else "nothing"
+
+
 def decode_json(data: bytes | memoryview, source: str, inv: Inventory) -> str:
     """Add the objects of one JSON document; returns a List's `metadata.continue` token."""
     stripped = bytes(data[:64]).lstrip()
@@ -87,28 +96,41 @@ def decode_json(data: bytes | memoryview, source: str, inv: Inventory) -> str:
             raise InputError(f"{source}: not valid JSON: {_short(err)}") from None
         else:
             if _is_list(typed.kind):
-                for obj in typed.items or ():
+                items = typed.items or ()
+                inv.objects += len(items)
+                for obj in items:
                     if _longhorn_type(obj.apiVersion, type(obj).__name__):
                         inv.add(obj, source)
+                    else:
+                        inv.ignore(obj.apiVersion, type(obj).__name__)
                 return (typed.metadata.continue_ or "") if typed.metadata else ""
     token = ""
+    what = "item"
     try:
         if stripped.startswith(b"["):
             items: Iterable[msgspec.Raw] = _ARRAY.decode(data)
         else:
             env = _ENVELOPE.decode(data)
-            items = (env.items or []) if _is_list(env.kind) else [msgspec.Raw(data)]
+            if _is_list(env.kind):
+                items = env.items or []
+            else:
+                items, what = [msgspec.Raw(data)], "document"
             token = (env.metadata.continue_ or "") if env.metadata else ""
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         raise InputError(f"{source}: not valid JSON: {_short(err)}") from None
-    for raw in items:
+    for i, raw in enumerate(items, 1):
+        inv.objects += 1
         try:
             head = _HEAD.decode(raw)
         except msgspec.ValidationError as err:
-            inv.skip(source, "?", "?", f"not a Kubernetes object: {_short(err)}")
+            kind = _json_type(raw)
+            error = (f"not a Kubernetes object: {_short(err)}" if kind == "an object"
+                     else f"{kind}, not a Kubernetes object")
+            inv.skip(source, what, f"#{i}", error)
             continue
         kind = _longhorn_type(head.apiVersion, head.kind)
         if kind is None:
+            inv.ignore(head.apiVersion, head.kind)
             continue
         try:
             inv.add(_DECODERS[kind].decode(raw), source)
@@ -128,13 +150,29 @@ def denull(value: Any) -> Any:
     return value
 
 
-def add_object(obj: Any, source: str, inv: Inventory, *, bundle: bool = False) -> None:
-    """Add one already-parsed object (a dict from YAML or a live response)."""
+def _python_type(value: Any) -> str:
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({shown!r})"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if value is None:
+        return "null"
+    return f"a {type(value).__name__} ({value!r})"
+
+
+def add_object(obj: Any, source: str, inv: Inventory, *, bundle: bool = False, what: str = "object",
+               index: int = 0) -> None:
+    """Add one already-parsed object (a dict from YAML or a live response); `what` and `index`
+    (1-based: "document", "item") name it when it is not an object at all."""
+    inv.objects += 1
     if not isinstance(obj, dict):
-        inv.skip(source, "?", "?", f"not a Kubernetes object (a {type(obj).__name__})")
+        inv.skip(source, what, f"#{index}" if index else "?", f"{_python_type(obj)}, not a Kubernetes object")
         return
     kind = _longhorn_type(obj.get("apiVersion"), obj.get("kind"))
     if kind is None:
+        api_version, k = obj.get("apiVersion"), obj.get("kind")
+        inv.ignore(api_version if isinstance(api_version, str) else "", k if isinstance(k, str) else "")
         return
     if bundle:
         obj = denull(obj)
@@ -269,35 +307,45 @@ def decode_yaml(text: str | bytes, source: str, inv: Inventory, *, bundle: bool 
             bundle = False  # "null" is already undone
         except _Unusual:
             docs = list(yaml.load_all(text, Loader=_YamlLoader))
+    except yaml.reader.ReaderError as err:
+        raise InputError(f"{source}: not UTF-8 text ({err.reason} at byte {err.position}): "
+                         f"save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         problem = getattr(err, "problem", None) or _short(err)
         raise InputError(f"{source}: not valid YAML{where}: {problem}") from None
-    for doc in docs:
+    for n, doc in enumerate(docs, 1):
         if doc is None:
             continue
         if isinstance(doc, dict) and str(doc.get("kind") or "").endswith("List"):
             items = doc.get("items") or []
             if not isinstance(items, list):
                 raise InputError(f"{source}: a List whose items is not a list")
-            for item in items:
-                add_object(item, source, inv, bundle=bundle)
+            for i, item in enumerate(items, 1):
+                add_object(item, source, inv, bundle=bundle, what="item", index=i)
         else:
-            add_object(doc, source, inv, bundle=bundle)
+            add_object(doc, source, inv, bundle=bundle, what="document", index=n)
 
 
 def decode_document(data: bytes | memoryview, source: str, inv: Inventory) -> None:
     """JSON when it looks like JSON, else YAML (JSON is YAML, but JSON errors read better)."""
-    head = bytes(data[:256]).lstrip()
+    head = bytes(data[:4096])
+    if head.startswith(b"PK\x03\x04"):
+        raise InputError(f"{source}: a zip archive, not a JSON or YAML dump: for a support bundle use --support-bundle")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with a BOM: what PowerShell's `>` writes
+        try:
+            data = str(data, "utf-16").encode()
+        except UnicodeDecodeError as err:
+            raise InputError(f"{source}: not valid UTF-16 text: {err.reason}") from None
+        head = bytes(data[:4096])
+    if b"\x00" in head:
+        raise InputError(f"{source}: binary data (NUL bytes), not a JSON or YAML dump")
     if head.startswith(b"\xef\xbb\xbf"):  # a BOM some Windows editors add
         data = data[3:]
         head = head[3:]
+    head = head.lstrip()
     if head.startswith((b"{", b"[")):
         decode_json(data, source, inv)
         return
-    try:
-        text = str(data, "utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{source}: not text (not UTF-8): is this a zip? use --support-bundle") from None
-    decode_yaml(text, source, inv)
+    decode_yaml(bytes(data), source, inv)

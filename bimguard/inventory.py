@@ -22,6 +22,10 @@ class Inventory:
     settings: dict[str, str] = field(default_factory=dict)
     skipped: list[model.Skipped] = field(default_factory=list)
     nodes: int = 0  # Longhorn Node objects that were usable
+    # What else the source held, only to explain an input with no usable Node ("a v1 Node is not
+    # a Longhorn Node"): documents and List items seen, and the objects not read, by (apiVersion, kind).
+    objects: int = 0
+    ignored: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, obj: wire.Node | wire.Replica | wire.BackingImage | wire.BackingImageManager | wire.Setting,
             source: str) -> None:
@@ -49,6 +53,10 @@ class Inventory:
     def skip(self, source: str, kind: str, name: str, error: str) -> None:
         self.skipped.append(model.Skipped(source, kind, name, error))
 
+    def ignore(self, api_version: str | None, kind: str | None) -> None:
+        key = (api_version or "", kind or "")
+        self.ignored[key] = self.ignored.get(key, 0) + 1
+
     def merge(self, other: Inventory) -> None:
         self.disks.extend(other.disks)
         self.replicas.extend(other.replicas)
@@ -57,3 +65,6 @@ class Inventory:
         self.settings.update(other.settings)
         self.skipped.extend(other.skipped)
         self.nodes += other.nodes
+        self.objects += other.objects
+        for key, n in other.ignored.items():
+            self.ignored[key] = self.ignored.get(key, 0) + n

@@ -75,8 +75,9 @@ def to_json(f: Findings, source: dict[str, Any]) -> dict[str, Any]:
         "skipped": [{"source": s.source, "kind": s.kind, "name": s.name, "error": s.error} for s in f.skipped],
         "probability": {
             "v1DisksWithUuid": f.v1_disks_with_uuid,
-            "nextDiskCollides": f.next_disk_collides,
-            "birthday": f.birthday,
+            # + 0.0: no disks gives -expm1(0.0) == -0.0, which would print as "-0 %"
+            "nextDiskCollides": f.next_disk_collides + 0.0,
+            "birthday": f.birthday + 0.0,
         },
     }
 

@@ -13,20 +13,23 @@ import msgspec
 from bimguard.decode import InputError
 from bimguard.findings import analyze
 from bimguard.inventory import Inventory
+from bimguard.objects import LONGHORN_GROUP, PLURALS
 from bimguard.sources.bundle import read_bundle
-from bimguard.sources.dump import read_dump
+from bimguard.sources.dump import MAX_DUMP_BYTES, STDIN, read_dump
 from jobs import report
 from jobs.args import positive_int
 
 EXIT_OK, EXIT_COLLISIONS, EXIT_INPUT = 0, 1, 2
+DUMP_COMMAND = ("kubectl get " + ",".join(f"{p}.{LONGHORN_GROUP}" for p in PLURALS.values())
+                + " -n longhorn-system -o json > dump.json")
 
-EPILOG = """\
+EPILOG = f"""\
 sources (pick one; default: the live cluster):
   --from-dump PATH       output of
                            kubectl get nodes.longhorn.io,replicas.longhorn.io,backingimages.longhorn.io,\\
                              backingimagemanagers.longhorn.io,settings.longhorn.io -n longhorn-system -o json
                          (or -o yaml): a List, multi-document YAML, single objects, or a directory of such
-                         files; "-" reads standard input
+                         files; "-" reads standard input; at most {MAX_DUMP_BYTES >> 30} GiB
   --support-bundle PATH  a Longhorn support bundle (.zip, or the extracted directory)
   live                   in-cluster configuration, else --kubeconfig/--context (or $KUBECONFIG)
 
@@ -51,8 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Inventory, dict[str, Any]]:
     if args.from_dump:
-        return read_dump(args.from_dump), {"type": "dump", "path": args.from_dump,
-                                           "description": f"dump {args.from_dump}"}
+        where = STDIN if args.from_dump == "-" else f"dump {args.from_dump}"
+        return read_dump(args.from_dump), {"type": "dump", "path": args.from_dump, "description": where}
     if args.support_bundle:
         return read_bundle(args.support_bundle), {"type": "support-bundle", "path": args.support_bundle,
                                                   "description": f"support bundle {args.support_bundle}"}
@@ -61,6 +64,41 @@ def _load(args: argparse.Namespace) -> tuple[Inventory, dict[str, Any]]:
                                 namespace=args.namespace, page_size=args.page_size))
     return inv, {"type": "live", "namespace": args.namespace,
                  "description": f"the live cluster (namespace {args.namespace})"}
+
+
+def _kinds(counts: dict[tuple[str, str], int]) -> str:
+    shown = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{n} {kind or 'object(s) without kind'}{f' ({api})' if api else ''}"
+                     for (api, kind), n in shown[:4])
+    return text + (f" and {len(shown) - 4} more kinds" if len(shown) > 4 else "")
+
+
+def nothing_usable(inv: Inventory, source: dict[str, Any]) -> str:
+    """Why a source gave no usable Longhorn Node, and what to do about it (one line)."""
+    if source["type"] == "live":
+        return (f"namespace {source['namespace']}: no nodes.{LONGHORN_GROUP} objects: "
+                f"is Longhorn installed in another namespace? (-n NAMESPACE)")
+    where = STDIN if source.get("path") == "-" else source["path"]
+    fix = (f"dump Longhorn's resources: {DUMP_COMMAND}" if source["type"] == "dump"
+           else "is this the bundle of a cluster running Longhorn?")
+    if inv.objects == 0:
+        return f"{where}: empty: no Kubernetes objects in it; {fix}"
+    core_nodes = inv.ignored.get(("v1", "Node"), 0)
+    if core_nodes:
+        return (f"{where}: {core_nodes} Kubernetes Node(s) (kind Node, apiVersion v1), not Longhorn's "
+                f"nodes.{LONGHORN_GROUP}; {fix}")
+    malformed = [s for s in inv.skipped if s.kind == "Node"]
+    if malformed:
+        return (f"{where}: no usable nodes.{LONGHORN_GROUP}: every Longhorn Node or disk was skipped "
+                f"({len(malformed)}, see below); nothing can be concluded")
+    not_objects = [s for s in inv.skipped if s.kind in ("document", "item", "object")]
+    if not_objects and len(not_objects) == inv.objects:
+        first = not_objects[0]
+        return f"{where}: {first.kind} {first.name} is {first.error}; {fix}"
+    found = _kinds(inv.ignored)
+    longhorn = len(inv.replicas) + len(inv.backing_images) + len(inv.bims) + len(inv.settings)
+    held = ", ".join(x for x in (f"{longhorn} other Longhorn object(s)" if longhorn else "", found) if x)
+    return f"{where}: no nodes.{LONGHORN_GROUP} objects{f' (it holds {held})' if held else ''}; {fix}"
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -83,9 +121,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"bimguard scan: {e}", file=err)
         return EXIT_INPUT
     if inv.nodes == 0:
-        where = {"-": "standard input", None: f"namespace {args.namespace}"}.get(source.get("path"), source.get("path"))
-        print(f"bimguard scan: {where}: no usable nodes.longhorn.io objects "
-              f"(wrong namespace, wrong resources, or every Node malformed); nothing can be concluded", file=err)
+        print(f"bimguard scan: {nothing_usable(inv, source)}", file=err)
         for s in inv.skipped[:5]:
             print(f"  skipped {s.kind} {s.name} in {s.source}: {s.error}", file=err)
         return EXIT_INPUT

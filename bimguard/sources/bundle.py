@@ -15,6 +15,7 @@ from pathlib import Path
 from bimguard.decode import InputError, decode_yaml
 from bimguard.inventory import Inventory
 from bimguard.objects import LONGHORN_GROUP, PLURALS
+from bimguard.sources.dump import read_stream
 
 _WANTED = "|".join(PLURALS.values())
 _MEMBER_RE = re.compile(
@@ -31,10 +32,32 @@ def _not_a_bundle(path: str, why: str) -> InputError:
     )
 
 
+def _looks_like_a_dump(p: Path) -> bool:
+    """A JSON or YAML file (text), as opposed to a zip or something else."""
+    try:
+        with p.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    if not head.strip() or b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 4:  # not just a character cut at the end of the sample
+            return False
+    return True
+
+
 def read_bundle(path: str) -> Inventory:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{path}: no such file or directory")
+    if p.is_file() and not zipfile.is_zipfile(p) and _looks_like_a_dump(p):
+        raise InputError(f"{path}: a JSON or YAML file, not a Longhorn support bundle (a .zip or its extracted "
+                         f"directory): for a kubectl dump use --from-dump {path}")
     if p.is_dir():
         members = {
             str(f.relative_to(p)): f for f in sorted(p.rglob("*.yaml")) if _MEMBER_RE.match(f.relative_to(p).as_posix())
@@ -44,7 +67,8 @@ def read_bundle(path: str) -> Inventory:
         inv = Inventory()
         for name, file in members.items():
             try:
-                data = file.read_bytes()
+                with file.open("rb") as f:
+                    data = read_stream(f, str(file), MAX_MEMBER_BYTES)
             except OSError as err:
                 raise InputError(f"{file}: cannot read: {err.strerror or err}") from None
             decode_yaml(data, f"{path}:{name}", inv, bundle=True)

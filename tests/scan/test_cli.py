@@ -93,18 +93,36 @@ def empty_dir(p: Path) -> str:
     return str(p / "empty")
 
 
+FIX = "kubectl get nodes.longhorn.io,replicas.longhorn.io,"  # the fix every "nothing usable" line ends with
+
 BAD_INPUTS = {
     "truncated JSON": (truncated, "not valid JSON"),
     "YAML syntax": (text("y.yaml", "kind: List\nitems:\n  - {a: [1, 2\n"), "not valid YAML (line"),
     "Kubernetes nodes, not Longhorn's": (
         text("k.json", json.dumps(as_list([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}]))),
-        "no usable nodes.longhorn.io objects"),
-    "empty List": (text("e.json", json.dumps(as_list([]))), "no usable nodes.longhorn.io objects"),
-    "empty file": (text("z.yaml", ""), "no usable nodes.longhorn.io objects"),
+        "1 Kubernetes Node(s) (kind Node, apiVersion v1), not Longhorn's nodes.longhorn.io; dump Longhorn's "
+        "resources: " + FIX),
+    "Kubernetes nodes as YAML": (
+        text("k.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Node\n"),
+        "2 Kubernetes Node(s) (kind Node, apiVersion v1), not Longhorn's nodes.longhorn.io"),
+    "only other kinds": (
+        text("o.json", json.dumps(as_list([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}]))),
+        "no nodes.longhorn.io objects (it holds 1 ConfigMap (v1)); dump Longhorn's resources: " + FIX),
+    "empty List": (text("e.json", json.dumps(as_list([]))), "empty: no Kubernetes objects in it; dump "),
+    "empty file": (text("z.yaml", ""), "empty: no Kubernetes objects in it; dump Longhorn's resources: " + FIX),
+    "whitespace and comments": (text("w.yaml", "\n  \n# nothing\n---\n"), "empty: no Kubernetes objects in it"),
     "missing file": (lambda p: str(p / "nope.json"), "no such file or directory"),
     "directory without dumps": (empty_dir, "a directory with no"),
-    "a zip given as a dump": (_not_a_bundle_zip, "not text (not UTF-8): is this a zip? use --support-bundle"),
-    "a scalar document": (text("s.yaml", "just text\n"), "no usable nodes.longhorn.io objects"),
+    "a zip given as a dump": (_not_a_bundle_zip,
+                              "a zip archive, not a JSON or YAML dump: for a support bundle use --support-bundle"),
+    "a scalar document": (text("s.yaml", "just text\n"),
+                          "document #1 is a string ('just text'), not a Kubernetes object; dump "),
+    "a list of strings": (text("l.yaml", "- a\n- b\n"), "document #1 is a list of 2, not a Kubernetes object"),
+    "a JSON array of numbers": (text("n.json", "[1, 2]"), "item #1 is a number, not a Kubernetes object"),
+    "binary data": (lambda p: (p / "b.json").write_bytes(b"\x00" * 100) and str(p / "b.json"),
+                    "binary data (NUL bytes), not a JSON or YAML dump"),
+    "not UTF-8": (lambda p: (p / "l1.yaml").write_bytes(b"kind: caf\xe9\n") and str(p / "l1.yaml"),
+                  "not UTF-8 text (incomplete UTF-8 octet sequence at byte 9): save it as UTF-8"),
 }
 
 
