@@ -8,6 +8,7 @@ from bimguard.findings import Findings
 from bimguard.model import Disk
 
 SCHEMA_VERSION = 1
+EXIT_OK, EXIT_COLLISIONS_OR_INCOMPLETE = 0, 1
 
 
 def _disk_ref(disk: Disk) -> dict[str, str]:
@@ -43,9 +44,25 @@ def to_json(f: Findings, source: dict[str, Any]) -> dict[str, Any]:
                 for r in plan.regenerate
             ],
         })
+    to_repair = 0 if f.informational else len(collisions)
+    skipped = len(f.skipped)
+    if to_repair:
+        verdict = "collisions"
+    elif skipped:
+        verdict = "incomplete"
+    elif collisions:
+        verdict = "informational"
+    else:
+        verdict = "no-collision"
     return {
         "schemaVersion": SCHEMA_VERSION,
         "source": source,
+        "result": {
+            "verdict": verdict,
+            "complete": not skipped,
+            "collisionsToRepair": to_repair,
+            "skipped": skipped,
+        },
         "longhorn": {
             "version": info.version,
             "versionSource": info.version_source,
@@ -80,6 +97,13 @@ def to_json(f: Findings, source: dict[str, Any]) -> dict[str, Any]:
             "birthday": f.birthday + 0.0,
         },
     }
+
+
+def exit_code(report: dict[str, Any]) -> int:
+    """0 only for a complete scan with nothing to repair; 1 for collisions to repair or anything skipped."""
+    if report["result"]["verdict"] in ("no-collision", "informational"):
+        return EXIT_OK
+    return EXIT_COLLISIONS_OR_INCOMPLETE
 
 
 def _pct(p: float) -> str:
@@ -147,11 +171,21 @@ def to_table(report: dict[str, Any]) -> str:
         f"Risk: {p['v1DisksWithUuid']} v1 disks; the next new disk collides with {_pct(p['nextDiskCollides'])} "
         f"chance; {p['v1DisksWithUuid']} random UUIDs share a prefix with {_pct(p['birthday'])} chance"
     )
-    actionable = [c for c in report["collisions"] if not c["informational"]]
-    if actionable:
-        out.append(f"Result: {len(actionable)} collision group(s) to repair")
-    elif report["collisions"]:
-        out.append("Result: no repair needed on this Longhorn version")
-    else:
-        out.append("Result: no collision")
+    out.append(result_line(report["result"]))
     return "\n".join(out) + "\n"
+
+
+def result_line(result: dict[str, Any]) -> str:
+    skipped = result["skipped"]
+    incomplete = (f"incomplete: {skipped} object(s) skipped (listed above), and a skipped disk could collide too"
+                  if skipped else "")
+    verdict = result["verdict"]
+    if verdict == "collisions":
+        text = f"{result['collisionsToRepair']} collision group(s) to repair" + (f"; {incomplete}" if skipped else "")
+    elif verdict == "incomplete":
+        text = f"{incomplete}; no collision among the objects read"
+    elif verdict == "informational":
+        text = "no repair needed on this Longhorn version"
+    else:
+        text = "no collision"
+    return f"Result: {text}"

@@ -17,9 +17,11 @@ from bimguard.objects import LONGHORN_GROUP, PLURALS
 from bimguard.sources.bundle import read_bundle
 from bimguard.sources.dump import MAX_DUMP_BYTES, STDIN, read_dump
 from jobs import report
-from jobs.args import positive_int
+from jobs.args import positive_int, seconds
 
+# 0 and 1 are verdicts of a scan that ran; everything else (also a crash: jobs.cli) is 2.
 EXIT_OK, EXIT_COLLISIONS, EXIT_INPUT = 0, 1, 2
+DEFAULT_REQUEST_TIMEOUT = 30.0  # bimguard.sources.live.DEFAULT_REQUEST_TIMEOUT, without importing it
 DUMP_COMMAND = ("kubectl get " + ",".join(f"{p}.{LONGHORN_GROUP}" for p in PLURALS.values())
                 + " -n longhorn-system -o json > dump.json")
 
@@ -31,25 +33,43 @@ sources (pick one; default: the live cluster):
                          (or -o yaml): a List, multi-document YAML, single objects, or a directory of such
                          files; "-" reads standard input; at most {MAX_DUMP_BYTES >> 30} GiB
   --support-bundle PATH  a Longhorn support bundle (.zip, or the extracted directory)
-  live                   in-cluster configuration, else --kubeconfig/--context (or $KUBECONFIG)
+  live                   in a pod its service account, else --kubeconfig/--context (or $KUBECONFIG,
+                         ~/.kube/config); needs get/list on nodes, replicas, backingimages,
+                         backingimagemanagers and settings (longhorn.io) in Longhorn's namespace
 
 exit codes:
-  0  no collision (or only informational ones: this Longhorn names BIMs by the whole UUID)
-  1  at least one collision group to repair (also when some objects were skipped)
-  2  unreadable input, unreachable cluster, or no usable nodes.longhorn.io at all
+  0  the scan read everything and found no collision to repair (none, or only informational
+     ones: this Longhorn names BIMs by the whole UUID)
+  1  at least one collision group to repair, or the scan is incomplete: some objects were
+     skipped (listed in the report), and a skipped disk could collide
+  2  no verdict: unreadable or too large input, bad usage, unreachable cluster, no usable
+     nodes.longhorn.io at all, the report could not be written, or an internal error
+  A closed standard output (scan | head) does not change the code.
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--from-dump", metavar="PATH", help="scan a kubectl dump (file, directory or -)")
-    src.add_argument("--support-bundle", metavar="PATH", help="scan a Longhorn support bundle (.zip or directory)")
-    p.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig for a live scan (default: in-cluster, $KUBECONFIG)")
-    p.add_argument("--context", help="kubeconfig context for a live scan")
-    p.add_argument("-n", "--namespace", default="longhorn-system", help="Longhorn's namespace (default %(default)s)")
+    src.add_argument("--from-dump", metavar="PATH",
+                     help="scan a kubectl dump: a file, a directory of them, or - for standard input "
+                          "(default: the live cluster)")
+    src.add_argument("--support-bundle", metavar="PATH",
+                     help="scan a Longhorn support bundle: the .zip or its extracted directory")
+    p.add_argument("--kubeconfig", metavar="PATH",
+                   help="kubeconfig for a live scan (default: in a pod its service account, else $KUBECONFIG "
+                        "or ~/.kube/config)")
+    p.add_argument("--context", metavar="NAME",
+                   help="kubeconfig context for a live scan (default: the kubeconfig's current-context)")
+    p.add_argument("-n", "--namespace", default="longhorn-system", metavar="NAMESPACE",
+                   help="Longhorn's namespace, for a live scan")
     p.add_argument("--page-size", type=positive_int, default=500, metavar="N",
-                   help="objects per list request in a live scan (default %(default)s)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="report format")
+                   help="objects per list request in a live scan")
+    p.add_argument("--request-timeout", type=seconds, default=DEFAULT_REQUEST_TIMEOUT, metavar="DURATION",
+                   help="how long one API request of a live scan may take: seconds, or 30s, 1m "
+                        "(default %(default)g s)")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                   help="report format: a table, or the report document as JSON or YAML "
+                        "(docs/scan-report.schema.json)")
 
 
 def _load(args: argparse.Namespace) -> tuple[Inventory, dict[str, Any]]:
@@ -59,11 +79,13 @@ def _load(args: argparse.Namespace) -> tuple[Inventory, dict[str, Any]]:
     if args.support_bundle:
         return read_bundle(args.support_bundle), {"type": "support-bundle", "path": args.support_bundle,
                                                   "description": f"support bundle {args.support_bundle}"}
-    from bimguard.sources.live import read_live  # kubernetes_asyncio costs ~0.3 s to import; offline scans skip it
-    inv = asyncio.run(read_live(kubeconfig=args.kubeconfig, context=args.context,
-                                namespace=args.namespace, page_size=args.page_size))
-    return inv, {"type": "live", "namespace": args.namespace,
-                 "description": f"the live cluster (namespace {args.namespace})"}
+    from bimguard.sources.live import scan_live  # kubernetes_asyncio costs ~0.3 s to import; offline scans skip it
+    live = asyncio.run(scan_live(kubeconfig=args.kubeconfig, context=args.context, namespace=args.namespace,
+                                 page_size=args.page_size, request_timeout=args.request_timeout))
+    how = f"context {live.context}" if live.context else "in-cluster service account"
+    return live.inventory, {"type": "live", "namespace": args.namespace, "context": live.context,
+                            "server": live.server,
+                            "description": f"the live cluster {live.server} ({how}, namespace {args.namespace})"}
 
 
 def _kinds(counts: dict[tuple[str, str], int]) -> str:
@@ -76,7 +98,7 @@ def _kinds(counts: dict[tuple[str, str], int]) -> str:
 def nothing_usable(inv: Inventory, source: dict[str, Any]) -> str:
     """Why a source gave no usable Longhorn Node, and what to do about it (one line)."""
     if source["type"] == "live":
-        return (f"namespace {source['namespace']}: no nodes.{LONGHORN_GROUP} objects: "
+        return (f"namespace {source['namespace']} of {source['server']}: no nodes.{LONGHORN_GROUP} objects: "
                 f"is Longhorn installed in another namespace? (-n NAMESPACE)")
     where = STDIN if source.get("path") == "-" else source["path"]
     fix = (f"dump Longhorn's resources: {DUMP_COMMAND}" if source["type"] == "dump"
@@ -114,6 +136,26 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
             gc.enable()
 
 
+def _write(doc: dict[str, Any], fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        # msgspec encodes a 30,000-group report ~10x faster than json.dump(indent=...).
+        encoded = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
+        if hasattr(out, "buffer"):
+            out.flush()
+            out.buffer.write(encoded)
+            out.buffer.flush()
+        else:
+            out.write(encoded.decode())
+    elif fmt == "yaml":
+        import yaml
+
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        out.write(yaml.dump(doc, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True))
+    else:
+        out.write(report.to_table(doc))
+    out.flush()
+
+
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         inv, source = _load(args)
@@ -125,17 +167,22 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for s in inv.skipped[:5]:
             print(f"  skipped {s.kind} {s.name} in {s.source}: {s.error}", file=err)
         return EXIT_INPUT
-    findings = analyze(inv)
-    doc = report.to_json(findings, source)
-    if args.output == "json":
-        # msgspec encodes a 30,000-group report ~10x faster than json.dump(indent=...).
-        encoded = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
-        if hasattr(out, "buffer"):
-            out.flush()
-            out.buffer.write(encoded)
-            out.buffer.flush()
-        else:
-            out.write(encoded.decode())
-    else:
-        out.write(report.to_table(doc))
-    return EXIT_COLLISIONS if findings.actionable else EXIT_OK
+    doc = report.to_json(analyze(inv), source)
+    code = report.exit_code(doc)
+    try:
+        _write(doc, args.output, out)
+    except BrokenPipeError:  # `bimguard scan | head`: the verdict stands
+        _discard(out)
+        return code
+    except OSError as e:  # a full disk: the report is lost, so there is no verdict to give
+        _discard(out)
+        print(f"bimguard scan: cannot write the report: {e.strerror or e}", file=err)
+        return EXIT_INPUT
+    return code
+
+
+def _discard(out: TextIO) -> None:
+    if out is sys.stdout:
+        from jobs.cli import discard_stdout
+
+        discard_stdout()

@@ -17,6 +17,10 @@ from tests.scan.clirun import BIN, EXAMPLE, REPO, cli, env, one_line, scan_in_pr
 @pytest.mark.parametrize("argv, message", [
     (["scan", "--page-size", "0"], "bimguard scan: error: argument --page-size: '0' must be at least 1"),
     (["scan", "--page-size", "ten"], "bimguard scan: error: argument --page-size: 'ten' is not a whole number"),
+    (["scan", "--request-timeout", "0"],
+     "bimguard scan: error: argument --request-timeout: '0' must be a finite duration above 0"),
+    (["scan", "--request-timeout", "soon"], "bimguard scan: error: argument --request-timeout: 'soon' is not a "
+                                            "duration (seconds, or a number with a unit: 30s, 1m30s, 500ms)"),
     (["sim", "serve", "--port", "99999"],
      "bimguard sim serve: error: argument --port: '99999' is not a port number (0-65535; 0 picks a free port)"),
     (["sim", "serve", "--port", "-1"],
