@@ -237,11 +237,13 @@ class Kube:
     async def items(self, res: Resource, namespace: str, label_selector: str | None = None) -> list[Obj]:
         return list((await self.list(res, namespace, label_selector)).get("items") or [])
 
-    async def create(self, res: Resource, namespace: str, body: Obj) -> Obj:
+    async def create(self, res: Resource, namespace: str, body: Obj, *, dry_run: bool = False) -> Obj:
+        """POST; with `dry_run` the API server admits and validates it but stores nothing."""
         fn, lead = self._generic(res, "create")
+        kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
         if lead:
-            return await self._call(fn, *lead, namespace, res.plural, body)
-        return await self._call(fn, namespace, body)
+            return await self._call(fn, *lead, namespace, res.plural, body, **kwargs)
+        return await self._call(fn, namespace, body, **kwargs)
 
     async def replace(self, res: Resource, namespace: str, body: Obj) -> Obj:
         """PUT with the body's metadata.resourceVersion: 409 `Conflict` if it changed meanwhile."""

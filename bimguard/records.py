@@ -17,7 +17,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 REWRITES = "diskrewrites"
 CLAIMS = "prefixclaims"
 
-Phase = Literal["Pending", "Rewriting", "Done", "Abandoned", "RolledBack", "Blocked"]
+Phase = Literal["Pending", "Preparing", "Draining", "Rewriting", "Restoring", "Done", "Abandoned", "RolledBack",
+                "Blocked"]
 # Phases after which status and cfg agree and nothing more happens (DESIGN invariant 2).
 FINAL_PHASES: frozenset[str] = frozenset({"Done", "Abandoned", "RolledBack", "Blocked"})
 Origin = Literal["webhook", "job"]
@@ -33,8 +34,9 @@ def now() -> str:
 
 
 def rewrite_manifest(*, name: str, namespace: str, node: str, disk: str, disk_name: str, disk_path: str,
-                     old_uuid: str, new_uuid: str, reason: str, origin: Origin) -> dict[str, Any]:
-    return {
+                     old_uuid: str, new_uuid: str, reason: str, origin: Origin,
+                     original: dict[str, bool] | None = None) -> dict[str, Any]:
+    manifest = {
         "apiVersion": API_VERSION,
         "kind": "DiskRewrite",
         "metadata": {"name": name, "namespace": namespace,
@@ -42,6 +44,9 @@ def rewrite_manifest(*, name: str, namespace: str, node: str, disk: str, disk_na
         "spec": {"node": node, "disk": disk, "diskName": disk_name, "diskPath": disk_path, "oldUUID": old_uuid,
                  "newUUID": new_uuid, "reason": reason, "origin": origin},
     }
+    if original is not None:
+        manifest["spec"]["original"] = dict(original)
+    return manifest
 
 
 def claim_manifest(*, prefix: str, namespace: str, node: str, disk: str, uuid: str, record: str = "") -> dict[str, Any]:

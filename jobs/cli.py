@@ -33,6 +33,10 @@ COMMANDS = (
     Command(("scan",), "jobs.scan", "find disks whose UUID prefixes collide, and plan the repair",
             "Find v1 disks whose UUIDs share their first 4 characters (so their Backing Image Managers want the "
             "same name), show the stuck backing-image copies, and plan which disk keeps its UUID.", "EPILOG"),
+    Command(("repair",), "jobs.repair", "fix the collisions a cluster already has (plan; --apply to act)",
+            "Regenerate the UUID of one disk of each colliding pair, safely: without --apply, print the plan; "
+            "with --apply, carry it out on the live cluster, draining disks that hold data through Longhorn's "
+            "eviction only with --evict.", "EPILOG"),
     Command(("demo",), "jobs.demo", "show the collision, the scan and the webhook in the built-in cluster emulator"),
     Command(("sim", "serve"), "bimguard.sim.serve", "serve a simulated Longhorn cluster until interrupted",
             "Run the emulated Kubernetes API server with a simulated Longhorn v1.7.2 cluster; write a kubeconfig "
@@ -43,6 +47,8 @@ COMMANDS = (
     Command(("rewrite-cfg",), "bimguard.rewrite_cfg", "compare-and-swap a disk's longhorn-disk.cfg (runs on the node)",
             "Atomically replace the diskUUID in <path>/longhorn-disk.cfg, only if the file names the expected disk "
             "and holds the old UUID (or already the new one)."),
+    Command(("inspect-disk",), "bimguard.inspect_disk", "list a disk directory's replicas/ and backing-images/ (runs on the node)",
+            "Print the subdirectories of <path>/replicas and <path>/backing-images as one line of JSON; change nothing."),
 )
 GROUP_HELP = {"sim": "the cluster emulator (an API server with a simulated Longhorn v1.7.2)"}
 # Exit code of a command whose standard output was closed early (`bimguard demo | head`): what a

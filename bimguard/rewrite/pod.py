@@ -1,4 +1,5 @@
-"""The rewriter pod: one short-lived pod per DiskRewrite attempt, on the disk's node. Pure.
+"""The on-node pods: the rewriter (one short-lived pod per DiskRewrite attempt, on the disk's node)
+and the repair's read-only inspector, which share one shape. Pure.
 
 It runs `bimguard rewrite-cfg` (the compare-and-swap of `longhorn-disk.cfg`, DESIGN invariant 4)
 with exactly one hostPath volume: the disk directory, `type: Directory`, so a path that is not
@@ -42,19 +43,23 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_RECORD = "bimguard.io/record"
 LABEL_ATTEMPT = "bimguard.io/attempt"
 COMPONENT = "rewriter"
+INSPECTOR = "inspector"
+INSPECT_COMMAND = ("bimguard", "inspect-disk")
 #: Selects every rewriter pod (the controller's watch and clean-up).
 SELECTOR = f"{LABEL_MANAGED_BY}=bimguard,{LABEL_COMPONENT}={COMPONENT}"
+#: Selects the repair's read-only inspector pods.
+INSPECTOR_SELECTOR = f"{LABEL_MANAGED_BY}=bimguard,{LABEL_COMPONENT}={INSPECTOR}"
 
 _MAX_NAME = 63  # pod names end up as hostnames: keep them DNS labels
 
 
-def pod_name(record_name: str, attempt: int) -> str:
-    """Deterministic per (record, attempt): creating it twice is a 409, never a second pod."""
-    name = f"{record_name}-rw{attempt}"
+def pod_name(record_name: str, attempt: int, kind: str = "rw") -> str:
+    """Deterministic per (record, kind, attempt): creating it twice is a 409, never a second pod."""
+    name = f"{record_name}-{kind}{attempt}"
     if len(name) <= _MAX_NAME:
         return name
     digest = hashlib.sha256(record_name.encode()).hexdigest()[:10]
-    suffix = f"-{digest}-rw{attempt}"
+    suffix = f"-{digest}-{kind}{attempt}"
     return record_name[: _MAX_NAME - len(suffix)].rstrip("-.") + suffix
 
 
@@ -72,6 +77,36 @@ def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image:
             raise ValueError(f"DiskRewrite {name}: spec.{key} is empty")
     argv = [*command, "--path", MOUNT_PATH, "--disk-name", spec.get("diskName", ""),
             "--old", spec["oldUUID"], "--new", spec["newUUID"], "--termination-log", TERMINATION_LOG]
+    return _disk_pod(record, pod_name(name, attempt), COMPONENT, argv, attempt, read_only=False, namespace=namespace,
+                     image=image, service_account=service_account, active_deadline_seconds=active_deadline_seconds,
+                     image_pull_policy=image_pull_policy, priority_class_name=priority_class_name,
+                     change=f"{spec['oldUUID']} -> {spec['newUUID']}")
+
+
+def inspector_pod(record: dict[str, Any], *, attempt: int, namespace: str, image: str,
+                  service_account: str = DEFAULT_SERVICE_ACCOUNT, command: Sequence[str] = INSPECT_COMMAND,
+                  image_pull_policy: str = "IfNotPresent", priority_class_name: str | None = None) -> dict[str, Any]:
+    """A read-only look at the disk directory of `record` (`bimguard inspect-disk`), for the repair's
+    leftover check: the same pod shape as the rewriter's, its one volume mounted read-only."""
+    spec = record["spec"]
+    for key in ("node", "diskPath"):
+        if not spec.get(key):
+            raise ValueError(f"DiskRewrite {record['metadata']['name']}: spec.{key} is empty")
+    argv = [*command, "--path", MOUNT_PATH, "--termination-log", TERMINATION_LOG]
+    return _disk_pod(record, pod_name(record["metadata"]["name"], attempt, "in"), INSPECTOR, argv, attempt,
+                     read_only=True, namespace=namespace, image=image, service_account=service_account,
+                     active_deadline_seconds=60, image_pull_policy=image_pull_policy,
+                     priority_class_name=priority_class_name, change="")
+
+
+def _disk_pod(record: dict[str, Any], name: str, component: str, argv: list[str], attempt: int, *, read_only: bool,
+              namespace: str, image: str, service_account: str, active_deadline_seconds: int, image_pull_policy: str,
+              priority_class_name: str | None, change: str) -> dict[str, Any]:
+    spec = record["spec"]
+    record_name = record["metadata"]["name"]
+    mount: dict[str, Any] = {"name": "disk", "mountPath": MOUNT_PATH}
+    if read_only:
+        mount["readOnly"] = True
     pod_spec: dict[str, Any] = {
         "nodeName": spec["node"],
         "restartPolicy": "Never",
@@ -88,7 +123,7 @@ def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image:
             "imagePullPolicy": image_pull_policy,
             "command": argv,
             "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
-            "volumeMounts": [{"name": "disk", "mountPath": MOUNT_PATH}],
+            "volumeMounts": [mount],
             "terminationMessagePath": TERMINATION_LOG,
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
@@ -106,25 +141,24 @@ def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image:
     }
     if priority_class_name:
         pod_spec["priorityClassName"] = priority_class_name
+    annotations = {"bimguard.io/node": spec["node"], "bimguard.io/disk": spec.get("disk", "")}
+    if change:
+        annotations["bimguard.io/change"] = change
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(name, attempt),
+            "name": name,
             "namespace": namespace,
             "labels": {
                 LABEL_MANAGED_BY: "bimguard",
                 "app.kubernetes.io/name": "bimguard",
-                LABEL_COMPONENT: COMPONENT,
-                LABEL_RECORD: name,
+                LABEL_COMPONENT: component,
+                LABEL_RECORD: record_name,
                 LABEL_ATTEMPT: str(attempt),
             },
             # Node and disk names need not be valid label values; annotations take anything.
-            "annotations": {
-                "bimguard.io/node": spec["node"],
-                "bimguard.io/disk": spec.get("disk", ""),
-                "bimguard.io/change": f"{spec['oldUUID']} -> {spec['newUUID']}",
-            },
+            "annotations": annotations,
         },
         "spec": pod_spec,
     }
@@ -132,6 +166,6 @@ def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image:
     if uid:
         # Deleting a record (retention) takes its pods with it.
         pod["metadata"]["ownerReferences"] = [{"apiVersion": records.API_VERSION, "kind": "DiskRewrite",
-                                               "name": name, "uid": uid, "controller": True,
+                                               "name": record_name, "uid": uid, "controller": True,
                                                "blockOwnerDeletion": False}]
     return pod

@@ -1,0 +1,664 @@
+"""The repair Job's I/O: preflight, the Lease, records and claims, and the passes that carry out
+what ``bimguard.repair.steps.decide`` names for each record.
+
+Each pass reads every resource it needs once (one list per resource, whatever the number of
+disks: reads do not grow with the cluster's size per disk), decides the next step of every
+record, and carries the steps out; records are written before the cluster is changed (intent
+first), so a Job killed at any moment leaves records a re-run continues from. The identity change
+itself is the shared rewrite engine's (bimguard.rewrite.engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kubernetes_asyncio import client
+
+from bimguard import records
+from bimguard.bim import LonghornInfo, parse_version, prefix_naming
+from bimguard.decision import rewrite_patch
+from bimguard.findings import Findings, analyze
+from bimguard.kube import PODS, AlreadyExists, Conflict, Forbidden, Invalid, Kube, KubeError, NotFound, Resource
+from bimguard.prefixes import PrefixSpaceExhausted, allocate_uuid
+from bimguard.repair import steps
+from bimguard.repair.world import World, name_of
+from bimguard.rewrite.engine import (
+    CLAIMS,
+    FINAL,
+    LH_NODES,
+    REASON_DONE,
+    REWRITES,
+    SWAPPED,
+    RewriteEngine,
+    Settings,
+    now_rfc3339,
+    pointer_token,
+    termination,
+)
+from bimguard.rewrite.pod import LABEL_MANAGED_BY, LABEL_RECORD, inspector_pod, pod_name, rewriter_pod
+from webhook.index import ClusterIndex
+from webhook.leader import LeaderElector
+
+log = logging.getLogger("bimguard.repair")
+
+LH = "longhorn.io", "v1beta2"
+LONGHORN = {p: Resource(*LH, p) for p in ("nodes", "replicas", "backingimages", "backingimagemanagers",
+                                          "backingimagedatasources", "orphans", "volumes", "settings")}
+COMPONENT = "bimguard-repair"
+LEASE_NAME = "bimguard-repair"
+REASON_BLOCKED = "DiskUUIDRepairBlocked"
+ACTIVE = (steps.PENDING, steps.PREPARING, steps.DRAINING, steps.REWRITING, steps.RESTORING)
+
+
+class RepairError(Exception):
+    """Bad input, a refused preflight, an unreachable cluster: one line, exit 2."""
+
+
+class _LostLease(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Options:
+    namespace: str = "bimguard"
+    longhorn_namespace: str = "longhorn-system"
+    apply: bool = False
+    evict: bool = False
+    only: tuple[str, ...] = ()
+    max_parallel: int = 1
+    timeout: float = 1800.0
+    image: str = "bimguard"
+    longhorn_version: str | None = None
+    identity: str = ""
+    lease_duration: float = 30.0
+    poll: float = 2.0
+    settings: Settings = field(default_factory=Settings)
+    seed: int | None = None
+
+
+@dataclass
+class Victim:
+    """A disk the plan regenerates."""
+
+    node: str
+    disk: str
+    disk_name: str
+    path: str
+    uuid: str
+    prefix: str
+    reason: str
+    clone: bool
+    holds: str  # what the scan saw on it ("" if nothing)
+    keep: str  # node/disk of the disk that keeps the prefix
+
+
+@dataclass
+class Outcome:
+    """A record at the end of a run, for the report."""
+
+    record: str
+    node: str
+    disk: str
+    old: str
+    new: str
+    phase: str
+    detail: str
+
+
+@dataclass
+class Report:
+    longhorn: LonghornInfo | None = None
+    victims: list[Victim] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # victims not started (node not Ready, ...)
+    nothing_to_do: str = ""  # why, when there is nothing to do
+    reads: int = 0
+    writes: int = 0
+    elapsed: float = 0.0
+    stuck_before: list[str] = field(default_factory=list)  # backing images with stuck copies before the run
+    recovered: list[str] = field(default_factory=list)  # ... whose stuck copies are gone after it
+    still_stuck: list[str] = field(default_factory=list)
+
+
+def plan_victims(findings: Findings, only: tuple[str, ...] = (),
+                 disk_name: Callable[[str, str], str] = lambda node, disk: disk) -> list[Victim]:
+    """The scan's plan (bimguard.findings, bimguard.plan), as the disks to regenerate;
+    `disk_name(node, disk)` is the diskName Longhorn recorded from the cfg."""
+    out: list[Victim] = []
+    for p in findings.plans:
+        for r in p.regenerate:
+            d = r.disk
+            deps = p.dependents[p.group.disks.index(d)]
+            out.append(Victim(d.node, d.name, disk_name(d.node, d.name), d.path, d.uuid, p.group.prefix,
+                              r.reason, p.group.kind == "duplicate-uuid" and d.uuid == p.keep.uuid,
+                              deps.describe() if deps.holds_data else "", f"{p.keep.node}/{p.keep.name}"))
+    if only:
+        out = [v for v in out if v.prefix in only or f"{v.node}/{v.disk}" in only]
+    return out
+
+
+class Runner:
+    def __init__(self, api_client: client.ApiClient, opts: Options,
+                 progress: Callable[[str, str, str], None] = lambda *a: None) -> None:
+        self.api_client = api_client
+        self.kube = Kube(api_client)
+        self.opts = opts
+        self.progress = progress  # (node/disk, phase, detail)
+        self.report = Report()
+        self._deadline = time.monotonic() + opts.timeout
+        self._rng = random.Random(opts.seed)
+        self._elector: LeaderElector | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+        self._steps: dict[str, str] = {}  # record -> last step shown
+        self._counts_bi = False
+        self._info: LonghornInfo | None = None
+        self.engine = RewriteEngine(self.kube, opts.namespace, opts.longhorn_namespace, opts.image,
+                                    settings=opts.settings, component=COMPONENT, act=self._act,
+                                    wait_for_node=self._node_not_ready)
+
+    # ------------------------------------------------------------------ reading
+    async def snapshot(self) -> World:
+        ns = self.opts.longhorn_namespace
+        lists = await asyncio.gather(*(self.kube.items(r, ns) for r in LONGHORN.values()),
+                                     self.kube.items(PODS, self.opts.namespace, f"{LABEL_MANAGED_BY}=bimguard"))
+        self.report.reads += len(lists)
+        by = dict(zip(list(LONGHORN) + ["pods"], lists))
+        return World.from_lists(nodes=by["nodes"], replicas=by["replicas"], backing_images=by["backingimages"],
+                                bims=by["backingimagemanagers"], data_sources=by["backingimagedatasources"],
+                                orphans=by["orphans"], volumes=by["volumes"], settings=by["settings"], pods=by["pods"])
+
+    async def _records(self) -> dict[str, dict[str, Any]]:
+        self.report.reads += 1
+        return {r["metadata"]["name"]: r for r in await self.kube.items(REWRITES, self.opts.namespace)
+                if (r.get("spec") or {}).get("origin") == "job"}
+
+    # ------------------------------------------------------------------ the run
+    async def plan(self) -> tuple[World, Findings, list[Victim]]:
+        world = await self.snapshot()
+        findings = analyze(world.inventory)
+        victims = plan_victims(findings, self.opts.only,
+                               lambda n, d: str((world.disk_status(n, d) or {}).get("diskName") or d))
+        self._info = findings.longhorn
+        self.report.longhorn, self.report.victims = findings.longhorn, victims
+        return world, findings, victims
+
+    def longhorn_verdict(self, info: LonghornInfo) -> str:
+        """"" when the repair applies; else why there is nothing to do. Raises RepairError when the
+        version is unknown and --apply was asked without --longhorn-version."""
+        version = self.opts.longhorn_version or info.version
+        parsed = parse_version(version) if version else None
+        if parsed is None:
+            if info.affected is False:
+                return f"Longhorn names BIMs after the whole disk UUID ({info.version_source}); nothing to repair"
+            if self.opts.apply:
+                raise RepairError("the Longhorn version is unknown (no Setting current-longhorn-version, no BIM image "
+                                  "tag): pass --longhorn-version vX.Y.Z to confirm it before --apply")
+            return ""
+        self._counts_bi = parsed >= (1, 8, 0)
+        if not prefix_naming(parsed):
+            return (f"Longhorn {version} names BIMs after the whole disk UUID (v1.9.2 and later): colliding prefixes "
+                    "cannot break anything; nothing to repair")
+        return ""
+
+    async def apply(self, world: World, victims: list[Victim]) -> Report:
+        await self._acquire_lease()
+        try:
+            await self._preflight(world, victims)
+            recs = await self._ensure_records(world, victims)
+            await self._passes(recs)
+        finally:
+            await self._release_lease()
+        return self.report
+
+    # ------------------------------------------------------------------ preflight
+    async def _preflight(self, world: World, victims: list[Victim]) -> None:
+        missing = await self._missing_permissions()
+        if missing:
+            raise RepairError("missing permission" + ("s" if len(missing) > 1 else "") + ": " + ", ".join(missing))
+        for node in sorted({v.node for v in victims if world.node_ready(v.node)}):
+            v = next(x for x in victims if x.node == node)
+            probe = {"metadata": {"name": "preflight", "uid": ""}, "spec": {
+                "node": node, "disk": v.disk, "diskName": v.disk_name, "diskPath": v.path,
+                "oldUUID": v.uuid, "newUUID": v.uuid}}
+            body = rewriter_pod(probe, attempt=0, namespace=self.opts.namespace, image=self.opts.image,
+                                service_account=self.opts.settings.service_account, command=self.opts.settings.command)
+            body["metadata"]["name"] = pod_name("bimguard-preflight", 0)
+            try:
+                await self.kube.create(PODS, self.opts.namespace, body, dry_run=True)
+            except AlreadyExists:
+                pass
+            except KubeError as exc:
+                raise RepairError(f"the API server refuses the on-node rewriter pod in namespace {self.opts.namespace} "
+                                  f"(node {node}): {exc.message}") from None
+
+    #: Every call the run makes: (verb, group, resource, namespace kind).
+    PERMISSIONS = (
+        ("list", "longhorn.io", "nodes", "lh"), ("update", "longhorn.io", "nodes", "lh"),
+        ("patch", "longhorn.io", "nodes/status", "lh"), ("list", "longhorn.io", "replicas", "lh"),
+        ("delete", "longhorn.io", "replicas", "lh"), ("list", "longhorn.io", "backingimages", "lh"),
+        ("get", "longhorn.io", "backingimages", "lh"), ("update", "longhorn.io", "backingimages", "lh"),
+        ("list", "longhorn.io", "backingimagemanagers", "lh"), ("list", "longhorn.io", "backingimagedatasources", "lh"),
+        ("list", "longhorn.io", "orphans", "lh"), ("list", "longhorn.io", "volumes", "lh"),
+        ("list", "longhorn.io", "settings", "lh"), ("create", "", "events", "lh"),
+        ("list", "bimguard.io", "diskrewrites", "own"), ("create", "bimguard.io", "diskrewrites", "own"),
+        ("update", "bimguard.io", "diskrewrites/status", "own"), ("get", "bimguard.io", "prefixclaims", "own"),
+        ("create", "bimguard.io", "prefixclaims", "own"), ("update", "bimguard.io", "prefixclaims", "own"),
+        ("delete", "bimguard.io", "prefixclaims", "own"), ("list", "bimguard.io", "prefixclaims", "own"),
+        ("create", "", "pods", "own"), ("get", "", "pods", "own"), ("list", "", "pods", "own"),
+        ("delete", "", "pods", "own"), ("get", "coordination.k8s.io", "leases", "own"),
+        ("create", "coordination.k8s.io", "leases", "own"), ("update", "coordination.k8s.io", "leases", "own"),
+    )
+
+    async def _missing_permissions(self) -> list[str]:
+        authz = client.AuthorizationV1Api(self.api_client)
+
+        async def ask(verb: str, group: str, resource: str, where: str) -> str:
+            res, _, sub = resource.partition("/")
+            ns = self.opts.longhorn_namespace if where == "lh" else self.opts.namespace
+            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                    "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": res,
+                                                    "subresource": sub, "namespace": ns}}}
+            try:
+                resp = await authz.create_self_subject_access_review(body, _request_timeout=30)
+            except client.exceptions.ApiException as exc:
+                if exc.status == 404:
+                    return ""  # no authorization API to ask: the calls themselves will tell
+                raise RepairError(f"could not check permissions: {exc.status} {exc.reason}") from None
+            allowed = bool(resp.status and resp.status.allowed)
+            return "" if allowed else f"{verb} {resource}{'.' + group if group else ''} in {ns}"
+
+        results = await asyncio.gather(*(ask(*p) for p in self.PERMISSIONS))
+        self.report.reads += len(results)
+        return [r for r in results if r]
+
+    # ------------------------------------------------------------------ the Lease
+    async def _acquire_lease(self) -> None:
+        d = self.opts.lease_duration
+        self._elector = LeaderElector(self.api_client, self.opts.namespace, LEASE_NAME, self.opts.identity or None,
+                                      lease_duration=d, renew_deadline=d * 2 / 3, retry_period=d / 6)
+        try:
+            won = await self._elector.try_acquire_or_renew()
+        except KubeError as exc:
+            raise RepairError(f"could not take the Lease {self.opts.namespace}/{LEASE_NAME}: {exc.message}") from None
+        if not won:
+            raise RepairError(f"another repair is running: the Lease {self.opts.namespace}/{LEASE_NAME} is held by "
+                              f"{self._elector.holder or 'someone else'}; try again when it has finished")
+        self._lease_task = self._elector.start()
+
+    async def _release_lease(self) -> None:
+        if self._elector is not None:
+            await self._elector.stop()
+
+    def _act(self) -> None:
+        if self._elector is not None and not self._elector.is_leader:
+            raise _LostLease()
+
+    # ------------------------------------------------------------------ records and claims
+    async def _ensure_records(self, world: World, victims: list[Victim]) -> dict[str, dict[str, Any]]:
+        recs = await self._records()
+        claims = {c["metadata"]["name"]: c for c in await self.kube.items(CLAIMS, self.opts.namespace)}
+        self.report.reads += 1
+        index = ClusterIndex()
+        for plural in ("nodes", "replicas", "backingimages", "backingimagemanagers"):
+            index.replace_all(plural, list(getattr(world, {"nodes": "nodes", "replicas": "replicas",
+                                                          "backingimages": "backing_images",
+                                                          "backingimagemanagers": "bims"}[plural]) if plural != "nodes"
+                                           else world.nodes.values()))
+        index.replace_all("backingimagedatasources", list(world.data_sources))
+        index.replace_all("orphans", list(world.orphans))
+        occupied = set(index.occupied()) | set(claims)
+        for v in victims:
+            if not world.node_ready(v.node):
+                self.report.skipped.append(f"{v.node}/{v.disk}: node {v.node} is not Ready")
+                continue
+            name = steps.job_record_name(v.node, v.disk, v.uuid)
+            rec = recs.get(name)
+            if rec is None:
+                rec = await self._create_record(world, v, name, occupied)
+            elif (rec.get("status") or {}).get("phase") == steps.BLOCKED:
+                rec = await self._reopen(rec, occupied)
+            recs[name] = rec
+        return recs
+
+    async def _claim(self, v_node: str, v_disk: str, name: str, occupied: set[str], wanted: str = "") -> str:
+        """A new UUID whose prefix this record now holds (the webhook's PrefixClaims: neither can
+        hand the same prefix out twice)."""
+        for attempt in range(16):
+            if wanted and attempt == 0:
+                new = wanted
+            else:
+                try:
+                    new = allocate_uuid(occupied, self._rng)
+                except PrefixSpaceExhausted:
+                    raise RepairError("every one of the 65,536 prefixes is taken: no UUID can be allocated") from None
+            try:
+                await self.kube.create(CLAIMS, self.opts.namespace, records.claim_manifest(
+                    prefix=new[:4], namespace=self.opts.namespace, node=v_node, disk=v_disk, uuid=new, record=name))
+                self.report.writes += 1
+                occupied.add(new[:4])
+                return new
+            except AlreadyExists:
+                claim = await self.kube.get_or_none(CLAIMS, self.opts.namespace, new[:4])
+                if claim is not None and (claim.get("spec") or {}).get("record") == name:
+                    return str(claim["spec"].get("uuid") or new)  # ours, from a run that was killed
+                occupied.add(new[:4])
+        raise RepairError("could not claim a free prefix after 16 tries (prefix claims keep colliding)")
+
+    async def _create_record(self, world: World, v: Victim, name: str, occupied: set[str]) -> dict[str, Any]:
+        self._act()
+        new = await self._claim(v.node, v.disk, name, occupied)
+        dspec = world.disk_spec(v.node, v.disk) or {}
+        manifest = records.rewrite_manifest(
+            name=name, namespace=self.opts.namespace, node=v.node, disk=v.disk, disk_name=v.disk_name,
+            disk_path=v.path, old_uuid=v.uuid, new_uuid=new, origin="job",
+            reason=f"prefix {v.prefix} is kept by {v.keep}; {v.reason}",
+            original={"allowScheduling": bool(dspec.get("allowScheduling")),
+                      "evictionRequested": bool(dspec.get("evictionRequested"))})
+        try:
+            rec = await self.kube.create(REWRITES, self.opts.namespace, manifest)
+            self.report.writes += 1
+        except AlreadyExists:
+            rec = await self.kube.get(REWRITES, self.opts.namespace, name)
+        self._show(rec, steps.PENDING, f"recorded; new UUID {rec['spec']['newUUID']} claimed")
+        return rec
+
+    async def _reopen(self, rec: dict[str, Any], occupied: set[str]) -> dict[str, Any]:
+        """A record Blocked by an earlier run is looked at again (the operator may have fixed what
+        blocked it, or passed --evict now): its new UUID is claimed again if the claim lapsed."""
+        spec = rec["spec"]
+        new = await self._claim(spec["node"], spec["disk"], rec["metadata"]["name"], occupied, spec["newUUID"])
+        if new != spec["newUUID"]:
+            body = dict(rec)
+            body["spec"] = {**spec, "newUUID": new}
+            rec = await self.kube.replace(REWRITES, self.opts.namespace, body)
+            self.report.writes += 1
+        return await self._write(rec, phase=steps.PENDING, step="looked at again by a new run", inspection=None,
+                                 finalInspection=None)
+
+    # ------------------------------------------------------------------ passes
+    async def _passes(self, planned: dict[str, dict[str, Any]]) -> None:
+        """Passes until nothing is left to do in this run or its time is up. Every Job record is
+        looked at (those of earlier runs too: a killed run's records are continued, a finished
+        one's flags restored); the report covers the records that had something to do."""
+        seen: set[str] = set(planned)
+        recs = planned
+        while True:
+            world = await self.snapshot()
+            recs = await self._records()
+            ctx = self._context(world, recs)
+            busy = False
+            for name in sorted(recs):
+                action = steps.decide(recs[name], world, ctx)
+                if action.kind == "none":
+                    continue
+                seen.add(name)
+                try:
+                    busy |= await self._execute(recs[name], action, world)
+                except Conflict:
+                    busy = True  # someone wrote in between: decided again on the next pass
+                except _LostLease:
+                    raise RepairError("lost the repair Lease (another repair took over?); stopping") from None
+            if not busy or time.monotonic() > self._deadline:
+                break
+            await asyncio.sleep(self.opts.poll)
+        final = await self._records()
+        for name in sorted(seen & set(final)):
+            r = final[name]
+            st = r.get("status") or {}
+            phase = st.get("phase") or steps.PENDING
+            detail = (st.get("message") if phase in steps.FINAL or phase == steps.BLOCKED else st.get("step")) or ""
+            self.report.outcomes.append(Outcome(name, r["spec"]["node"], r["spec"]["disk"], r["spec"]["oldUUID"],
+                                                r["spec"]["newUUID"], phase, detail))
+
+    def _context(self, world: World, recs: dict[str, dict[str, Any]]) -> steps.Context:
+        active = [r for r in recs.values() if ((r.get("status") or {}).get("phase") or steps.PENDING) in ACTIVE]
+        victims = frozenset((r["spec"]["node"], r["spec"]["disk"]) for r in active)
+        uuids: dict[str, int] = {}
+        for d in world.v1_disks():
+            uuids[d.uuid] = uuids.get(d.uuid, 0) + 1
+        clones = frozenset((r["spec"]["node"], r["spec"]["disk"]) for r in active if uuids.get(r["spec"]["oldUUID"], 0) > 1)
+        unschedulable = all(not (world.disk_spec(*v) or {}).get("allowScheduling") for v in victims
+                            if world.node_ready(v[0]))
+        evicting = sum(1 for r in active if ((r.get("status") or {}).get("setFlags") or {}).get("evictionRequested")
+                       and (r.get("status") or {}).get("phase") == steps.DRAINING)
+        s = self.opts.settings
+        left = self._deadline - time.monotonic()
+        return steps.Context(
+            evict=self.opts.evict, max_parallel=self.opts.max_parallel, counts_backing_images=self._counts_bi,
+            bim_image=(self._info.bim_image if self._info else "") or "", victims=victims, clones=clones,
+            all_unschedulable=unschedulable, evicting=evicting,
+            time_for_rewrite=left > s.pod_start_timeout + s.active_deadline + self.opts.poll,
+            soft_anti_affinity=world.settings.get("replica-soft-anti-affinity", "false").lower() == "true")
+
+    async def _execute(self, rec: dict[str, Any], action: steps.Action, world: World) -> bool:
+        """Carry out one step; True while the record still has work in this run."""
+        kind = action.kind
+        if kind == "none":
+            return False
+        if kind in ("wait", "pending"):
+            phase = action.phase or (rec.get("status") or {}).get("phase") or steps.PENDING
+            await self._step(rec, phase, ("pending: " if kind == "pending" else "") + action.detail)
+            return kind == "wait"
+        if kind == "set-flag":
+            flags = {**((rec.get("status") or {}).get("setFlags") or {}), action.field: action.value}
+            rec = await self._write(rec, phase=action.phase, step=action.detail, setFlags=flags)  # intent first
+            await self._set_disk_flag(rec, action.field, action.value)
+            return True
+        if kind == "restore-flag":
+            await self._set_disk_flag(rec, action.field, action.value)
+            flags = {**((rec.get("status") or {}).get("setFlags") or {}), f"{action.field}Restored": True}
+            await self._write(rec, step=action.detail, setFlags=flags)
+            return True
+        if kind == "delete-replicas":
+            deleted = sorted(set(((rec.get("status") or {}).get("deleted") or [])) | {f"replica/{n}" for n in action.names})
+            rec = await self._write(rec, phase=action.phase, step=action.detail, deleted=deleted)
+            for r in world.replicas:
+                if name_of(r) in action.names:
+                    await self._delete_stuck_replica(r)
+            return True
+        if kind == "drop-spec-entries":
+            deleted = sorted(set(((rec.get("status") or {}).get("deleted") or [])) |
+                             {f"backingimage/{n}/{rec['spec']['oldUUID']}" for n in action.names})
+            rec = await self._write(rec, phase=action.phase, step=action.detail, deleted=deleted)
+            for bi in action.names:
+                await self._drop_spec_entry(bi, rec["spec"]["oldUUID"])
+            return True
+        if kind == "inspect":
+            return await self._inspect(rec, action, world)
+        if kind == "block":
+            await self.engine.event(rec, "Warning", REASON_BLOCKED,
+                                    f"bimguard repair did not change disk {rec['spec']['disk']} ({rec['spec']['oldUUID']}) "
+                                    f"on node {rec['spec']['node']}: {action.detail}")
+            await self._write(rec, phase=steps.BLOCKED, step=action.detail, message=action.detail, finishedAt=now_rfc3339())
+            self._show(rec, steps.BLOCKED, action.detail)
+            return True  # its flags are restored on the next passes
+        if kind == "rewrite":
+            return await self._rewrite(rec, world)
+        if kind == "follow-rewrite":
+            if ((rec.get("status") or {}).get("phase")) != steps.REWRITING:
+                await self.engine.begin(rec, f"stored status holds {rec['spec']['newUUID']}; rewriting the cfg")
+                self._show(rec, steps.REWRITING, "status changed; rewriter pod started")
+                return True
+            outcome = await self.engine.advance(rec)
+            if outcome == SWAPPED:
+                await self._write(rec, phase=steps.RESTORING, step="cfg rewritten; waiting for Longhorn to report the disk Ready")
+                self._show(rec, steps.RESTORING, "cfg rewritten")
+            elif outcome == FINAL:
+                fresh = await self.kube.get(REWRITES, self.opts.namespace, rec["metadata"]["name"])
+                self._show(fresh, (fresh.get("status") or {}).get("phase", ""), (fresh.get("status") or {}).get("message", ""))
+            return True
+        if kind == "done":
+            spec = rec["spec"]
+            text = (f"disk {spec['disk']} ({spec['diskPath']}) on node {spec['node']}: diskUUID {spec['oldUUID']} -> "
+                    f"{spec['newUUID']} by the repair Job (record {rec['metadata']['name']})")
+            await self.engine.finish(rec, steps.DONE, action.detail, "Normal", REASON_DONE, event_message=text)
+            await self._delete_pods(rec)
+            self._show(rec, steps.DONE, action.detail)
+            return False
+        raise AssertionError(f"unknown action {kind}")
+
+    # ------------------------------------------------------------------ steps that touch Longhorn
+    async def _set_disk_flag(self, rec: dict[str, Any], fld: str, value: bool) -> None:
+        """spec.disks[disk].<fld> := value on the Longhorn Node, through Longhorn's validator:
+        409 and its 403 "being syncing" are retried (lm webhook/resources/node/validator.go:115-117)."""
+        spec = rec["spec"]
+        for _ in range(5):
+            node = await self.kube.get(LH_NODES, self.opts.longhorn_namespace, spec["node"])
+            disk = ((node.get("spec") or {}).get("disks") or {}).get(spec["disk"])
+            if disk is None or disk.get(fld) == value:
+                return
+            disk[fld] = value
+            self._act()
+            try:
+                await self.kube.replace(LH_NODES, self.opts.longhorn_namespace, node)
+                self.report.writes += 1
+                self._show(rec, (rec.get("status") or {}).get("phase", ""), f"{fld}={str(value).lower()}")
+                return
+            except (Conflict, Forbidden):
+                await asyncio.sleep(min(1.0, self.opts.poll))
+        # Still refused: the next pass tries again.
+
+    async def _delete_stuck_replica(self, r: dict[str, Any]) -> None:
+        """Delete exactly the replica judged stuck: the resourceVersion it had then is a precondition."""
+        self._act()
+        try:
+            await self.kube.delete(LONGHORN["replicas"], self.opts.longhorn_namespace, name_of(r),
+                                   resource_version=r["metadata"].get("resourceVersion"))
+            self.report.writes += 1
+        except (NotFound, Conflict):
+            pass  # gone already, or changed since: judged again next pass
+        except KubeError as exc:  # Longhorn's validator refused (it never should for these)
+            log.warning("replica %s not deleted: %s", name_of(r), exc.message)
+
+    async def _drop_spec_entry(self, bi_name: str, uuid: str) -> None:
+        """Delete one spec.diskFileSpecMap entry, only while the BackingImage's status still lacks it
+        (re-checked on the object written, which carries its resourceVersion)."""
+        res = LONGHORN["backingimages"]
+        bi = await self.kube.get_or_none(res, self.opts.longhorn_namespace, bi_name)
+        if bi is None:
+            return
+        spec_map = (bi.get("spec") or {}).get("diskFileSpecMap") or {}
+        if uuid not in spec_map or uuid in ((bi.get("status") or {}).get("diskFileStatusMap") or {}):
+            return
+        del spec_map[uuid]
+        self._act()
+        try:
+            await self.kube.replace(res, self.opts.longhorn_namespace, bi)
+            self.report.writes += 1
+        except Conflict:
+            pass
+
+    async def _inspect(self, rec: dict[str, Any], action: steps.Action, world: World) -> bool:
+        key = "finalInspection" if (rec.get("status") or {}).get("inspection") is not None else "inspection"
+        attempt = 2 if key == "finalInspection" else 1
+        pname = pod_name(rec["metadata"]["name"], attempt, "in")
+        pod = world.pods.get(pname)
+        if pod is None:
+            rec = await self._step(rec, action.phase, action.detail)
+            self._act()
+            try:
+                await self.kube.create(PODS, self.opts.namespace, inspector_pod(
+                    rec, attempt=attempt, namespace=self.opts.namespace, image=self.opts.image,
+                    service_account=self.opts.settings.service_account,
+                    priority_class_name=self.opts.settings.priority_class_name))
+                self.report.writes += 1
+            except AlreadyExists:
+                pass
+            return True
+        phase = (pod.get("status") or {}).get("phase")
+        code, message = termination(pod)
+        if phase == "Succeeded" or (phase == "Failed" and code == 0):
+            try:
+                found = json.loads(message)
+            except ValueError:
+                found = None
+            if not isinstance(found, dict):
+                await self._step(rec, action.phase, f"pending: inspector pod {pname} said {message[:200]!r}")
+                return False
+            await self._write(rec, phase=action.phase, step=f"{key}: {len(found.get('replicas') or [])} replica and "
+                              f"{len(found.get('backingImages') or [])} backing-image directories", **{key: found})
+            self._act()
+            await self.kube.delete(PODS, self.opts.namespace, pname)
+            return True
+        if phase == "Failed":
+            detail = f"inspector pod {pname} failed" + (f" (exit {code})" if code is not None else "") + (
+                f": {message}" if message else "")
+            self._act()
+            await self.kube.delete(PODS, self.opts.namespace, pname)  # the next pass runs a fresh one
+            await self._step(rec, action.phase, detail)
+            return True
+        await self._step(rec, action.phase, f"waiting for inspector pod {pname} on node {rec['spec']['node']}")
+        return True
+
+    async def _rewrite(self, rec: dict[str, Any], world: World) -> bool:
+        """The status half of the identity change: a JSON Patch that tests what the decision saw
+        (the old UUID; nothing scheduled on the disk) and sets the new UUID with the disk NotReady."""
+        spec = rec["spec"]
+        entry = world.disk_status(spec["node"], spec["disk"]) or {}
+        base = "/status/diskStatus/" + pointer_token(spec["disk"])
+        ops: list[dict[str, Any]] = [{"op": "test", "path": base + "/diskUUID", "value": spec["oldUUID"]}]
+        if (spec["node"], spec["disk"]) not in self._context(world, {rec["metadata"]["name"]: rec}).clones:
+            for key in ("scheduledReplica", "scheduledBackingImage"):
+                if key in entry:
+                    ops.append({"op": "test", "path": f"{base}/{key}", "value": {}})
+        message = (f"bimguard repair changes the UUID of disk {spec['disk']} from {spec['oldUUID']} to "
+                   f"{spec['newUUID']}; waiting for longhorn-disk.cfg to be rewritten (DiskRewrite {rec['metadata']['name']})")
+        ops += rewrite_patch(spec["disk"], spec["newUUID"], entry.get("conditions") or [], message, now_rfc3339())
+        rec = await self._write(rec, phase=steps.DRAINING, step="changing the recorded UUID")
+        self._act()
+        try:
+            await self.kube.json_patch_status(LH_NODES, self.opts.longhorn_namespace, spec["node"], ops)
+            self.report.writes += 1
+        except Invalid as exc:  # a test failed: something changed since this pass read it
+            await self._step(rec, steps.DRAINING, f"the status changed meanwhile ({exc.message[:120]}); looking again")
+            return True
+        await self.engine.begin(rec, f"stored status holds {spec['newUUID']}; rewriting the cfg")
+        self.report.writes += 2
+        self._show(rec, steps.REWRITING, f"status {spec['oldUUID']} -> {spec['newUUID']}; rewriter pod started")
+        return True
+
+    async def _delete_pods(self, rec: dict[str, Any]) -> None:
+        for pod in await self.kube.items(PODS, self.opts.namespace, f"{LABEL_MANAGED_BY}=bimguard,"
+                                                                     f"{LABEL_RECORD}={rec['metadata']['name']}"):
+            self._act()
+            await self.kube.delete(PODS, self.opts.namespace, pod["metadata"]["name"])
+
+    def _node_not_ready(self, node: dict[str, Any] | None) -> bool:
+        """The Job never gives up on a pod whose node is unreachable: its kubelet may yet run it."""
+        if node is None:
+            return False
+        ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        return ready.get("status") != "True"
+
+    # ------------------------------------------------------------------ record writes
+    async def _write(self, rec: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        fields = {k: v for k, v in fields.items() if k != "phase" or v}
+        updated = await self.engine.write_status(rec, **fields)
+        self.report.writes += 1
+        if fields.get("step"):
+            self._show(updated, (updated.get("status") or {}).get("phase") or steps.PENDING, fields["step"])
+        return updated
+
+    async def _step(self, rec: dict[str, Any], phase: str, detail: str) -> dict[str, Any]:
+        """Write the step only when it changed: waits cost no writes."""
+        st = rec.get("status") or {}
+        if st.get("step") == detail and (st.get("phase") or steps.PENDING) == (phase or st.get("phase") or steps.PENDING):
+            return rec
+        self._show(rec, phase or st.get("phase") or steps.PENDING, detail)
+        return await self._write(rec, phase=phase, step=detail)
+
+    def _show(self, rec: dict[str, Any], phase: str, detail: str) -> None:
+        key = f"{rec['spec']['node']}/{rec['spec']['disk']}"
+        line = f"{phase}: {detail}"
+        if self._steps.get(key) != line:
+            self._steps[key] = line
+            self.progress(key, phase, detail)
+
+
+__all__ = ["Runner", "Options", "Report", "RepairError", "plan_victims", "Victim", "Outcome"]
