@@ -22,15 +22,21 @@ Public API:
     server.faults                  # Faults (faults.py)
     server.webhook_hosts           # "svc.ns.svc" -> (host, port), read at every webhook call
     server.add_user(token, username, groups, uid=, extra=)  # who a bearer token is (AdmissionReview.userInfo)
+    server.deny(verb, resource, group=, namespace=, subresource=, user=)  # 403 from now on (authz.py)
+    server.allow(denial=None)      # drop one denial, or all; server.authorizer holds the list
 `ResourceKey` is a frozen dataclass (group, version, plural); strings "v1/pods" and
 "longhorn.io/v1beta2/nodes" are accepted everywhere a key is.
 
+Every request is first authorized (authz.py, as filters/authorization.go does before any handler):
+allowed unless a test denied it with `deny(...)`, then 403 in kube-apiserver's words
+(`pods is forbidden: User "..." cannot create resource "pods" in API group "" in the namespace "x"`);
+`authorization.k8s.io/v1` self/subject/local access reviews answer from the same list (`kubectl auth can-i`).
 The write path runs in kube-apiserver's order (handlers/create.go, update.go, patch.go ->
 registry/store.go): decode + prune unknown fields (Warning headers, or 400 under
 `fieldValidation=Strict`) + schema defaults -> mutating admission (oldObject = the stored object) -> prune the
 webhook output -> resourceVersion precondition (409) -> status strategy -> validation (422) ->
-validating admission -> store. Authentication accepts any bearer token (`add_user` says who a token is; kubectl's
-`--as` impersonation headers are honoured); there is no RBAC.
+validating admission -> store. Authentication accepts any bearer token (`add_user` says who a
+token is; kubectl's `--as` impersonation headers are honoured).
 
 The store lives on the server's event loop: in-process callers must use it from that loop.
 
@@ -43,9 +49,11 @@ Not emulated (known differences from kube-apiserver):
   have finalizers), namespace deletion removes its contents at once (no Terminating phase);
 - only the storage version of a CRD is served, no conversion webhooks, no CEL validation rules;
 - ServiceAccounts, Deployments, Jobs, PodDisruptionBudgets and RBAC kinds are stored and served,
-  but nothing acts on them;
+  but nothing acts on them: RBAC objects grant nothing and deny nothing (authorization is the
+  `deny` list; no `selfsubjectrulesreviews`, no authorization of impersonation itself);
 - protobuf request bodies only for Namespace, Secret and ConfigMap (what kubectl's `create
-  namespace|secret|configmap` send); responses are always JSON.
+  namespace|secret|configmap` send) and the access reviews (`kubectl auth can-i`); responses are
+  always JSON.
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ import msgspec
 import yaml
 from aiohttp import web
 
-from bimguard.sim import openapi
+from bimguard.sim import authz, openapi
 from bimguard.sim.admission import DEFAULT_USER, Attributes, Dispatcher
 from bimguard.sim.faults import Faults
 from bimguard.sim.resources import ResourceKey, ResourceType, longhorn_crds
@@ -127,6 +135,7 @@ class ApiServer:
         self.store = Store()
         self.faults = Faults(self.store)
         self.admission = Dispatcher(self.store, dict(webhook_hosts or {}))
+        self.authorizer = authz.Authorizer()  # the deny list (authz.py)
         self.url = ""
         self.bookmark_interval = 5.0  # seconds between BOOKMARK events on idle watches
         self.users: dict[str, dict] = {}
@@ -196,6 +205,19 @@ class ApiServer:
             info["extra"] = extra
         self.users[token] = info
 
+    def deny(self, verb: str, resource: str, *, group: str = "", namespace: str | None = None,
+             subresource: str = "", user: str | None = None, reason: str = "") -> authz.Denial:
+        """Refuse requests from now on (403, kube-apiserver's wording; see authz.py): `verb` one of
+        get/list/watch/create/update/patch/delete/deletecollection or "*"; `resource` the plural
+        ("nodes/status" names a subresource too); `group` the API group ("" core, "*" any);
+        `namespace` None for everywhere; `user` None for every user (members of system:masters are
+        never denied). Returns the entry; `allow(entry)` drops it, `allow()` drops all."""
+        return self.authorizer.deny(verb, resource, group=group, namespace=namespace, subresource=subresource,
+                                    user=user, reason=reason)
+
+    def allow(self, denial: authz.Denial | None = None) -> None:
+        self.authorizer.allow(denial)
+
     def _user(self, request: web.Request) -> dict:
         impersonate = request.headers.get("Impersonate-User")
         if impersonate:
@@ -227,6 +249,11 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
+        # filters/authorization.go: every request is authorized before any handler sees it.
+        self.authorizer.check(authz.request_attributes(request.method, request.path, request.query, self._user(request)))
+        review = authz.review_path(parts)
+        if review is not None:
+            return await self._access_review(request, *review)
         if request.method == "GET":
             static = self._static(parts)
             if static is not None:
@@ -252,13 +279,18 @@ class ApiServer:
         if parts == ["api", "v1"]:
             return _json(self._resource_list("v1", gvs.get("v1", [])))
         if parts == ["apis"]:
-            groups: dict[str, list[str]] = {}
+            groups: dict[str, list[str]] = {authz.GROUP: [authz.VERSION]}
             for gv in gvs:
                 if "/" in gv:
                     group, version = gv.split("/")
                     groups.setdefault(group, []).append(version)
             return _json({"kind": "APIGroupList", "apiVersion": "v1",
                           "groups": [self._group(g, vs) for g, vs in sorted(groups.items())]})
+        if parts == ["apis", authz.GROUP, authz.VERSION]:
+            return _json({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": authz.GROUP_VERSION,
+                          "resources": authz.discovery_resources()})
+        if parts == ["apis", authz.GROUP]:
+            return _json({"kind": "APIGroup", "apiVersion": "v1", **self._group(authz.GROUP, [authz.VERSION])})
         if len(parts) == 2 and parts[0] == "apis":
             versions = [gv.split("/")[1] for gv in gvs if gv.startswith(parts[1] + "/")]
             if not versions:
@@ -302,6 +334,15 @@ class ApiServer:
                 resources.append({"name": f"{rt.key.plural}/status", "singularName": "", "namespaced": rt.namespaced,
                                   "kind": rt.kind, "verbs": ["get", "patch", "update"]})
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+
+    # -- access reviews (authz.py) ------------------------------------------------------------
+
+    async def _access_review(self, request: web.Request, plural: str, namespace: str | None) -> web.Response:
+        if request.method != "POST":
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        self._options(request)
+        body = await self._body(request)
+        return _json(authz.review(self.authorizer, plural, namespace, body, self._user(request)), 201)
 
     # -- resource requests -------------------------------------------------------------------
 
@@ -811,6 +852,15 @@ def decode_protobuf(raw: bytes) -> dict:
     envelope = dict(_pb_fields(raw[len(_PB_MAGIC):]))
     type_meta = dict(_pb_fields(envelope.get(1, b"")))
     api_version, kind = type_meta.get(1, b"").decode(), type_meta.get(2, b"").decode()
+    if api_version == authz.GROUP_VERSION and kind in {k for k, _ in authz.REVIEWS.values()}:
+        # `kubectl auth can-i` sends its SelfSubjectAccessReview as protobuf.
+        review: dict[str, Any] = {"apiVersion": api_version, "kind": kind}
+        for number, value in _pb_fields(envelope.get(2, b"")):
+            if number == 1:
+                review["metadata"] = _pb_object_meta(value)
+            elif number == 2:
+                review["spec"] = authz.spec_from_protobuf(kind, value, _pb_fields)
+        return review
     if api_version != "v1" or kind not in ("Namespace", "Secret", "ConfigMap"):
         raise unsupported_media_type(PROTOBUF + f" ({api_version}, Kind={kind})", list(_BODY_TYPES))
     obj: dict[str, Any] = {"apiVersion": api_version, "kind": kind}
