@@ -52,8 +52,9 @@ a request is authorized as the impersonated user); label/field selector authoriz
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from bimguard.sim.store import ApiError, bad_request
@@ -130,9 +131,7 @@ class Denial:
             return False
         if self.subresource != "*" and self.subresource != attrs.subresource:
             return False
-        if self.namespace is not None and attrs.namespace not in ("", self.namespace):
-            return False
-        return True
+        return not (self.namespace is not None and attrs.namespace not in ("", self.namespace))
 
 
 @dataclass
@@ -225,11 +224,10 @@ def request_attributes(method: str, path: str, query: Mapping[str, str], user: M
         verb = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch",
                 "DELETE": "delete"}.get(method.upper(), "")
     namespace = ""
-    if parts[0] == "namespaces":
-        if len(parts) > 1:
-            namespace = parts[1]
-            if len(parts) > 2 and parts[2] not in _NAMESPACE_SUBRESOURCES:
-                parts = parts[2:]
+    if parts[0] == "namespaces" and len(parts) > 1:
+        namespace = parts[1]
+        if len(parts) > 2 and parts[2] not in _NAMESPACE_SUBRESOURCES:
+            parts = parts[2:]
     resource = parts[0]
     name = parts[1] if len(parts) >= 2 else ""
     subresource = parts[2] if len(parts) >= 3 and verb not in _SPECIAL_VERBS_NO_SUBRESOURCES else ""

@@ -223,13 +223,13 @@ async def test_subresource_and_named_messages(sim_api: ApiServer, sa_client: Any
         "at the cluster scope")
     sim_api.deny("watch", "settings", group="longhorn.io")
     await co.list_namespaced_custom_object(*LH, "longhorn-system", "settings")
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {SA_TOKEN}"}) as s:
-        async with s.get(f"{sim_api.url}/apis/longhorn.io/v1beta2/namespaces/longhorn-system/settings",
-                         params={"watch": "1", "fieldSelector": "metadata.name=s1"}) as r:
-            body = await r.json()
-            assert r.status == 403 and body["message"] == (
-                f'settings.longhorn.io "s1" is forbidden: User "{SA}" cannot watch resource "settings" in API group '
-                '"longhorn.io" in the namespace "longhorn-system"')
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {SA_TOKEN}"}) as s, \
+            s.get(f"{sim_api.url}/apis/longhorn.io/v1beta2/namespaces/longhorn-system/settings",
+                  params={"watch": "1", "fieldSelector": "metadata.name=s1"}) as r:
+        body = await r.json()
+        assert r.status == 403 and body["message"] == (
+            f'settings.longhorn.io "s1" is forbidden: User "{SA}" cannot watch resource "settings" in API group '
+            '"longhorn.io" in the namespace "longhorn-system"')
     sim_api.deny("get", "namespaces", user=SA)
     with pytest.raises(ApiException) as e:
         await client.CoreV1Api(sa_client).read_namespace("default")
