@@ -24,6 +24,7 @@ Public API:
     server.add_user(token, username, groups, uid=, extra=)  # who a bearer token is (AdmissionReview.userInfo)
     server.deny(verb, resource, group=, namespace=, subresource=, user=)  # 403 from now on (authz.py)
     server.allow(denial=None)      # drop one denial, or all; server.authorizer holds the list
+    server.podsecurity             # PodSecurity admission (podsecurity.py): .defaults, .exemptions, .enabled
 `ResourceKey` is a frozen dataclass (group, version, plural); strings "v1/pods" and
 "longhorn.io/v1beta2/nodes" are accepted everywhere a key is.
 
@@ -35,7 +36,8 @@ The write path runs in kube-apiserver's order (handlers/create.go, update.go, pa
 registry/store.go): decode + prune unknown fields (Warning headers, or 400 under
 `fieldValidation=Strict`) + schema defaults -> mutating admission (oldObject = the stored object) -> prune the
 webhook output -> resourceVersion precondition (409) -> status strategy -> validation (422) ->
-validating admission -> store. Authentication accepts any bearer token (`add_user` says who a
+validating admission (PodSecurity, podsecurity.py, then the validating webhooks: the plugin order of
+pkg/kubeapiserver/options/plugins.go) -> store. Authentication accepts any bearer token (`add_user` says who a
 token is; kubectl's `--as` impersonation headers are honoured).
 
 The store lives on the server's event loop: in-process callers must use it from that loop.
@@ -50,7 +52,8 @@ Not emulated (known differences from kube-apiserver):
 - only the storage version of a CRD is served, no conversion webhooks, no CEL validation rules;
 - ServiceAccounts, Deployments, Jobs, PodDisruptionBudgets and RBAC kinds are stored and served,
   but nothing acts on them: RBAC objects grant nothing and deny nothing (authorization is the
-  `deny` list; no `selfsubjectrulesreviews`, no authorization of impersonation itself);
+  `deny` list; no `selfsubjectrulesreviews`, no authorization of impersonation itself), and
+  PodSecurity only warns about Deployments and Jobs (no controller creates their pods);
 - protobuf request bodies only for Namespace, Secret and ConfigMap (what kubectl's `create
   namespace|secret|configmap` send) and the access reviews (`kubectl auth can-i`); responses are
   always JSON.
@@ -77,6 +80,7 @@ from aiohttp import web
 from bimguard.sim import authz, openapi
 from bimguard.sim.admission import DEFAULT_USER, Attributes, Dispatcher
 from bimguard.sim.faults import Faults
+from bimguard.sim.podsecurity import PodSecurity
 from bimguard.sim.resources import ResourceKey, ResourceType, longhorn_crds
 from bimguard.sim.store import (
     ApiError,
@@ -136,6 +140,7 @@ class ApiServer:
         self.faults = Faults(self.store)
         self.admission = Dispatcher(self.store, dict(webhook_hosts or {}))
         self.authorizer = authz.Authorizer()  # the deny list (authz.py)
+        self.podsecurity = PodSecurity(self.store)  # the PodSecurity admission plugin (podsecurity.py)
         self.url = ""
         self.bookmark_interval = 5.0  # seconds between BOOKMARK events on idle watches
         self.users: dict[str, dict] = {}
@@ -541,12 +546,20 @@ class ApiServer:
     async def _validate(self, request: web.Request, req: _Request, operation: str, obj: dict | None,
                         old: dict | None, name: str, dry: bool, prepare: Any) -> list[str]:
         """Validating admission: called with the object as the storage layer would write it
-        (`prepare` runs the strategy and validation without writing), and the stored oldObject."""
+        (`prepare` runs the strategy and validation without writing), and the stored oldObject.
+        The validating plugins run in kube-apiserver's order (pkg/kubeapiserver/options/plugins.go
+        AllOrderedPlugins): PodSecurity (podsecurity.py), then ValidatingAdmissionWebhook."""
         attrs = self._attrs(request, req, operation, obj, old, name, dry)
-        if not self.admission.validates(attrs):
+        pod_security = self.podsecurity.handles(attrs)
+        webhooks = self.admission.validates(attrs)
+        if not pod_security and not webhooks:
             return []
         final = prepare() if prepare is not None else None
-        return await self.admission.validate(dataclasses.replace(attrs, obj=final))
+        attrs = dataclasses.replace(attrs, obj=final)
+        warnings = self.podsecurity.validate(attrs) if pod_security else []
+        if webhooks:
+            warnings += await self.admission.validate(attrs)
+        return warnings
 
     async def _do_create(self, request: web.Request, req: _Request) -> web.Response:
         dry, fv = self._options(request)
