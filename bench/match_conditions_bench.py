@@ -163,7 +163,8 @@ def ca_pem() -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-ca")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -294,7 +295,8 @@ async def counts_run(args: argparse.Namespace, with_conditions: bool) -> dict[st
                     waves = max(1, args.new_disks // len(names))
                     added = 0
                     for wave in range(waves):
-                        plan = [(names[i % len(names)], f"new-{wave}-{i}") for i in range(len(names))][:args.new_disks - added]
+                        plan = [(names[i % len(names)], f"new-{wave}-{i}")
+                                for i in range(len(names))][:args.new_disks - added]
                         await asyncio.gather(*(cluster.add_disk(n, d) for n, d in plan))
                         added += len(plan)
                         await cluster.wait_for(lambda plan=plan: all(cluster_uuid(api, n, d) for n, d in plan), 60,
@@ -416,7 +418,8 @@ def main() -> int:
     ap.add_argument("--new-disks", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=6,
                     help="rounds of routine churn after the new disks: data written, then removed (default %(default)s)")
-    ap.add_argument("--churn-mib", type=int, default=1024, help="MiB added to (then removed from) every disk per round (default %(default)s)")
+    ap.add_argument("--churn-mib", type=int, default=1024,
+                    help="MiB added to (then removed from) every disk per round (default %(default)s)")
     ap.add_argument("--idle", type=float, default=6.0, help="seconds spread over the rounds (default %(default)s)")
     ap.add_argument("--e2e-child", choices=("with", "without"), help=argparse.SUPPRESS)
     args = ap.parse_args()

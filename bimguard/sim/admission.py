@@ -21,17 +21,18 @@ Follows staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/ (generic/webh
   above (a patch in a validating webhook's answer is not looked at).
 - `matchConditions` (plugin/webhook/matchconditions/matcher.go, generic/webhook.go
   `ShouldCallHook`): evaluated after the rules and selectors matched, with a real CEL
-  implementation (cel-expr-python, cel-cpp's wrapper, when installed, else cel-python), over `object`, `oldObject` (null on CREATE, `object` null on
-  DELETE) and `request` (the AdmissionRequest without its objects). Any condition false: the
-  webhook is skipped, even if others failed to evaluate. Otherwise an evaluation error follows
-  the webhook's failurePolicy: Ignore skips the webhook, Fail rejects the request (403 Forbidden,
-  as kube-apiserver's `NewForbidden`). Every skip is recorded in `Dispatcher.skipped` and
-  counted in `Dispatcher.counts` beside the requests admission saw and the calls it made.
-  `authorizer` is not bound: an expression that uses it fails to evaluate (then failurePolicy
-  applies). A malformed expression is not refused when the configuration is created (kube-apiserver
-  compiles it then); it fails at evaluation. cel-python evaluates both sides of `&&`/`||` where
-  cel-go short-circuits; the results agree, except that cel-python raises on `exists` over a
-  null (treated here as an evaluation error).
+  implementation (cel-expr-python, cel-cpp's wrapper, when installed, else cel-python), over
+  `object`, `oldObject` (null on CREATE, `object` null on DELETE) and `request` (the
+  AdmissionRequest without its objects). Any condition false: the webhook is skipped, even if
+  others failed to evaluate. Otherwise an evaluation error follows the webhook's failurePolicy:
+  Ignore skips the webhook, Fail rejects the request (403 Forbidden, as kube-apiserver's
+  `NewForbidden`). Every skip is recorded in `Dispatcher.skipped` and counted in
+  `Dispatcher.counts` beside the requests admission saw and the calls it made. `authorizer` is
+  not bound: an expression that uses it fails to evaluate (then failurePolicy applies). A
+  malformed expression is not refused when the configuration is created (kube-apiserver compiles
+  it then); it fails at evaluation. cel-python evaluates both sides of `&&`/`||` where cel-go
+  short-circuits; the results agree, except that cel-python raises on `exists` over a null
+  (treated here as an evaluation error).
 Not emulated: `reinvocationPolicy: IfNeeded` (webhooks run once), `matchPolicy` (only one
 version of each resource is served, so Exact and Equivalent coincide).
 

@@ -16,23 +16,13 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from bimguard.sim import admission as sim
 from bimguard.sim.apiserver import ApiServer
 from tests.builders import disk_entry, node
-from tests.sim.test_admission import (  # noqa: F401  (fixtures: api, co, hook, pki)
-    LH,
-    MERGE,
-    MWC,
-    NS,
-    Pki,
-    Webhook,
-    api,
-    co,
-    hook,
-    make_node,
-    pki,
-    status_of,
-    webhook_config,
-)
+from tests.sim import test_admission as base
+from tests.sim.test_admission import LH, MERGE, MWC, NS, Pki, Webhook, make_node, status_of, webhook_config
 from webhook import scope
 from webhook.registration import mutating_webhook_configuration
+
+# The HTTPS webhook, its PKI, the API server routing to it and a client (tests/sim/test_admission.py).
+api, co, hook, pki = base.api, base.co, base.hook, base.pki
 
 VWC = "admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 NODES = "longhorn.io/v1beta2/nodes"

@@ -54,7 +54,8 @@ def test_the_webhook_process_reports_an_existing_collision(tmp_path: Path) -> No
                                                          "storageReserved": 0, "tags": []}}}}))
 
         def recorded() -> bool:
-            n2 = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "worker-2", "-n", "longhorn-system", "-o", "json"))
+            n2 = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "worker-2", "-n", "longhorn-system",
+                                    "-o", "json"))
             return (n2["status"].get("diskStatus") or {}).get("moved", {}).get("diskUUID") == moved_uuid
 
         wait(recorded, 30, "Longhorn to record the moved disk")
