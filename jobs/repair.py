@@ -83,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between passes over the cluster (default %(default)s)")
     p.add_argument("--pod-start-timeout", type=positive_float, default=120.0, metavar="SECONDS",
                    help="how long an on-node pod may stay Pending on a Ready node (default %(default)s)")
+    p.add_argument("--pod-deadline", type=positive_int, default=120, metavar="SECONDS",
+                   help="activeDeadlineSeconds of the on-node rewriter pods; an identity change starts only with "
+                        "--pod-start-timeout plus this much of --timeout left (default %(default)s)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="report format (default %(default)s)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="progress lines: plain text, or one JSON object per line for a Job's logs (default %(default)s)")
@@ -158,7 +161,8 @@ async def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise _Error(f"cannot reach the cluster: {_one_line(exc)}") from None
     started = time.monotonic()
     progress = _Progress(err, args.log_format, started)
-    settings = Settings(pod_start_timeout=args.pod_start_timeout, service_account=args.service_account)
+    settings = Settings(pod_start_timeout=args.pod_start_timeout, service_account=args.service_account,
+                        active_deadline=args.pod_deadline)
     opts = Options(namespace=args.namespace, longhorn_namespace=args.longhorn_namespace, apply=args.apply,
                    evict=args.evict, only=tuple(args.only), max_parallel=args.max_parallel, timeout=args.timeout,
                    image=args.image, longhorn_version=args.longhorn_version, identity=args.identity,

@@ -387,10 +387,15 @@ class Runner:
         looked at (those of earlier runs too: a killed run's records are continued, a finished
         one's flags restored); the report covers the records that had something to do."""
         seen: set[str] = set(planned)
-        recs = planned
+        failures = 0
         while True:
-            world = await self.snapshot()
-            recs = await self._records()
+            try:
+                world = await self.snapshot()
+                recs = await self._records()
+            except KubeError as exc:
+                failures = self._transient(exc, failures)
+                await asyncio.sleep(self.opts.poll)
+                continue
             ctx = self._context(world, recs)
             busy = False
             for name in sorted(recs):
@@ -400,10 +405,14 @@ class Runner:
                 seen.add(name)
                 try:
                     busy |= await self._execute(recs[name], action, world)
+                    failures = 0
                 except Conflict:
                     busy = True  # someone wrote in between: decided again on the next pass
                 except _LostLease:
                     raise RepairError("lost the repair Lease (another repair took over?); stopping") from None
+                except KubeError as exc:
+                    failures = self._transient(exc, failures)
+                    busy = True
             if not busy or time.monotonic() > self._deadline:
                 break
             await asyncio.sleep(self.opts.poll)
@@ -415,6 +424,22 @@ class Runner:
             detail = (st.get("message") if phase in steps.FINAL or phase == steps.BLOCKED else st.get("step")) or ""
             self.report.outcomes.append(Outcome(name, r["spec"]["node"], r["spec"]["disk"], r["spec"]["oldUUID"],
                                                 r["spec"]["newUUID"], phase, detail))
+
+    TRANSIENT = frozenset({429, 500, 502, 503, 504})
+    MAX_FAILURES = 20  # consecutive failed steps or reads before the run gives up
+
+    def _transient(self, exc: KubeError, failures: int) -> int:
+        """An API error the next pass may not see again (overload, a restarting API server) is
+        retried; anything else, or too many in a row, ends the run (every step so far is recorded
+        and a re-run continues from there)."""
+        if exc.status not in self.TRANSIENT:
+            raise RepairError(f"the API server refused a step: {exc.status} {exc.reason}: {exc.message[:300]}") from None
+        failures += 1
+        if failures >= self.MAX_FAILURES:
+            raise RepairError(f"the API server keeps failing ({failures} times in a row, last: {exc.status} "
+                              f"{exc.reason}); stopping, a re-run continues from the records") from None
+        log.warning("transient API error (%s %s), retrying on the next pass", exc.status, exc.reason)
+        return failures
 
     def _context(self, world: World, recs: dict[str, dict[str, Any]]) -> steps.Context:
         active = [r for r in recs.values() if ((r.get("status") or {}).get("phase") or steps.PENDING) in ACTIVE]

@@ -279,6 +279,11 @@ def decide(rec: Mapping[str, Any], world: World, ctx: Context) -> Action:
         return block(f"backing-image data source {names} has not transferred its file off this disk; Longhorn's "
                      "eviction never moves it")
     clone = (node, disk) in ctx.clones
+    gone = set(entry.get("scheduledReplica") or {}) - {name_of(r) for r in world.replicas}
+    if gone:
+        # The node controller recounts the disk's replicas on its next sync (node_controller.go:849-869).
+        return wait(f"Longhorn has not recounted the disk's replicas yet ({', '.join(sorted(gone))} deleted)",
+                    phase=PREPARING)
     deps = world.dependents(node, disk)
     orphans = world.orphans_on(node, old)
     if orphans:

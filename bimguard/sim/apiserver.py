@@ -71,7 +71,7 @@ import re
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import yaml
@@ -146,6 +146,8 @@ class ApiServer:
         self.users: dict[str, dict] = {}
         self.unknown_paths: deque[str] = deque(maxlen=200)  # requests no route served (debugging aid)
         self.requests: deque[tuple[str, str, int]] = deque(maxlen=2000)  # (method, path_qs, status)
+        # Called with (method, path_qs, status, username) after every request (fault and kill tests).
+        self.request_listeners: list[Callable[[str, str, int, str], None]] = []
         self._runner: web.AppRunner | None = None
         for ns in namespace_seed:
             self.store.create("v1/namespaces", {"metadata": {"name": ns}})
@@ -183,12 +185,13 @@ class ApiServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def kubeconfig(self, path: str | os.PathLike) -> None:
+    def kubeconfig(self, path: str | os.PathLike, token: str = "sim-token") -> None:
+        """A kubeconfig for this server (context "sim"); `token` says who it is (`add_user`)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "sim", "cluster": {"server": self.url}}],
-            "users": [{"name": "sim", "user": {"token": "sim-token"}}],
+            "users": [{"name": "sim", "user": {"token": token}}],
             "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "sim", "namespace": "default"}}],
             "current-context": "sim",
             "preferences": {},
@@ -251,6 +254,10 @@ class ApiServer:
             return _error(ApiError(500, "InternalError", f"Internal error occurred: {e!r}"))
         finally:
             self.requests.append((request.method, request.path_qs, status))
+            if self.request_listeners:
+                user = self._user(request)["username"]
+                for fn in list(self.request_listeners):
+                    fn(request.method, request.path_qs, status, user)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]

@@ -55,3 +55,31 @@ class History:
             if c.type == "DELETED" or (c.obj.get("metadata") or {}).get("deletionTimestamp"):
                 return c.rv
         return None
+
+    def at(self, plural: str, rv: int) -> dict[str, dict[str, Any]]:
+        """The objects of `plural` that existed (and were not being deleted) right after `rv`."""
+        out: dict[str, dict[str, Any]] = {}
+        for c in self.changes:
+            if c.rv > rv:
+                break
+            if c.plural != plural:
+                continue
+            if c.type == "DELETED" or (c.obj.get("metadata") or {}).get("deletionTimestamp"):
+                out.pop(c.name, None)
+            else:
+                out[c.name] = c.obj
+        return out
+
+    def uuid_changes(self) -> Iterator[tuple[int, str, str, str, str]]:
+        """(rv, node, disk, old, new) for every stored change of a recorded disk UUID (first
+        records, "" -> X, are not changes)."""
+        for c in self.of("nodes"):
+            if c.type != "MODIFIED" or c.old is None:
+                continue
+            before = (c.old.get("status") or {}).get("diskStatus") or {}
+            after = (c.obj.get("status") or {}).get("diskStatus") or {}
+            for disk, entry in after.items():
+                old = ((before.get(disk) or {}).get("diskUUID") or "")
+                new = (entry or {}).get("diskUUID") or ""
+                if old and new and old != new:
+                    yield c.rv, c.name, disk, old, new

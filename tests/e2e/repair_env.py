@@ -26,6 +26,7 @@ BIN = Path(sys.executable).parent
 NS = "bimguard"
 LH_NS = "longhorn-system"
 RW = "bimguard.io/v1alpha1/diskrewrites"
+JOB_USER = "system:serviceaccount:bimguard:bimguard-repair"
 
 
 @dataclass
@@ -35,15 +36,39 @@ class Env:
     kubeconfig: Path
     history: History
     root: Path
+    job_kubeconfig: Path
     runs: list[tuple[int, str, str]] = field(default_factory=list)
 
-    async def repair(self, *args: str, timeout: float = 90.0, identity: str = "e2e") -> tuple[int, str, str]:
-        """`bimguard repair ARGS` as a process: (exit code, stdout, stderr)."""
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "BIMGUARD_REPAIR_IDENTITY": identity}
+    async def repair(self, *args: str, timeout: float = 90.0, identity: str = "e2e", kill_after_writes: int = 0,
+                     kill_after_seconds: float = 0.0) -> tuple[int, str, str]:
+        """`bimguard repair ARGS` as a process, authenticated as its own service account:
+        (exit code, stdout, stderr). With `kill_after_writes` it gets SIGKILL right after that many
+        of its writes succeeded (a step boundary); with `kill_after_seconds`, after that long
+        (wherever it is, mostly in a wait). A killed run's exit code is -9."""
+        env = {**os.environ, "KUBECONFIG": str(self.job_kubeconfig), "BIMGUARD_REPAIR_IDENTITY": identity}
         proc = await asyncio.create_subprocess_exec(
-            str(BIN / "bimguard"), "repair", "--namespace", NS, "--poll-interval", "0.2", "--pod-start-timeout", "20",
-            "--lease-duration", "6", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            str(BIN / "bimguard"), "repair", "--namespace", NS, "--poll-interval", "0.2", "--pod-start-timeout", "10",
+            "--pod-deadline", "10", "--lease-duration", "6", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        writes = 0
+
+        def count(method: str, path: str, status: int, user: str) -> None:
+            nonlocal writes
+            if user == JOB_USER and method not in ("GET", "HEAD") and status < 400 and "dryRun" not in path:
+                writes += 1
+                if writes == kill_after_writes and proc.returncode is None:
+                    proc.kill()
+
+        if kill_after_writes:
+            self.api.request_listeners.append(count)
+        timer = asyncio.get_running_loop().call_later(kill_after_seconds, proc.kill) if kill_after_seconds else None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if kill_after_writes:
+                self.api.request_listeners.remove(count)
         result = (proc.returncode or 0, out.decode(), err.decode())
         self.runs.append(result)
         return result
@@ -74,7 +99,8 @@ async def repair_env(tmp_path: Path, *, nodes: int = 8, seed: int = 1, time_scal
                      longhorn_version: str = "v1.7.2") -> AsyncIterator[Env]:
     api = ApiServer(longhorn_version=longhorn_version)
     await api.start()
-    history = History(api.store, "nodes", "replicas", "backingimages", "volumes", "volumeattachments")
+    history = History(api.store, "nodes", "replicas", "backingimages", "volumes", "volumeattachments", "pods",
+                      "prefixclaims")
     cluster = SimCluster(api, tmp_path / "hosts", nodes=nodes, disks_per_node=1, seed=seed, time_scale=time_scale,
                          longhorn_version=longhorn_version)
     try:
@@ -83,6 +109,9 @@ async def repair_env(tmp_path: Path, *, nodes: int = 8, seed: int = 1, time_scal
         await cluster.start_kubelet(images=["bimguard"])
         kubeconfig = tmp_path / "kubeconfig"
         api.kubeconfig(kubeconfig)
+        api.add_user("repair-token", JOB_USER)
+        job_kubeconfig = tmp_path / "job.kubeconfig"
+        api.kubeconfig(job_kubeconfig, token="repair-token")
         ac = await api_client(str(kubeconfig))
         try:
             for crd in sorted(CRDS.glob("*.yaml")):
@@ -90,7 +119,7 @@ async def repair_env(tmp_path: Path, *, nodes: int = 8, seed: int = 1, time_scal
             await client.CoreV1Api(ac).create_namespace({"metadata": {"name": NS}})
         finally:
             await ac.close()
-        yield Env(api, cluster, kubeconfig, history, tmp_path)
+        yield Env(api, cluster, kubeconfig, history, tmp_path, job_kubeconfig)
     finally:
         history.close()
         await cluster.stop()

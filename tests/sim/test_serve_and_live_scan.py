@@ -130,7 +130,7 @@ def test_wrong_namespace_is_not_a_clean_result(tmp_path: Path):
                                                             str(tmp_path / "k"), "-n", "default"],
                                            capture_output=True, text=True, env=ENV)
     r = asyncio.run(go())
-    assert r.returncode == 2 and "no usable nodes.longhorn.io objects" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert r.returncode == 2 and "no nodes.longhorn.io objects" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_demo_finds_exactly_the_planted_pairs():
