@@ -31,6 +31,8 @@ import yaml
 
 from bimguard.findings import analyze
 from bimguard.sim.clock import DEFAULT_TIME_SCALE
+from bimguard.sim.scenarios import add_replica
+from jobs.args import non_negative_int, positive_float, positive_int
 from bimguard.sim.longhorn.node_status import get_condition
 from bimguard.sim.serve import simulated_cluster
 from bimguard.sources.live import read_live
@@ -42,13 +44,15 @@ CRDS = Path(__file__).resolve().parents[1] / "charts" / "bimguard" / "crds"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nodes", type=int, default=40, help="simulated nodes (default %(default)s)")
-    p.add_argument("--disks-per-node", type=int, default=3, help="v1 disks per node (default %(default)s)")
-    p.add_argument("--pairs", type=int, default=3, help="colliding disks to add (default %(default)s)")
-    p.add_argument("--seed", type=int, default=7, help="seed for UUIDs and choices (default %(default)s)")
-    p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE, metavar="F",
+    p.add_argument("--nodes", type=positive_int, default=40, help="simulated nodes (default %(default)s)")
+    p.add_argument("--disks-per-node", type=positive_int, default=3, help="v1 disks per node (default %(default)s)")
+    p.add_argument("--pairs", type=positive_int, default=3, help="colliding disks to add (default %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=7,
+                   help="seed for UUIDs and choices: the same seed plants the same collisions (default %(default)s)")
+    p.add_argument("--time-scale", type=positive_float, default=DEFAULT_TIME_SCALE, metavar="F",
                    help="inverse speed of simulated time; 0.02 makes Longhorn's 30 s poll 0.6 s (default %(default)s)")
-    p.add_argument("--no-prevention", action="store_true", help="stop after the scan (skip the webhook part)")
+    p.add_argument("--no-prevention", action="store_true",
+                   help="stop after the scan (skip the webhook and the repair)")
 
 
 class _Progress:
@@ -81,7 +85,9 @@ async def _plant(cluster: Any, pairs: int, rng: random.Random, say: _Progress) -
 
 
 async def _break_backing_image(cluster: Any, planted: list, say: _Progress) -> list[str]:
-    """One backing image with a copy on every existing disk, then a replica on every new disk."""
+    """One backing image with a copy on every existing disk; then each new disk gets a replica of a
+    volume that uses it (the volume's first replica is healthy on a third node), and the first new
+    disk also a replica of a volume without backing image (data the repair has to drain)."""
     kube = cluster.kube
     await cluster.create_backing_image(BACKING_IMAGE, min_copies=1, disks_=[a for a, _ in planted])
 
@@ -94,9 +100,19 @@ async def _break_backing_image(cluster: Any, planted: list, say: _Progress) -> l
     for (node_a, disk_a), _ in planted:
         uuid_a = await cluster.disk_uuid(node_a, disk_a)
         say.detail(f"{cluster.expected_bim_name(uuid_a)} created for {node_a}/{disk_a}; copy ready")
-    stuck = []
-    for i, (_, (node_b, disk_b)) in enumerate(planted):
-        stuck += await cluster.create_volume(f"pvc-demo-{i + 1}", [(node_b, disk_b)], backing_image=BACKING_IMAGE)
+    busy = {n for pair in planted for n, _ in pair}
+    spare = [n for n in cluster.node_names if n not in busy] or list(cluster.node_names)
+    volumes = []
+    for i, (_, (node_b, _)) in enumerate(planted):
+        third = next(n for n in spare[i:] + spare if n != node_b)
+        await cluster.create_volume(f"pvc-demo-{i + 1}", [(third, cluster.disks_of(third)[0])], backing_image=BACKING_IMAGE)
+        volumes.append(f"pvc-demo-{i + 1}")
+    node_b, disk_b = planted[0][1]
+    other = next(n for n in spare if n != node_b)
+    await cluster.create_volume("pvc-demo-data", [(node_b, disk_b), (other, cluster.disks_of(other)[0])])
+    for v in volumes + ["pvc-demo-data"]:
+        await cluster.wait_for(lambda v=v: _volume_healthy(kube, v), 60, f"volume {v} healthy")
+    stuck = [await add_replica(cluster, v, b) for v, (_, b) in zip(volumes, planted)]
 
     async def all_waiting() -> bool:
         for name in stuck:
@@ -110,6 +126,11 @@ async def _break_backing_image(cluster: Any, planted: list, say: _Progress) -> l
     await cluster.wait_for(lambda: any("already exists" in line for line in cluster.all_log_lines()), 60,
                            "the BackingImage controller's AlreadyExists error")
     return stuck
+
+
+async def _volume_healthy(kube: Any, name: str) -> bool:
+    st = (await kube.get("volumes", name)).get("status") or {}
+    return st.get("robustness") == "healthy" and st.get("state") == "attached"
 
 
 def _longhorn_lines(lines: list[str]) -> list[str]:
@@ -142,8 +163,8 @@ async def _demo(args: argparse.Namespace) -> int:
             await cluster.wait_until_ready(timeout=60)
             say.step("Longhorn recorded the new disks; the Node objects look perfectly healthy (Ready, Schedulable)")
 
-            say.step(f"Creating backing image {BACKING_IMAGE} with a copy on each existing disk, "
-                     f"then a volume replica on each new disk")
+            say.step(f"Creating backing image {BACKING_IMAGE} with a copy on each existing disk; volumes using it "
+                     f"get a replica on each new disk, and one new disk holds a replica of another volume")
             stuck = await _break_backing_image(cluster, planted, say)
             say.step("Longhorn cannot create the new disks' BIMs: the names are taken. Its log says:")
             for line in _longhorn_lines(cluster.all_log_lines()):
@@ -152,7 +173,7 @@ async def _demo(args: argparse.Namespace) -> int:
             spec_only = sorted(set(bi["spec"]["diskFileSpecMap"]) - set((bi.get("status") or {}).get("diskFileStatusMap") or {}))
             say.detail(f"backingimage {BACKING_IMAGE}: {len(spec_only)} disk(s) in spec.diskFileSpecMap with no "
                        f"status entry: {', '.join(spec_only)}")
-            say.detail(f"replicas stuck with WaitForBackingImage=True: {', '.join(stuck)}")
+            say.detail(f"replicas stuck with WaitForBackingImage=True (their volumes stay degraded): {', '.join(stuck)}")
 
             kubeconfig = root / "sim.kubeconfig"
             api.kubeconfig(kubeconfig)
@@ -165,16 +186,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 return _verdict(say, doc, planted)
             if _verdict(say, doc, planted) != 0:
                 return 1
-            await _prevent(args, api, cluster, kubeconfig, root, rng, say, planted)
-            say.step("Scanning again: only the collisions from before bimguard was installed remain")
-            after = await _scan(kubeconfig, api.url)
-            left = _groups(after)
-            if left - {frozenset(p) for p in planted} - _natural(doc, planted):
-                say.step(f"FAILED: new collisions appeared despite the webhook: {sorted(map(sorted, left))}")
-                return 1
-            say.step(f"OK: {len(left)} collision group(s) left, all from before the webhook; `bimguard scan` "
-                     f"plans their repair")
-            return 0
+            return await _prevent(args, api, cluster, kubeconfig, root, rng, say, planted, doc)
 
 
 
@@ -212,7 +224,9 @@ def _free_port() -> int:
 
 
 async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig: Path, root: Path,
-                   rng: random.Random, say: _Progress, planted: list) -> None:
+                   rng: random.Random, say: _Progress, planted: list, doc: dict[str, Any]) -> int:
+    """The webhook installed and at work on new disks, then, with it still running, the repair of
+    the collisions from before it was installed."""
     from kubernetes_asyncio import client
 
     from bimguard import records
@@ -295,10 +309,48 @@ async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig:
         for node_b, disk_b, _, _ in added:
             say.detail(f"{cluster.expected_bim_name(await cluster.disk_uuid(node_b, disk_b))} created for "
                        f"{node_b}/{disk_b}; copy ready")
+        say.step("Scanning again: only the collisions from before bimguard was installed remain")
+        left = _groups(await _scan(kubeconfig, api.url))
+        if left - {frozenset(p) for p in planted} - _natural(doc, planted):
+            say.step(f"FAILED: new collisions appeared despite the webhook: {sorted(map(sorted, left))}")
+            return 1
+        say.detail(f"{len(left)} collision group(s), all from before the webhook")
+        return await _repair(cluster, kubeconfig, namespace, say)
     finally:
         stop.set()
         await asyncio.gather(*replicas, return_exceptions=True)
         await api_client.close()
+
+
+async def _repair(cluster: Any, kubeconfig: Path, namespace: str, say: _Progress) -> int:
+    """`bimguard repair --apply --evict` on the emulated cluster, the webhook still running."""
+    from jobs import repair
+
+    say.step("Repairing them: bimguard repair --apply --evict (drains the disk that holds data through "
+             "Longhorn's eviction; the stuck replicas and backing-image entries are deleted)")
+    parser = argparse.ArgumentParser()
+    repair.add_arguments(parser)
+    args = parser.parse_args(["--apply", "--evict", "--kubeconfig", str(kubeconfig), "--namespace", namespace,
+                              "--poll-interval", "0.2", "--pod-start-timeout", "20", "--pod-deadline", "20",
+                              "--identity", "demo"])
+    code = await repair.run_async(args, sys.stdout, sys.stdout)
+    if code != 0:
+        say.step("FAILED: the repair did not finish every disk")
+        return 1
+    after = await _scan(kubeconfig, "")
+    kube = cluster.kube
+    bi = await kube.get("backingimages", BACKING_IMAGE)
+    states = {u: (f or {}).get("state") for u, f in ((bi.get("status") or {}).get("diskFileStatusMap") or {}).items()}
+    stuck_left = [r["metadata"]["name"] for r in await kube.list("replicas")
+                  if get_condition((r.get("status") or {}).get("conditions"), "WaitForBackingImage").get("status") == "True"]
+    if after["collisions"] or after["symptoms"] or stuck_left:
+        say.step(f"FAILED: after the repair: {len(after['collisions'])} collision(s), {len(after['symptoms'])} stuck "
+                 f"copies, replicas still waiting: {stuck_left}")
+        return 1
+    say.detail(f"backing image {BACKING_IMAGE}: {sum(1 for s in states.values() if s == 'ready')} copies ready, none stuck")
+    say.step("OK: `bimguard scan` finds no collision; the stuck copies and replicas are gone, their volumes rebuilt "
+             "elsewhere (kubectl get diskrewrites -n bimguard: the records)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

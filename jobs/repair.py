@@ -44,7 +44,8 @@ exit codes:
   0  nothing to do, or every planned disk repaired and verified
   1  (without --apply) there is work to do
   2  error: bad input, cluster unreachable, missing permission, refused preflight, another repair running
-  3  some disks blocked, pending or rolled back (see the report; the records say why)
+  3  some disks blocked, pending or rolled back (see the report; the records say why);
+     0 instead with --exit-zero-on-unfinished
 
 Rebuilds are bounded by Longhorn's own setting concurrent-replica-rebuild-per-node-limit;
 --max-parallel bounds how many disks evict at once. A disk whose eviction has not finished when
@@ -86,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pod-deadline", type=positive_int, default=120, metavar="SECONDS",
                    help="activeDeadlineSeconds of the on-node rewriter pods; an identity change starts only with "
                         "--pod-start-timeout plus this much of --timeout left (default %(default)s)")
+    p.add_argument("--exit-zero-on-unfinished", action="store_true",
+                   help="exit 0 instead of 3 when disks stay blocked, pending or rolled back (the report and the "
+                        "records still say so); for a Helm hook that must not fail the release over them")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="report format (default %(default)s)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="progress lines: plain text, or one JSON object per line for a Job's logs (default %(default)s)")
@@ -128,9 +132,14 @@ def plan_lines(findings: Any, victims: list[Any], evict: bool, world: World | No
 
 # ---------------------------------------------------------------------------- run
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    return asyncio.run(run_async(args, out, err))
+
+
+async def run_async(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`run` inside a running event loop (the demo)."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        return asyncio.run(_main(args, out, err))
+        return await _main(args, out, err)
     except _Error as e:
         print(f"bimguard repair: {e}", file=err)
         return EXIT_ERROR
@@ -235,7 +244,7 @@ class _Progress:
 
 def _print_plan(args: argparse.Namespace, out: TextIO, lines: list[str], count: int) -> int:
     if args.output == "json":
-        print(json.dumps({"schemaVersion": SCHEMA_VERSION, "mode": "plan", "disks": count, "plan": lines}, indent=2),
+        print(json.dumps({"schemaVersion": SCHEMA_VERSION, "mode": "plan", "planned": count, "plan": lines}, indent=2),
               file=out)
     else:
         if count == 0:
@@ -257,6 +266,7 @@ def _exit_code(report: Any) -> int:
 
 def _print_report(args: argparse.Namespace, out: TextIO, report: Any) -> int:
     code = _exit_code(report)
+    unfinished = code == EXIT_UNFINISHED
     if args.output == "json":
         doc = {
             "schemaVersion": SCHEMA_VERSION, "mode": "apply", "exitCode": code,
@@ -266,7 +276,7 @@ def _print_report(args: argparse.Namespace, out: TextIO, report: Any) -> int:
             "api": {"reads": report.reads, "writes": report.writes}, "elapsedSeconds": round(report.elapsed, 1),
         }
         print(json.dumps(doc, indent=2), file=out)
-        return code
+        return EXIT_OK if unfinished and args.exit_zero_on_unfinished else code
     if not report.outcomes and not report.skipped:
         print("Nothing to do: no disk shares its BIM name prefix with another.", file=out)
         return code
@@ -282,4 +292,4 @@ def _print_report(args: argparse.Namespace, out: TextIO, report: Any) -> int:
     print(f"Result: {done} of {len(report.outcomes)} disk(s) repaired in {report.elapsed:.0f}s "
           f"({report.reads} API reads, {report.writes} writes)" +
           ("" if code == EXIT_OK else "; see the records: kubectl get diskrewrites -n " + args.namespace), file=out)
-    return code
+    return EXIT_OK if unfinished and args.exit_zero_on_unfinished else code

@@ -322,7 +322,7 @@ class Runner:
             if rec is None:
                 rec = await self._create_record(world, v, name, occupied)
             elif (rec.get("status") or {}).get("phase") == steps.BLOCKED:
-                rec = await self._reopen(rec, occupied)
+                rec = await self._reopen(rec, world, occupied)
             recs[name] = rec
         return recs
 
@@ -368,7 +368,7 @@ class Runner:
         self._show(rec, steps.PENDING, f"recorded; new UUID {rec['spec']['newUUID']} claimed")
         return rec
 
-    async def _reopen(self, rec: dict[str, Any], occupied: set[str]) -> dict[str, Any]:
+    async def _reopen(self, rec: dict[str, Any], world: World, occupied: set[str]) -> dict[str, Any]:
         """A record Blocked by an earlier run is looked at again (the operator may have fixed what
         blocked it, or passed --evict now): its new UUID is claimed again if the claim lapsed."""
         spec = rec["spec"]
@@ -378,8 +378,15 @@ class Runner:
             body["spec"] = {**spec, "newUUID": new}
             rec = await self.kube.replace(REWRITES, self.opts.namespace, body)
             self.report.writes += 1
-        return await self._write(rec, phase=steps.PENDING, step="looked at again by a new run", inspection=None,
-                                 finalInspection=None)
+        # The earlier run restored what it set (or crashed before): what is still set stays
+        # recorded as set by the Job, what is back to its value is forgotten.
+        dspec = world.disk_spec(spec["node"], spec["disk"]) or {}
+        old_flags = (rec.get("status") or {}).get("setFlags") or {}
+        flags = {f: v for f, v in old_flags.items() if not f.endswith("Restored") and dspec.get(f) == v}
+        fresh = {**rec, "status": {**{k: v for k, v in (rec.get("status") or {}).items()
+                                      if k not in ("inspection", "finalInspection", "finishedAt", "setFlags")},
+                                   "setFlags": flags}}
+        return await self._write(fresh, phase=steps.PENDING, step="looked at again by a new run")
 
     # ------------------------------------------------------------------ passes
     async def _passes(self, planned: dict[str, dict[str, Any]]) -> None:
@@ -448,7 +455,9 @@ class Runner:
         for d in world.v1_disks():
             uuids[d.uuid] = uuids.get(d.uuid, 0) + 1
         clones = frozenset((r["spec"]["node"], r["spec"]["disk"]) for r in active if uuids.get(r["spec"]["oldUUID"], 0) > 1)
-        unschedulable = all(not (world.disk_spec(*v) or {}).get("allowScheduling") for v in victims
+        before_drain = [(r["spec"]["node"], r["spec"]["disk"]) for r in active
+                        if ((r.get("status") or {}).get("phase") or steps.PENDING) in (steps.PENDING, steps.PREPARING)]
+        unschedulable = all(not (world.disk_spec(*v) or {}).get("allowScheduling") for v in before_drain
                             if world.node_ready(v[0]))
         evicting = sum(1 for r in active if ((r.get("status") or {}).get("setFlags") or {}).get("evictionRequested")
                        and (r.get("status") or {}).get("phase") == steps.DRAINING)
@@ -513,7 +522,6 @@ class Runner:
             outcome = await self.engine.advance(rec)
             if outcome == SWAPPED:
                 await self._write(rec, phase=steps.RESTORING, step="cfg rewritten; waiting for Longhorn to report the disk Ready")
-                self._show(rec, steps.RESTORING, "cfg rewritten")
             elif outcome == FINAL:
                 fresh = await self.kube.get(REWRITES, self.opts.namespace, rec["metadata"]["name"])
                 self._show(fresh, (fresh.get("status") or {}).get("phase", ""), (fresh.get("status") or {}).get("message", ""))
@@ -543,7 +551,6 @@ class Runner:
             try:
                 await self.kube.replace(LH_NODES, self.opts.longhorn_namespace, node)
                 self.report.writes += 1
-                self._show(rec, (rec.get("status") or {}).get("phase", ""), f"{fld}={str(value).lower()}")
                 return
             except (Conflict, Forbidden):
                 await asyncio.sleep(min(1.0, self.opts.poll))

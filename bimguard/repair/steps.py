@@ -94,7 +94,7 @@ class Context:
     bim_image: str = ""
     victims: frozenset[tuple[str, str]] = frozenset()  # (node, disk) of every victim of the run
     clones: frozenset[tuple[str, str]] = frozenset()  # victims whose whole UUID another disk has too
-    all_unschedulable: bool = True  # step 2 is done for every victim of the run
+    all_unschedulable: bool = True  # step 2 is done for every victim of the run not yet past it
     evicting: int = 0  # victims with evictionRequested set by the Job and not yet drained
     time_for_rewrite: bool = True  # enough of the run's budget left to finish an identity change
     soft_anti_affinity: bool = False  # setting replica-soft-anti-affinity
@@ -258,7 +258,7 @@ def decide(rec: Mapping[str, Any], world: World, ctx: Context) -> Action:
         if dspec.get("evictionRequested"):
             return block("the disk has evictionRequested with scheduling on, which Longhorn refuses; fix the disk first")
         return Action("set-flag", "turn scheduling off", field="allowScheduling", value=False, phase=PREPARING)
-    if not ctx.all_unschedulable:
+    if phase in (PENDING, PREPARING) and not ctx.all_unschedulable:
         return wait("scheduling is being turned off on the other disks of this run", phase=PREPARING)
     # 3. stuck replicas
     stuck, _ = stuck_replicas(world, node, old)

@@ -27,7 +27,9 @@ class UuidGen:
     """
 
     def __init__(self, seed: int | None = None) -> None:
+        self._seed = seed
         self._rng = random.Random(seed)
+        self._drawn: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()
         self._per_disk: dict[tuple[str, str], deque[str]] = defaultdict(deque)
         self._global: deque[str] = deque()
@@ -46,11 +48,19 @@ class UuidGen:
                 self._per_disk[(node, disk)].append(value)
 
     def disk_uuid(self, node: str = "", disk: str = "") -> str:
-        """Next disk UUID for (node, disk): forced if queued, else seeded random v4."""
+        """Next disk UUID for (node, disk): forced if queued, else seeded random v4. With a seed,
+        the n-th UUID of a given (node, disk) is the same in every run, whatever order the disks'
+        monitors happen to poll in."""
         with self._lock:
             queue = self._per_disk.get((node, disk))
             forced = queue.popleft() if queue else (self._global.popleft() if self._global else None)
-            drawn = self._uuid4()
+            if self._seed is None:
+                drawn = self._uuid4()
+            else:
+                n = self._drawn[(node, disk)]
+                self._drawn[(node, disk)] = n + 1
+                rng = random.Random(f"{self._seed}/{node}/{disk}/{n}")
+                drawn = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         if forced is None:
             return drawn
         if _is_uuid(forced):

@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from bimguard.sim.longhorn import disks as lh_disks
 from bimguard.sim.longhorn.node_status import get_condition
 from bimguard.sim.scenarios import Group, plant
 from tests.e2e.repair_env import Env, repair_env
 
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "repair-report.schema.json").read_text())
 UPGRADED = ["empty", "empty", "three-way", "data", "data", "detached", "stuck-replica", "stuck-image", "cannot-move",
             "clone", "clone-leftovers", "orphan"]
 
@@ -61,7 +64,9 @@ async def test_upgraded_cluster_is_repaired_with_nothing_lost(tmp_path: Path) ->
         code, out, err = await env.repair("--apply", "--evict", "--max-parallel", "3", "--timeout", "60s", "-o", "json",
                                           timeout=100)
         report = json.loads(out)
-        assert code == 3, err[-2000:]  # the orphan, the clone with leftovers and the volume that cannot move
+        jsonschema.validate(report, SCHEMA)
+        assert code == 3 and report["exitCode"] == 3, err[-2000:]
+        assert report["backingImages"]["stillStuck"] == [] and report["backingImages"]["recovered"]  # the orphan, the clone with leftovers and the volume that cannot move
         phases = {(d["node"], d["disk"]): d["phase"] for d in report["disks"]}
         for g in groups:
             for v in g.victims:
@@ -216,4 +221,40 @@ async def test_failing_writes_are_retried_and_a_rerun_finishes(tmp_path: Path) -
             code, out, err = await env.repair("--apply")
         assert code == 0, (out, err[-2000:])
         assert sorted(r["status"]["phase"] for r in env.records() if r["spec"]["origin"] == "job") == ["Done", "Done"]
+        assert_nothing_lost(env)
+
+
+async def test_plan_from_a_dump_and_unfinished_work_for_a_hook(tmp_path: Path) -> None:
+    """The plan of an offline copy (the scan's plan, stuck objects from its symptoms), and
+    --exit-zero-on-unfinished turning exit 3 into 0 for a Helm hook."""
+    async with repair_env(tmp_path, nodes=4, seed=19) as env:
+        dump = Path(__file__).resolve().parents[2] / "examples" / "collision-dump.json"
+        code, out, err = await env.repair("--from-dump", str(dump), "-o", "json")
+        doc = json.loads(out)
+        jsonschema.validate(doc, SCHEMA)
+        assert code == 1 and doc["mode"] == "plan" and doc["planned"] >= 1, err
+        assert any("stuck waiting for their backing image" in line for line in doc["plan"])
+        await plant(env.cluster, ["orphan"])
+        code, out, _ = await env.repair("--apply", "-o", "json")
+        assert code == 3 and json.loads(out)["disks"][0]["phase"] == "Blocked"
+        code, out, _ = await env.repair("--apply", "--exit-zero-on-unfinished", "-o", "json")
+        assert code == 0 and json.loads(out)["exitCode"] == 3
+
+
+async def test_a_blocked_disk_is_looked_at_again_and_repaired_with_evict(tmp_path: Path) -> None:
+    """Without --evict a disk holding data is Blocked and its flags put back; a later run with
+    --evict takes the same record up again and finishes it, flags as they were at the start."""
+    async with repair_env(tmp_path, nodes=6, seed=23) as env:
+        [g] = await plant(env.cluster, ["data"])
+        v = g.victims[0]
+        before = dict(env.node(v[0])["spec"]["disks"][v[1]])
+        code, out, _ = await env.repair("--apply", "-o", "json")
+        assert code == 3 and json.loads(out)["disks"][0]["phase"] == "Blocked"
+        assert env.node(v[0])["spec"]["disks"][v[1]] == before  # put back
+        assert env.record_of(*v)["status"]["step"].startswith("restore")  # type: ignore[index]
+        code, out, err = await env.repair("--apply", "--evict", "-o", "json")
+        assert code == 0, err[-2000:]
+        rec = env.record_of(*v)
+        assert rec is not None and rec["status"]["phase"] == "Done" and len([r for r in env.records()]) == 1
+        assert env.node(v[0])["spec"]["disks"][v[1]] == before
         assert_nothing_lost(env)

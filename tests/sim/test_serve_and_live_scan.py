@@ -143,4 +143,7 @@ def test_demo_finds_exactly_the_planted_pairs():
     # Prevention: the guarded disks were rewritten at admission, their cfg agrees, their BIMs exist.
     assert r.stdout.count("cfg agrees; record") == 2 and "DISAGREES" not in r.stdout
     assert r.stdout.count("; copy ready") >= 4
-    assert "collision group(s) left, all from before the webhook" in r.stdout
+    assert "collision group(s), all from before the webhook" in r.stdout
+    # The repair, with the webhook still running: both pairs regenerated, one drained first.
+    assert "Result: 2 of 2 disk(s) repaired" in r.stdout and "evictionRequested=false" in r.stdout
+    assert "OK: `bimguard scan` finds no collision" in r.stdout
