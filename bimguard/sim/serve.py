@@ -6,6 +6,7 @@ Also the context manager the demo and the end-to-end tests use to get a settled 
 from __future__ import annotations
 
 import argparse
+import re
 import asyncio
 import contextlib
 import signal
@@ -29,12 +30,13 @@ def ready_timeout(nodes: int, disks_per_node: int, time_scale: float) -> float:
 
 @contextlib.asynccontextmanager
 async def simulated_cluster(*, nodes: int, disks_per_node: int, seed: int | None, time_scale: float,
-                            root: Path, host: str = "127.0.0.1", port: int = 0,
+                            root: Path, host: str = "127.0.0.1", port: int = 0, longhorn_version: str = "v1.7.2",
                             ) -> AsyncIterator[tuple[ApiServer, SimCluster]]:
     """A started API server and a simulated Longhorn cluster whose initial disks are all Ready."""
-    api = ApiServer()
+    api = ApiServer(longhorn_version=longhorn_version)
     await api.start(host, port)
-    cluster = SimCluster(api, root, nodes=nodes, disks_per_node=disks_per_node, seed=seed, time_scale=time_scale)
+    cluster = SimCluster(api, root, nodes=nodes, disks_per_node=disks_per_node, seed=seed, time_scale=time_scale,
+                         longhorn_version=longhorn_version)
     try:
         await cluster.start()
         await cluster.wait_until_ready(timeout=ready_timeout(nodes, disks_per_node, time_scale))
@@ -61,8 +63,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", action="append", default=[], metavar="NAME.NAMESPACE.svc=HOST:PORT",
                    help="where a Service's endpoints are, for admission webhooks registered with clientConfig.service "
                         "(repeatable), e.g. bimguard-webhook.bimguard.svc=127.0.0.1:9443")
+    p.add_argument("--longhorn-version", type=longhorn_version, default="v1.7.2", metavar="vX.Y.Z",
+                   help="the Longhorn release to emulate, v1.7.x, v1.8.x or v1.9.x up to v1.9.1 (its CRDs and "
+                        "the behaviours that differ; bimguard/sim/README.md) (default %(default)s)")
     p.add_argument("--no-kubelet", action="store_true",
                    help="do not run pods (by default a simulated kubelet runs pods of the bimguard image)")
+
+
+def longhorn_version(text: str) -> str:
+    """A release the emulator models: v1.7.x, v1.8.x, or v1.9.0/v1.9.1 (argparse type)."""
+    from bimguard.sim.resources import longhorn_crd_tag
+
+    m = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version like v1.7.2")
+    version = f"v{m[1]}.{m[2]}.{m[3]}"
+    try:
+        longhorn_crd_tag(version)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if (int(m[1]), int(m[2]), int(m[3])) > (1, 9, 1):
+        raise argparse.ArgumentTypeError(f"{version} names BIMs after the whole UUID; the emulator models up to v1.9.1")
+    return version
 
 
 def parse_services(values: list[str]) -> dict[str, tuple[str, int]]:
@@ -84,11 +106,11 @@ async def _serve(args: argparse.Namespace, services: dict[str, tuple[str, int]])
     with contextlib.ExitStack() as stack:
         root = Path(args.root) if args.root else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bimguard-sim-")))
         started = time.monotonic()
-        print(f"starting a simulated Longhorn v1.7.2 cluster: {args.nodes} nodes x {args.disks_per_node} disks, "
+        print(f"starting a simulated Longhorn {args.longhorn_version} cluster: {args.nodes} nodes x {args.disks_per_node} disks, "
               f"time scale {args.time_scale}, disks under {root}", flush=True)
         async with simulated_cluster(nodes=args.nodes, disks_per_node=args.disks_per_node, seed=args.seed,
                                      time_scale=args.time_scale, root=root, host=args.host, port=args.port,
-                                     ) as (api, cluster):
+                                     longhorn_version=args.longhorn_version) as (api, cluster):
             for name, (host, port) in services.items():
                 api.webhook_hosts[name] = (host, port)
             if not args.no_kubelet:

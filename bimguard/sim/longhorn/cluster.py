@@ -99,7 +99,7 @@ class SimCluster:
         seed: int | None = None,
         time_scale: float = DEFAULT_TIME_SCALE,
         longhorn_version: str = "v1.7.2",
-        bim_image: str = DEFAULT_BIM_IMAGE,
+        bim_image: str | None = None,
         *,
         url: str | None = None,
         token: str | None = None,
@@ -125,7 +125,8 @@ class SimCluster:
         self.crashes: list[Crash] = []
         self._restarts: set[asyncio.Task[None]] = set()
         self.webhook: LonghornWebhook | None = None
-        self.bim_image = bim_image
+        # The chart renders the BIM image of the release (lm app/daemon.go:43,117; BIM names hash it).
+        self.bim_image = bim_image or f"longhornio/backing-image-manager:{longhorn_version}"
         self.token = token
         self.disk_size = disk_size
         self.managers: dict[str, LonghornManager] = {}
