@@ -186,8 +186,12 @@ async def test_status_cfg_mismatch_then_recovery(api: ApiServer, tmp_path: Path)
         entry = _disk(await c.get_node("worker-1"), disk)
         assert entry["diskUUID"] == new
         assert _ready(entry)["message"].endswith("is not ready: record diskUUID doesn't match the one on the disk ")
-        events = await _events(c, "worker-1")
-        assert any(e["reason"] == "Ready" and e["type"] == "Warning" and "doesn't match" in e["message"] for e in events)
+        # Longhorn's EventRecorder broadcasts asynchronously, so the Event may trail the status write.
+        async def mismatch_event() -> bool:
+            return any(e["reason"] == "Ready" and e["type"] == "Warning" and "doesn't match" in e["message"]
+                       for e in await _events(c, "worker-1"))
+
+        assert await c.wait_for(mismatch_event, 10, "Warning Event about the mismatch")
         # cfg rewritten atomically to the new UUID -> Ready again within a poll
         ddir = c.disk_dir("worker-1", disk)
         disks.replace_cfg_atomically(ddir, disks.DiskConfig(disk, new))

@@ -21,16 +21,24 @@ import hashlib
 import logging
 import random
 import shutil
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from bimguard.sim.clock import SimClock
-from bimguard.sim.longhorn import Release
+from bimguard.sim.longhorn import Release, disks, node_status, orphans
 from bimguard.sim.longhorn import backing_images as bil
-from bimguard.sim.longhorn import disks, node_status, orphans, replicas as rl, volumes as vl
+from bimguard.sim.longhorn import replicas as rl
+from bimguard.sim.longhorn import volumes as vl
 from bimguard.sim.longhorn.informer import Caches
-from bimguard.sim.longhorn.kube import AlreadyExists, Conflict, KubeError, LonghornClient, NotFound
+from bimguard.sim.longhorn.kube import (
+    AlreadyExists,
+    Conflict,
+    KubeError,
+    LonghornClient,
+    NotFound,
+)
 from bimguard.sim.longhorn.logs import ManagerLog
 from bimguard.sim.longhorn.monitor import DiskMonitor, HostDisks
 from bimguard.sim.longhorn.volume_controller import VolumeControllers
@@ -259,12 +267,7 @@ class LonghornManager:
             # lm node_controller.go:387: Event "Deleting node" and drop the finalizer.
             if node["metadata"].get("finalizers"):  # _handles_node picked exactly one manager
                 await self.kube.event(node, "Warning", "Delete", f"Deleting node {name}")
-                node = copy.deepcopy(node)
-                node["metadata"]["finalizers"] = []
-                try:
-                    await self.kube.replace("nodes", node)
-                except (Conflict, NotFound):
-                    pass
+                await self._drop_finalizers("nodes", node)
             return
         now = SimClock.now_rfc3339()
         sched = node_status.SchedulingSettings(
@@ -371,11 +374,7 @@ class LonghornManager:
                               "controller.(*OrphanController).deleteOrphanedReplica", "orphan_controller.go:314",
                               controller="longhorn-orphan")
         if obj["metadata"].get("finalizers"):
-            obj["metadata"]["finalizers"] = []
-            try:
-                await self.kube.replace("orphans", obj)
-            except (Conflict, NotFound):
-                pass
+            await self._drop_finalizers("orphans", obj)
         await self.kube.delete("orphans", name)
 
     async def _sync_evictions(self, node: dict[str, Any], reps: list[dict[str, Any]]) -> None:
@@ -437,11 +436,7 @@ class LonghornManager:
                                   "replica_controller.go:275", controller="longhorn-replica", replica=name)
                     shutil.rmtree(target, ignore_errors=True)
             if r["metadata"].get("finalizers"):
-                r["metadata"]["finalizers"] = []
-                try:
-                    await self.kube.replace("replicas", r)
-                except (Conflict, NotFound):
-                    pass
+                await self._drop_finalizers("replicas", r)
             return
         status = copy.deepcopy(r.get("status") or {})
         status["ownerID"] = self.node_name
@@ -833,11 +828,7 @@ class LonghornManager:
         wanted = dict(spec.get("backingImages") or {})
         if bim["metadata"].get("deletionTimestamp"):
             if bim["metadata"].get("finalizers"):
-                bim["metadata"]["finalizers"] = []
-                try:
-                    await self.kube.replace("backingimagemanagers", bim)
-                except (Conflict, NotFound):
-                    pass
+                await self._drop_finalizers("backingimagemanagers", bim)
             return
         if not wanted:
             # BIMs with no backing images left are deleted (BRIEF §5).
@@ -922,11 +913,7 @@ class LonghornManager:
         spec = bids.get("spec") or {}
         if bids["metadata"].get("deletionTimestamp"):
             if bids["metadata"].get("finalizers"):
-                bids["metadata"]["finalizers"] = []
-                try:
-                    await self.kube.replace("backingimagedatasources", bids)
-                except (Conflict, NotFound):
-                    pass
+                await self._drop_finalizers("backingimagedatasources", bids)
             return
         bi = self.cache.peek("backingimages", name)
         if bi is None:
@@ -977,14 +964,22 @@ class LonghornManager:
             except NotFound:
                 pass
 
+    async def _drop_finalizers(self, plural: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Write `obj` back without finalizers (what each Longhorn controller does once its cleanup is
+        done); returns the stored object, or None when it changed or went away meanwhile."""
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["finalizers"] = []
+        try:
+            return await self.kube.replace(plural, obj)
+        except (Conflict, NotFound):
+            return None
+
     async def _delete_bim(self, bim: dict[str, Any]) -> None:
-        bim = copy.deepcopy(bim)
         if bim["metadata"].get("finalizers"):
-            bim["metadata"]["finalizers"] = []
-            try:
-                bim = await self.kube.replace("backingimagemanagers", bim)
-            except (Conflict, NotFound):
+            stored = await self._drop_finalizers("backingimagemanagers", bim)
+            if stored is None:
                 return
+            bim = stored
         await self.kube.delete("backingimagemanagers", bim["metadata"]["name"])
 
     # ------------------------------------------------------------------ orphan controller
