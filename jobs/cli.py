@@ -14,6 +14,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from jobs.signals import Terminated
+
 DESCRIPTION = """\
 bimguard keeps Longhorn v1 disk UUID prefixes unique, so no two disks want the same
 Backing Image Manager name (Longhorn v1.9.1 and earlier name BIMs after the first
@@ -54,6 +56,7 @@ GROUP_HELP = {"sim": "the cluster emulator (an API server with a simulated Longh
 # Exit code of a command whose standard output was closed early (`bimguard demo | head`): what a
 # process killed by SIGPIPE reports in a shell. `bimguard scan` keeps its verdict instead.
 EXIT_BROKEN_PIPE = 141
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 EXIT_ERROR = 2
 
 
@@ -162,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:  # `bimguard demo | head`; `scan` handles this itself and keeps its verdict
         discard_stdout()
         return EXIT_BROKEN_PIPE

@@ -4,7 +4,8 @@
 2. new disks are added whose generated UUIDs are forced to share a prefix with existing disks;
 3. a backing image with a copy on each existing disk, then a replica on each new disk: Longhorn's
    BackingImage controller hits `AlreadyExists` for the second BIM and the replica waits forever
-   (BRIEF §4), shown with Longhorn's own log lines and object states;
+   (`controller/backing_image_controller.go:742-746 @v1.7.2`), shown with Longhorn's own log lines
+   and object states;
 4. `bimguard scan` against the live emulator, through the same code as `bimguard scan --kubeconfig`,
    must find exactly the planted pairs (plus any collision the random UUIDs made by themselves);
 5. prevention: bimguard's webhook is installed (two replicas of the real `bimguard webhook`
@@ -31,12 +32,12 @@ import yaml
 
 from bimguard.findings import analyze
 from bimguard.sim.clock import DEFAULT_TIME_SCALE
-from bimguard.sim.scenarios import add_replica
-from jobs.args import non_negative_int, positive_float, positive_int
 from bimguard.sim.longhorn.node_status import get_condition
+from bimguard.sim.scenarios import add_replica
 from bimguard.sim.serve import simulated_cluster
 from bimguard.sources.live import read_live
-from jobs import report
+from jobs import report, signals
+from jobs.args import non_negative_int, positive_float, positive_int
 
 BACKING_IMAGE = "demo-image"
 # bimguard's own CRDs, as the chart installs them (the demo runs from a checkout).
@@ -229,8 +230,7 @@ async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig:
     the collisions from before it was installed."""
     from kubernetes_asyncio import client
 
-    from bimguard import records
-    from bimguard import kube
+    from bimguard import kube, records
     from bimguard.kube import Kube, Resource
     from webhook import main as webhook_main
     from webhook.registration import mutating_webhook_configuration
@@ -357,4 +357,4 @@ def run(args: argparse.Namespace) -> int:
     if args.nodes < 2 or args.disks_per_node < 1 or not 1 <= args.pairs <= args.nodes:
         print("bimguard demo: needs --nodes >= 2, --disks-per-node >= 1 and 1 <= --pairs <= --nodes", file=sys.stderr)
         return 2
-    return asyncio.run(_demo(args))
+    return signals.run(_demo(args))

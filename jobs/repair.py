@@ -9,7 +9,6 @@ DiskRewrite record (`kubectl get diskrewrites -n <namespace>`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from bimguard.decode import InputError
 from bimguard.inventory import Inventory
 from bimguard.repair import steps
 from bimguard.repair.world import World
+from jobs import signals
 from jobs.args import positive_float, positive_int, seconds
 
 EXIT_OK, EXIT_WORK, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
@@ -132,7 +132,7 @@ def plan_lines(findings: Any, victims: list[Any], evict: bool, world: World | No
 
 # ---------------------------------------------------------------------------- run
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    return asyncio.run(run_async(args, out, err))
+    return signals.run(run_async(args, out, err))
 
 
 async def run_async(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import sys
 from typing import Any, TextIO
@@ -16,7 +15,7 @@ from bimguard.inventory import Inventory
 from bimguard.objects import LONGHORN_GROUP, PLURALS
 from bimguard.sources.bundle import read_bundle
 from bimguard.sources.dump import MAX_DUMP_BYTES, STDIN, read_dump
-from jobs import report
+from jobs import report, signals
 from jobs.args import positive_int, seconds
 
 # 0 and 1 are verdicts of a scan that ran; everything else (also a crash: jobs.cli) is 2.
@@ -79,8 +78,10 @@ def _load(args: argparse.Namespace) -> tuple[Inventory, dict[str, Any]]:
     if args.support_bundle:
         return read_bundle(args.support_bundle), {"type": "support-bundle", "path": args.support_bundle,
                                                   "description": f"support bundle {args.support_bundle}"}
-    from bimguard.sources.live import scan_live  # kubernetes_asyncio costs ~0.3 s to import; offline scans skip it
-    live = asyncio.run(scan_live(kubeconfig=args.kubeconfig, context=args.context, namespace=args.namespace,
+    from bimguard.sources.live import (
+        scan_live,  # kubernetes_asyncio costs ~0.3 s to import; offline scans skip it
+    )
+    live = signals.run(scan_live(kubeconfig=args.kubeconfig, context=args.context, namespace=args.namespace,
                                  page_size=args.page_size, request_timeout=args.request_timeout))
     how = f"context {live.context}" if live.context else "in-cluster service account"
     return live.inventory, {"type": "live", "namespace": args.namespace, "context": live.context,

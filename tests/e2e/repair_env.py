@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +41,12 @@ class Env:
     runs: list[tuple[int, str, str]] = field(default_factory=list)
 
     async def repair(self, *args: str, timeout: float = 90.0, identity: str = "e2e", kill_after_writes: int = 0,
-                     kill_after_seconds: float = 0.0) -> tuple[int, str, str]:
+                     kill_after_seconds: float = 0.0, stop_signal: int = signal.SIGKILL) -> tuple[int, str, str]:
         """`bimguard repair ARGS` as a process, authenticated as its own service account:
         (exit code, stdout, stderr). With `kill_after_writes` it gets SIGKILL right after that many
         of its writes succeeded (a step boundary); with `kill_after_seconds`, after that long
-        (wherever it is, mostly in a wait). A killed run's exit code is -9."""
+        (wherever it is, mostly in a wait). A killed run's exit code is -9; `stop_signal` sends
+        another signal instead (SIGTERM: what Kubernetes sends when the Job's pod is deleted)."""
         env = {**os.environ, "KUBECONFIG": str(self.job_kubeconfig), "BIMGUARD_REPAIR_IDENTITY": identity}
         proc = await asyncio.create_subprocess_exec(
             str(BIN / "bimguard"), "repair", "--namespace", NS, "--poll-interval", "0.2", "--pod-start-timeout", "10",
@@ -54,14 +56,16 @@ class Env:
 
         def count(method: str, path: str, status: int, user: str) -> None:
             nonlocal writes
-            if user == JOB_USER and method not in ("GET", "HEAD") and status < 400 and "dryRun" not in path:
+            # Access reviews are questions, not writes: counting them would spend every kill on the preflight.
+            if (user == JOB_USER and method not in ("GET", "HEAD") and status < 400 and "dryRun" not in path
+                    and "/authorization.k8s.io/" not in path):
                 writes += 1
                 if writes == kill_after_writes and proc.returncode is None:
-                    proc.kill()
+                    proc.send_signal(stop_signal)
 
         if kill_after_writes:
             self.api.request_listeners.append(count)
-        timer = asyncio.get_running_loop().call_later(kill_after_seconds, proc.kill) if kill_after_seconds else None
+        timer = asyncio.get_running_loop().call_later(kill_after_seconds, proc.send_signal, stop_signal) if kill_after_seconds else None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
         finally:

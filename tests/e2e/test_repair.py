@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import jsonschema
 from bimguard.sim.longhorn import disks as lh_disks
 from bimguard.sim.longhorn.node_status import get_condition
 from bimguard.sim.scenarios import Group, plant
-from tests.e2e.repair_env import Env, repair_env
+from tests.e2e.repair_env import NS, Env, repair_env
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "repair-report.schema.json").read_text())
 UPGRADED = ["empty", "empty", "three-way", "data", "data", "detached", "stuck-replica", "stuck-image", "cannot-move",
@@ -205,6 +206,25 @@ async def test_two_repairs_at_once_one_runs_the_other_says_so(tmp_path: Path) ->
         assert code == 2 and "another repair is running: the Lease bimguard/bimguard-repair is held by hook-run" in err
         code, out, err = await first
         assert code == 0, (out, err[-1500:])
+        assert_nothing_lost(env)
+
+
+async def test_sigterm_releases_the_lease_and_a_rerun_finishes(tmp_path: Path) -> None:
+    """SIGTERM (the Job's pod deleted, a Helm hook timing out) mid-way: one line, exit 143, the
+    Lease given back at once (empty holder) rather than held until it expires, and the next run
+    finishes the same records."""
+    async with repair_env(tmp_path, nodes=6, seed=29) as env:
+        await plant(env.cluster, ["data"])
+        code, out, err = await env.repair("--apply", "--evict", "--lease-duration", "60", kill_after_writes=4,
+                                          stop_signal=signal.SIGTERM)
+        assert code == 143 and err.strip().splitlines()[-1] == "bimguard: terminated", err[-1500:]
+        lease = env.api.store.get("coordination.k8s.io/v1/leases", NS, "bimguard-repair")
+        assert not lease["spec"].get("holderIdentity"), lease["spec"]
+        [rec] = [r for r in env.records() if r["spec"]["origin"] == "job"]
+        assert (rec.get("status") or {}).get("phase") not in ("Done", "Blocked")  # stopped mid-way
+        code, out, err = await env.repair("--apply", "--evict", "--lease-duration", "60", identity="second")
+        assert code == 0, err[-2000:]
+        assert [r["status"]["phase"] for r in env.records() if r["spec"]["origin"] == "job"] == ["Done"]
         assert_nothing_lost(env)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import pytest
 
 from bimguard.sim.serve import simulated_cluster
 from jobs.cli import main
@@ -147,3 +149,21 @@ def test_demo_finds_exactly_the_planted_pairs():
     # The repair, with the webhook still running: both pairs regenerated, one drained first.
     assert "Result: 2 of 2 disk(s) repaired" in r.stdout and "evictionRequested=false" in r.stdout
     assert "OK: `bimguard scan` finds no collision" in r.stdout
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_demo_stopped_cleans_up_and_says_so(tmp_path: Path, sig: int, code: int, word: str):
+    """Stopped while the emulated cluster runs (a pod deleted, `timeout`, Ctrl-C): one line, the exit
+    code a shell reports for that signal, and nothing left in the temporary directory."""
+    proc = subprocess.Popen([str(BIN / "bimguard"), "demo", "--nodes", "6", "--disks-per-node", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "TMPDIR": str(tmp_path)})
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the cluster is up and working, then stop it
+        if "Adding" in line:
+            break
+    assert list(tmp_path.iterdir()), "the demo works in a temporary directory"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and err.strip().splitlines() == [f"bimguard: {word}"], err
+    assert list(tmp_path.iterdir()) == []
