@@ -51,8 +51,15 @@ def notes(values: dict[str, Any] | None = None) -> str:
     return dict(_render(json.dumps(values or {}, sort_keys=True), NAMESPACE))["bimguard/templates/NOTES.txt"]
 
 
-def one(docs: list[Manifest], kind: str, namespace: str | None = None) -> Manifest:
-    found = [d for d in docs if d["kind"] == kind and (namespace is None or d["metadata"].get("namespace") == namespace)]
+def component(d: Manifest) -> str:
+    return d["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
+
+
+def one(docs: list[Manifest], kind: str, namespace: str | None = None, of: str = "webhook") -> Manifest:
+    """The one `kind` (in `namespace`) of the component `of`: the webhook's, unless said otherwise
+    (the repair's, the scan's and the uninstall hook's objects: tests/chart/test_repair_chart.py)."""
+    found = [d for d in docs if d["kind"] == kind and (namespace is None or d["metadata"].get("namespace") == namespace)
+             and component(d) == of]
     assert len(found) == 1, f"{len(found)} {kind} in {namespace}"
     return found[0]
 
@@ -85,10 +92,11 @@ BOTH_MODES = pytest.mark.parametrize("values", [{}, FILES_MODE], ids=["selfManag
 @BOTH_MODES
 def test_every_manifest_parses_and_is_named(values: dict[str, Any]) -> None:
     docs = render(values)
-    kinds = sorted(d["kind"] for d in docs)
+    kinds = sorted(d["kind"] for d in docs if component(d) in ("webhook", "rewriter"))
     assert kinds == sorted(["Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "ServiceAccount",
                             "Role", "Role", "RoleBinding", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
                             "MutatingWebhookConfiguration"])
+    assert {component(d) for d in docs} == {"webhook", "rewriter", "repair", "uninstall"}
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"]
         assert len(d["metadata"]["name"]) <= 63
@@ -424,7 +432,7 @@ def test_rbac_covers_bimguards_crds() -> None:
 def test_bindings_point_at_the_webhook_service_account_only() -> None:
     docs = render()
     sa = one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
-    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding") and component(d) == "webhook"]
     assert len(bindings) == 3
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
