@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bimguard import crds
 from bimguard.findings import analyze
 from bimguard.sim.clock import DEFAULT_TIME_SCALE
 from bimguard.sim.longhorn.node_status import get_condition
@@ -41,7 +40,6 @@ from jobs.args import non_negative_int, positive_float, positive_int
 
 BACKING_IMAGE = "demo-image"
 # bimguard's own CRDs, as the chart installs them (the demo runs from a checkout).
-CRDS = Path(__file__).resolve().parents[1] / "charts" / "bimguard" / "crds"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -242,8 +240,8 @@ async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig:
     kube = Kube(api_client)
     await client.CoreV1Api(api_client).create_namespace({"apiVersion": "v1", "kind": "Namespace",
                                                          "metadata": {"name": namespace}})
-    for crd in sorted(CRDS.glob("*.yaml")):
-        await client.ApiextensionsV1Api(api_client).create_custom_resource_definition(yaml.safe_load(crd.read_text()))
+    for crd in crds.documents():
+        await client.ApiextensionsV1Api(api_client).create_custom_resource_definition(crd)
     await client.AdmissionregistrationV1Api(api_client).create_mutating_webhook_configuration(
         mutating_webhook_configuration(name=mwc_name, service=service, namespace=namespace,
                                        longhorn_namespace="longhorn-system"))
