@@ -244,6 +244,8 @@ def _stored_only() -> list[ResourceType]:
                      ("deploy",), ("all",), return_deleted_object=True),
         ResourceType(ResourceKey("batch", "v1", "jobs"), "Job", "job", True, True, spec_status, (), ("all",),
                      return_deleted_object=True),
+        ResourceType(ResourceKey("batch", "v1", "cronjobs"), "CronJob", "cronjob", True, True, spec_status, ("cj",),
+                     ("all",), return_deleted_object=True),
         ResourceType(ResourceKey("policy", "v1", "poddisruptionbudgets"), "PodDisruptionBudget", "poddisruptionbudget",
                      True, True, spec_status, ("pdb",), return_deleted_object=True),
         ResourceType(ResourceKey(rbac, "v1", "roles"), "Role", "role", True, False, role, return_deleted_object=True),

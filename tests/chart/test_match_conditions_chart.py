@@ -86,10 +86,7 @@ def install_dry_run(kubeconfig: Path) -> dict[str, Any]:
     """`helm install --dry-run=server`: .Capabilities.KubeVersion is the server's /version (an
     offline render, or a client dry run, would use Helm's default instead)."""
     with helm.Config(kubeconfig_path=str(kubeconfig), namespace=NS) as cfg, helm.Chart.load(CHART) as chart:
-        # The emulator serves no batch/v1 CronJobs (Helm could not build them): leave out the
-        # suspended CronJobs for manual repairs, the chart's only CronJobs by default.
-        release = cfg.install(chart, RELEASE, {"repair": {"manual": {"enabled": False}}}, namespace=NS,
-                              dry_run="server")
+        release = cfg.install(chart, RELEASE, {}, namespace=NS, dry_run="server")
     (mwc,) = [d for d in yaml.safe_load_all(release["manifest"]) if d and d["kind"] == "MutatingWebhookConfiguration"]
     (hook,) = mwc["webhooks"]
     return hook
