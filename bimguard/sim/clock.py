@@ -1,8 +1,9 @@
 """The one clock behind every simulated Longhorn and kubelet timing.
 
-Longhorn's periods (30 s disk-monitor poll, 30 s informer resync, BRIEF §1.2/§1.3) are written in
-this package in *Longhorn seconds*; :class:`SimClock` turns them into real seconds with a single
-``time_scale`` (default 0.02: a 30 s poll takes 0.6 s). ``time_scale=1`` is real time.
+Longhorn's periods (30 s disk-monitor poll, ``controller/monitor/disk_monitor.go:28 @v1.7.2``; 30 s
+informer resync, ``controller/node_controller.go:46 @v1.7.2``) are written in this package in
+*Longhorn seconds*; :class:`SimClock` turns them into real seconds with a single ``time_scale``
+(default 0.02: a 30 s poll takes 0.6 s). ``time_scale=1`` is real time.
 
 Timestamps written into objects (``lastTransitionTime`` and friends) stay real UTC wall-clock time:
 the product under test compares them with its own clock, and scaling them would make them lie.

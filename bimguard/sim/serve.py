@@ -24,7 +24,7 @@ from jobs.args import non_negative_int, port_number, positive_float, positive_in
 
 def ready_timeout(nodes: int, disks_per_node: int, time_scale: float) -> float:
     """Real seconds to allow for every disk to be recorded: a few monitor polls (30 s each,
-    BRIEF §1.2, scaled) plus per-disk work on this machine."""
+    ``controller/monitor/disk_monitor.go:28 @v1.7.2``, scaled) plus per-disk work on this machine."""
     return max(30.0, 6 * 30 * time_scale + 0.05 * nodes * disks_per_node)
 
 

@@ -4,7 +4,8 @@ Longhorn draws disk UUIDs with google/uuid ``New()`` (random v4, lm v1.7.2 ``uti
 8-hex ids with ``util.RandomID()`` (BackingImage ``status.uuid``, replica name suffixes). The sim
 draws them from a seeded :class:`random.Random` so a run is reproducible, and lets tests and the
 demo *force* values: a full UUID or only a 4-hex prefix, for one ``(node, disk)`` or for whatever
-disk asks next. Forcing prefixes is how the collision of BRIEF §4 is produced on purpose.
+disk asks next. Forcing prefixes is how the BIM-name collision (two disks whose UUIDs share the first
+four characters want the same BIM name, ``types/types.go:385 @v1.7.2``) is produced on purpose.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Kubelet + simulated Longhorn together: a pod rewrites a disk's cfg through a hostPath mount,
-the way the product's rewriter pod will, and Longhorn turns the disk Ready again (BRIEF §1.6)."""
+the way the product's rewriter pod will, and Longhorn turns the disk Ready again once status and
+cfg agree (controller/node_controller.go:700-712 @v1.7.2)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ async def test_recreated_node_object_re_records_existing_uuids(api: ApiServer, t
         await c.recreate_node("worker-2")  # not the leader: its own manager drops the finalizer
         await c.wait_until_ready(20)
         after = {d: e["diskUUID"] for d, e in (await c.get_node("worker-2"))["status"]["diskStatus"].items()}
-        assert after == before  # the cfg files are the identity (BRIEF §0.7)
+        # the cfg files are the identity: the UUID is recorded from them (node_controller.go:745 @v1.7.2)
+        assert after == before
     finally:
         await c.stop()
 

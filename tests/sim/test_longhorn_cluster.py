@@ -2,7 +2,8 @@
 
 A recording mutating webhook (HTTPS, registered like the product's on ``nodes/status``) captures
 exactly what longhorn-manager's status writes look like to a webhook. Expected strings come from
-BRIEF §1.3/§1.4 and lm v1.7.2 node_controller.go:705,708,773,807, not from the code under test.
+lm v1.7.2 controller/monitor/disk_monitor.go:269 and node_controller.go:705,708,773,807, not from the
+code under test.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ async def test_vanished_cfg_gets_new_uuid_and_disk_turns_not_ready(api: ApiServe
         regenerated = await c.wait_for(lambda: cfg.exists(), 10, "cfg regenerated")
         assert regenerated
         new = disks.decode_cfg(cfg.read_bytes()).disk_uuid
-        assert new != recorded  # a NEW random UUID (BRIEF §0.4)
+        assert new != recorded  # a NEW random UUID (controller/monitor/disk_utils.go:141 @v1.7.2)
 
         async def not_ready() -> dict[str, Any] | None:
             e = _disk(await c.get_node("worker-1"), "disk-1")
@@ -225,7 +226,8 @@ async def test_removed_disk_loses_its_status_entry(api: ApiServer, tmp_path: Pat
             return "disk-1" not in _status_disks(await c.get_node("worker-1"))
 
         await c.wait_for(gone, 10, "status entry deleted")
-        # re-adding the same directory records the UUID that is still in its cfg (BRIEF §1.3)
+        # re-adding the same directory records the UUID that is still in its cfg
+        # (controller/node_controller.go:745 @v1.7.2)
         cfg_uuid = disks.decode_cfg((tmp_path / "worker-1" / "mnt" / "disk1" / "longhorn-disk.cfg").read_bytes()).disk_uuid
         await c.add_disk("worker-1", "disk-1", "/mnt/disk1")
         await c.wait_until_ready(20)
@@ -246,7 +248,9 @@ async def test_bad_cfg_is_no_disk_info(api: ApiServer, tmp_path: Path) -> None:
             return e if e.get("conditions") else None
 
         e = await c.wait_for(entry, 10, "entry for bad disk")
-        assert e["diskUUID"] == ""  # the entry exists with an empty UUID (BRIEF §1.3 last paragraph)
+        # the entry exists with an empty UUID (created by alignDiskSpecAndStatus,
+        # controller/node_controller.go:1668-1670 @v1.7.2, never filled while the disk is NotReady)
+        assert e["diskUUID"] == ""
         r = _ready(e)
         assert r["status"] == "False" and r["reason"] == "NoDiskInfo"
         assert r["message"].startswith(f"Disk disk-bad({path}) on node worker-1 is not ready: failed to get disk config: error: ")

@@ -1,4 +1,8 @@
-"""The simulated Longhorn reproduces the BIM-name collision of BRIEF §4 and recovers like the KB.
+"""The simulated Longhorn reproduces the BIM-name collision and recovers like the KB.
+
+The collision: two disks whose UUIDs share four characters want one BIM name (types/types.go:385
+@v1.7.2) and the second create fails with AlreadyExists (controller/backing_image_controller.go:742-746
+@v1.7.2).
 
 Compared with the constructed sample set ``tests/fixtures/longhorn/samples/collision/`` (log line
 format, BIM shape, stuck BackingImage/Replica shape).

@@ -102,7 +102,8 @@ async def test_eviction_does_nothing_on_a_not_ready_disk(api: ApiServer, tmp_pat
 
 async def test_reconnected_disk_relinks_replicas_by_uuid(api: ApiServer, tmp_path: Path) -> None:
     """A disk moved to another node keeps its cfg; Longhorn re-records the old UUID there and
-    rewrites the Replica's nodeID/diskPath (BRIEF §0.7, lh enhancements/20201106-disk-reconnection.md)."""
+    rewrites the Replica's nodeID/diskPath (controller/node_controller.go:849-864 @v1.7.2,
+    lh enhancements/20201106-disk-reconnection.md)."""
     import shutil
 
     c = SimCluster(api, tmp_path, nodes=2, disks_per_node=2, seed=12, time_scale=0.01)

@@ -1,7 +1,7 @@
 """Pure parts of the simulated Longhorn: cfg format, disk monitor over real tmp dirs, node status.
 
-Expected strings are copied from BRIEF §1.1-§1.4 / lm v1.7.2 node_controller.go, not from the code
-under test.
+Expected strings are copied from lm v1.7.2 (util/util.go:637-641, controller/monitor/disk_monitor.go:269,293,
+controller/node_controller.go:705,708,740,789,827,885), not from the code under test.
 """
 
 from __future__ import annotations
@@ -233,7 +233,8 @@ UUIDS = ["", "c01200da-8a5c-4692-92e6-c4a983087951", "c012eb76-f8eb-4ea1-b81d-47
 @settings(max_examples=200, deadline=None)
 @given(recorded=st.sampled_from(UUIDS), cfg=st.sampled_from(UUIDS + ["<error>"]), entry_exists=st.booleans())
 def test_recorded_uuid_is_never_overwritten_and_ready_iff_agreeing(recorded: str, cfg: str, entry_exists: bool) -> None:
-    """BRIEF §1.3 step 5 / §0.3 as a property over (recorded UUID, cfg UUID, monitor error)."""
+    """lm v1.7.2 findNotReadyAndReadyDiskMaps (controller/node_controller.go:696-712,745) as a property
+    over (recorded UUID, cfg UUID, monitor error)."""
     status: dict = {}
     if entry_exists or recorded:
         status = {"diskStatus": {"d": {"diskUUID": recorded, "conditions": []}}}

@@ -63,7 +63,9 @@ def test_sim_serve_live_scan_equals_kubectl_dump_scan(tmp_path: Path):
                 assert entry["diskUUID"] and [c["status"] for c in entry["conditions"] if c["type"] == "Ready"] == ["True"]
 
         # Re-attach a disk whose existing cfg shares worker-1's prefix (a moved or cloned disk:
-        # Longhorn records an existing cfg as it is, BRIEF §1.7 "Limits").
+        # Longhorn records an existing cfg as it is, controller/node_controller.go:745 @v1.7.2; even
+        # v1.9's unique-prefix draw only covers generated cfgs, controller/monitor/disk_utils.go:141-146
+        # @v1.9.0).
         n1 = next(n for n in nodes["items"] if n["metadata"]["name"] == "worker-1")
         victim_disk, victim = sorted(n1["status"]["diskStatus"].items())[0]
         clone_uuid = victim["diskUUID"][:4] + "beef-0000-4000-8000-000000000001"

@@ -38,7 +38,8 @@ def bim_name(image: str, disk_uuid: str) -> str:
 
 
 def bim_manifest(image: str, node: str, disk_uuid: str, disk_path: str, backing_images: Mapping[str, str]) -> dict[str, Any]:
-    """lm v1.7.2 backing_image_controller.go:918 generateBackingImageManagerManifest (+ labels, BRIEF §3)."""
+    """lm v1.7.2 backing_image_controller.go:918 generateBackingImageManagerManifest (+ labels,
+    ``types/types.go:534-544 @v1.7.2`` GetBackingImageManagerLabels)."""
     return {
         "kind": "BackingImageManager",
         "metadata": {

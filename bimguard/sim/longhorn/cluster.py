@@ -166,8 +166,9 @@ class SimCluster:
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.token is None and hasattr(self.api, "add_user"):
-            # All managers authenticate as Longhorn's service account (BRIEF §1.5), so a webhook
-            # sees the same userInfo as on a real cluster.
+            # All managers authenticate as Longhorn's service account (longhorn/longhorn
+            # chart/templates/daemonset-sa.yaml:154 @v1.7.2), so a webhook sees the same userInfo as on
+            # a real cluster.
             self.token = "sim-longhorn-service-account"
             self.api.add_user(self.token, SERVICE_ACCOUNT,
                               ["system:serviceaccounts", "system:serviceaccounts:longhorn-system", "system:authenticated"])
@@ -436,8 +437,10 @@ class SimCluster:
     async def recreate_node(self, node: str, timeout: float = 10.0) -> None:
         """Delete the Longhorn Node object and create it again with the same spec.
 
-        Longhorn then re-records whatever UUIDs the cfg files hold -- the ``"" -> X`` write for an
-        *old* UUID of BRIEF §0.7 (issue #8021 uses this as a workaround).
+        Longhorn then re-records whatever UUIDs the cfg files hold -- a ``"" -> X`` write for an
+        *old* UUID that Replicas and BIMs still reference and are re-linked by
+        (``controller/node_controller.go:831-864 @v1.7.2``; longhorn/longhorn
+        ``enhancements/20201106-disk-reconnection.md``). Issue #8021 uses this as a workaround.
         """
         assert self.kube is not None
         old = await self.kube.get("nodes", node)

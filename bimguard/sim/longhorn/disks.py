@@ -1,9 +1,10 @@
 """Disk directories of simulated nodes and the ``longhorn-disk.cfg`` file on them.
 
 A simulated node's host filesystem is ``<root>/<node>/``; a Longhorn disk with host path ``P`` lives
-in ``<root>/<node>/<P>``. The cfg file is exactly what longhorn-manager writes (BRIEF §1.1): one
-line of compact JSON, keys ``diskName, diskUUID, diskDriver`` in that order, no trailing newline,
-mode 0644 (lm v1.7.2 ``util/util.go:637-641``, ``controller/monitor/disk_utils.go:133``).
+in ``<root>/<node>/<P>``. The cfg file is exactly what longhorn-manager writes: one line of
+compact JSON, keys ``diskName, diskUUID, diskDriver`` in that order, no trailing newline, mode 0644
+(lm v1.7.2 ``util/util.go:637-641``, ``controller/monitor/disk_utils.go:133``; go-common-libs
+``ns.WriteFile``, ``vendor/github.com/longhorn/go-common-libs/ns/file.go:236 @v1.7.2``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def host_dir(root: Path, node: str, host_path: str) -> Path:
 
 
 def write_cfg_exclusive(disk_dir: Path, cfg: DiskConfig) -> None:
-    """Create the cfg only if absent (Longhorn never overwrites, BRIEF §1.2 step 2), plus ``replicas/``.
+    """Create the cfg only if absent (Longhorn never overwrites one,
+    ``controller/monitor/disk_utils.go:148-151 @v1.7.2``), plus ``replicas/``.
 
     Written like ``ns.WriteFile`` (0644) followed by the ``replicas`` directory and an fsync.
     """
@@ -84,7 +86,8 @@ def write_cfg_exclusive(disk_dir: Path, cfg: DiskConfig) -> None:
 
 
 def replace_cfg_atomically(disk_dir: Path, cfg: DiskConfig) -> None:
-    """Test/demo helper: rewrite the cfg the safe way (temp file + rename, BRIEF §12), never absent."""
+    """Test/demo helper: rewrite the cfg the safe way (temp file + rename, docs/design.md,
+    invariant 4), never absent."""
     tmp = disk_dir / f".{DISK_CONFIG_FILE}.tmp"
     tmp.write_bytes(encode_cfg(cfg))
     os.chmod(tmp, 0o644)
@@ -93,7 +96,7 @@ def replace_cfg_atomically(disk_dir: Path, cfg: DiskConfig) -> None:
 
 @dataclass(frozen=True)
 class DiskStat:
-    """What ``statfs`` gives the monitor (BRIEF §1.2 step 3)."""
+    """What ``statfs`` gives the monitor (``controller/monitor/disk_monitor.go:299 @v1.7.2``)."""
 
     fsid: str
     storage_maximum: int

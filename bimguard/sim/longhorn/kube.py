@@ -1,9 +1,10 @@
 """How a simulated longhorn-manager talks to the API server: kubernetes_asyncio over real HTTP.
 
 Longhorn writes through client-go (``UpdateStatus`` = PUT ``.../<name>/status`` with the object's
-``resourceVersion``, BRIEF §1.5); the sim does the same with ``CustomObjectsApi`` so that admission
-webhooks registered on the emulated API server see exactly these requests. Errors are mapped to
-the exceptions the controllers act on (409 Conflict -> requeue, 409 AlreadyExists, 404, 403, 422).
+``resourceVersion``, ``datastore/longhorn.go:2702-2703 @v1.7.2``); the sim does the same with
+``CustomObjectsApi`` so that admission webhooks registered on the emulated API server see exactly
+these requests. Errors are mapped to the exceptions the controllers act on (409 Conflict ->
+requeue, 409 AlreadyExists, 404, 403, 422).
 """
 
 from __future__ import annotations

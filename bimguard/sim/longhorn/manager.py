@@ -1,9 +1,10 @@
 """One simulated longhorn-manager: the per-node process with its monitor and controllers.
 
 Longhorn runs one longhorn-manager pod per node; each runs every controller, and ownership rules
-decide who acts (BRIEF §1.3, §1.5): the node controller of every manager sets node-level
-conditions, only the manager on the node touches that node's disks; replicas, BIMs and orphans are
-handled by the manager of their ``nodeID``; a BackingImage by the manager in its ``status.ownerID``.
+decide who acts: the node controller of every manager sets node-level conditions, only the
+manager on the node touches that node's disks (``controller/node_controller.go:427-435 @v1.7.2``);
+replicas, BIMs and orphans are handled by the manager of their ``nodeID``; a BackingImage by the
+manager in its ``status.ownerID``.
 
 Controllers here are level-triggered loops: each wakes on an informer event it cares about
 (routed by ``SimCluster._route``), on an explicit trigger (the disk monitor's ``enqueue``), on a
@@ -831,7 +832,8 @@ class LonghornManager:
                 await self._drop_finalizers("backingimagemanagers", bim)
             return
         if not wanted:
-            # BIMs with no backing images left are deleted (BRIEF §5).
+            # BIMs with no backing images left are deleted
+            # (controller/backing_image_controller.go:480-485 @v1.7.2).
             await self._delete_bim(bim)
             return
         status = copy.deepcopy(bim.get("status") or {})

@@ -1,4 +1,4 @@
-"""The disk monitor of one simulated longhorn-manager (BRIEF §1.2; lm v1.7.2 controller/monitor/disk_monitor.go).
+"""The disk monitor of one simulated longhorn-manager (lm v1.7.2 controller/monitor/disk_monitor.go).
 
 ``collect_disk_data`` is the body of one poll: for every filesystem disk in ``node.spec.disks`` read
 the cfg, generate it when missing, "statfs" the directory and find orphaned replica directories.
@@ -101,7 +101,8 @@ def orphaned_directories(
 
     lm v1.7.2 disk_monitor.go getOrphanedReplicaDirectoryNames: replicas are selected by label
     ``longhorndiskuuid`` (ListReplicasByDiskUUID), then matched on spec.diskPath and
-    spec.dataDirectoryName; directories without a ``volume.meta`` are ignored (BRIEF §3 Orphan row).
+    spec.dataDirectoryName; directories without a ``volume.meta`` are ignored
+    (``controller/monitor/disk_monitor.go:423-440 @v1.7.2``).
     """
     left = set(candidates)
     for r in replicas:
@@ -141,7 +142,10 @@ def collect_disk_data(
         cfg_path = ddir / disks.DISK_CONFIG_FILE
         cfg: disks.DiskConfig | None = None
         try:
-            # stat first: ANY stat error counts as "not found" (BRIEF §1.2 step 1, surprise 4).
+            # stat first: ANY stat error counts as "not found": go-common-libs io.ReadFileContent wraps a
+            # failed os.Stat as "cannot find file" (vendor/github.com/longhorn/go-common-libs/io/file.go:202-203
+            # @v1.7.2), which types.ErrorIsNotFound (types/types.go:750-751 @v1.7.2) takes for a missing cfg
+            # and the monitor generates a new one (controller/monitor/disk_monitor.go:264-290 @v1.7.2).
             cfg_path.stat()
             found = True
         except OSError:
@@ -171,8 +175,10 @@ def collect_disk_data(
                 disks.write_cfg_exclusive(ddir, cfg)
                 log.info("Generated disk config for disk %s(%s) on node %s: %s", disk_name, path, name, cfg.disk_uuid)
             except FileExistsError:
-                # The file reappeared between the two checks: Longhorn gets (nil, nil) here and
-                # crashes (BRIEF §0.4). The sim reports it instead of crashing and retries next poll.
+                # The file reappeared between the two checks: Longhorn gets (nil, nil) here
+                # (controller/monitor/disk_utils.go:149-150 @v1.7.2) and crashes on the nil config
+                # (controller/monitor/disk_monitor.go:308 @v1.7.2). The sim reports it instead of crashing
+                # and retries next poll.
                 log.error("disk config on %s reappeared during generation (longhorn-manager would panic here)", path)
                 out[disk_name] = failed(f"{prefix}: failed to generate disk config: error: disk cfg on {cfg_path_str(path)} exists, cannot override")
                 continue

@@ -2,8 +2,8 @@
 
 Given a Longhorn Node object, the disk monitor's snapshot and the Replica/BIM objects, compute the
 new ``status`` exactly the way longhorn-manager v1.7.2 ``controller/node_controller.go`` does
-(BRIEF §1.3-§1.5), plus the Events to emit and the re-link updates to make. The imperative shell
-(``node_controller.py``) reads the inputs and writes the results.
+(``syncNode``, line 363), plus the Events to emit and the re-link updates to make. The imperative
+shell (``node_controller.py``) reads the inputs and writes the results.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class Event:
 
 @dataclass(frozen=True)
 class Relink:
-    """Spec update of a Replica or BIM whose disk UUID now lives at another node/path (BRIEF §0.7)."""
+    """Spec update of a Replica or BIM whose disk UUID now lives at another node/path
+    (``controller/node_controller.go:831-864 @v1.7.2``)."""
 
     kind: str  # "replicas" | "backingimagemanagers"
     name: str
@@ -177,7 +178,7 @@ def _volume_size(replica: Mapping[str, Any]) -> int:
 
 
 def schedulable(disk_spec: Mapping[str, Any], entry: Mapping[str, Any], settings: SchedulingSettings) -> bool:
-    """lm v1.7.2 scheduler/replica_scheduler.go:794 IsSchedulableToDisk(0, 0, info), BRIEF §1.4."""
+    """lm v1.7.2 scheduler/replica_scheduler.go:794 IsSchedulableToDisk(0, 0, info), as node_controller.go:875."""
     maximum = int(entry.get("storageMaximum") or 0)
     available = int(entry.get("storageAvailable") or 0)
     reserved = int(disk_spec.get("storageReserved") or 0)
@@ -206,7 +207,8 @@ def sync_node_status(
 
     Non-owners only set node-level conditions (line 433). The owner returns early, without
     touching ``diskStatus``, while the monitor snapshot does not match spec (line 452): this is why a
-    new disk's entry and its UUID arrive in ONE status write (BRIEF §0.5).
+    new disk's entry (created by ``alignDiskSpecAndStatus``, line 1663) and its UUID (line 745)
+    arrive in ONE status write.
     """
     events: list[Event] = []
     name = node["metadata"]["name"]
@@ -349,7 +351,7 @@ def eviction_updates(node: Mapping[str, Any], status: Mapping[str, Any], replica
 
     lm v1.7.2 node_controller.go:1843 syncReplicaEvictionRequested (user-requested part only; the
     sim has no cordon/drain policy). Iterates ``scheduledReplica``, which is emptied on a NotReady
-    disk, so eviction does nothing there (BRIEF §5 caveat).
+    disk (node_controller.go:821-823), so eviction does nothing there.
     """
     spec = node.get("spec", {})
     by_name = {r["metadata"]["name"]: r for r in replicas}

@@ -1,10 +1,11 @@
 """Orphaned replica directories: the node controller's Orphan bookkeeping and the orphan controller.
 
-BRIEF §3 (Orphan row), §0.8. Pure parts: the Orphan name (lm v1.7.2 types/types.go:685), the
-new/missing diff (node_controller.go:1518), the DataCleanable rule (orphan_controller.go:375-441).
-Deleting an Orphan whose DataCleanable is True deletes the directory with its data -- this is how a
-UUID change with replica directories left on the disk destroys data when ``orphan-auto-deletion``
-is on.
+lm v1.7.2 node_controller.go:1502-1630 (syncOrphans), orphan_controller.go:201-441. Pure parts: the
+Orphan name (lm v1.7.2 types/types.go:685), the new/missing diff (node_controller.go:1518), the
+DataCleanable rule (orphan_controller.go:375-441). Deleting an Orphan whose DataCleanable is True
+deletes the directory with its data (orphan_controller.go:293-300) -- this is how a UUID change with
+replica directories left on the disk destroys data when ``orphan-auto-deletion`` is on
+(node_controller.go:1557,1584).
 """
 
 from __future__ import annotations
