@@ -4,8 +4,10 @@ Longhorn names a BIM `backing-image-manager-<sha512(image)[:4]>-<diskUUID[:4]>` 
 checked (lm `types/types.go` GetBackingImageManagerName at v1.4.0:336, v1.5.0:342, v1.6.0:360,
 v1.7.2:385, v1.9.1:415). v1.9.2 switched to `bim-<sha256(image-uuid)>` (v1.9.2:416),
 v1.10.2 to `bim-<sha224(...)>` (v1.10.2:424); the v1.8.x branch carries the sha256 naming after
-v1.8.2 (BRIEF §8). `image` is the longhorn-manager flag --backing-image-manager-image, mirrored
-in the Setting `default-backing-image-manager-image` and every BIM's spec.image (BRIEF §4).
+v1.8.2 (branch v1.8.x:412; no later v1.8 release tag). `image` is the longhorn-manager flag
+--backing-image-manager-image (`app/daemon.go:43,117 @v1.7.2`), mirrored in the Setting
+`default-backing-image-manager-image` (`app/daemon.go:236 @v1.7.2`) and every BIM's spec.image
+(`controller/backing_image_controller.go:925 @v1.7.2`).
 """
 
 from __future__ import annotations

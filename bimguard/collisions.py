@@ -1,9 +1,14 @@
 """Collision groups and their visible symptoms.
 
 A group is two or more v1 disks whose recorded UUIDs share their first four hex characters, so
-they want the same BIM name (BRIEF §4). Block (v2) disks have no BIM and never collide (BRIEF §2).
-A symptom is a backing-image copy Longhorn asked for on a disk whose BIM name is taken by another
-disk's BIM: the copy and the replicas waiting for it are stuck (BRIEF §4 "Detection", step 3).
+they want the same BIM name (`types/types.go:385 @v1.7.2`). Block (v2) disks have no BIM and never
+collide: v1.7 refuses backing images on v2 volumes (`webhook/resources/volume/validator.go:153-154
+@v1.7.2`), later releases skip v2 copies when creating BIMs
+(`controller/backing_image_controller.go:1199-1203 @v1.9.0`). A symptom is a backing-image copy
+Longhorn asked for on a disk whose BIM name is taken by another disk's BIM: the create fails with
+AlreadyExists and the whole BackingImage sync stops there
+(`controller/backing_image_controller.go:742-746 @v1.7.2`), so the copy and the replicas waiting
+for it are stuck.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def decode_json(data: bytes | memoryview, source: str, inv: Inventory) -> str:
 
 
 def denull(value: Any) -> Any:
-    """Undo support-bundle-kit's rewriting of "" and null into the string "null" (BRIEF §7)."""
+    """Undo support-bundle-kit's rewriting of "" and null into the string "null"
+    (rancher/support-bundle-kit `pkg/manager/collectors/common.go:61-68 @v0.0.45`)."""
     if isinstance(value, dict):
         return {k: denull(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -1,8 +1,8 @@
 """Domain records built from Longhorn objects, and the rules for building them.
 
 A `Disk` is one entry of a Longhorn Node (spec.disks and/or status.diskStatus); its UUID is the
-one recorded in `status.diskStatus[<disk>].diskUUID` (BRIEF §1.1). Parsing is pure: wire
-objects in, records and `Skipped` explanations out.
+one recorded in `status.diskStatus[<disk>].diskUUID` (`k8s/pkg/apis/longhorn/v1beta2/node.go:116
+@v1.7.2`). Parsing is pure: wire objects in, records and `Skipped` explanations out.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from bimguard import objects as wire
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
-# Label keys Longhorn puts on objects (BRIEF §3 "Labels in use").
+# Label keys Longhorn puts on objects and selects them by (types/types.go:116,149 and
+# datastore/longhorn.go:2328,3065 @v1.7.2).
 LABEL_REPLICA_DISK_UUID = "longhorndiskuuid"  # decoded by objects.ReplicaLabels
 LABEL_BIM_DISK_UUID = "longhorn.io/disk-uuid"
 
@@ -86,7 +87,8 @@ class Replica(_Record):
     @property
     def disk_uuids(self) -> tuple[str, ...]:
         """Every disk UUID the replica refers to: both while spec.diskID and the label disagree
-        (BRIEF §5 "Drained")."""
+        (longhorn-manager sets the label from spec.diskID only when it writes the Replica,
+        `datastore/longhorn.go:1475,1512 @v1.7.2`)."""
         if self.disk_label and self.disk_label != self.disk_id:
             return (self.disk_id, self.disk_label) if self.disk_id else (self.disk_label,)
         return (self.disk_id,) if self.disk_id else ()

@@ -1,6 +1,7 @@
 """Which disk of a collision group keeps its UUID, and what regenerating the others takes.
 
-Keep rule, in order (KB "troubleshooting-backing-image-manager-cr-naming", DESIGN "Repair"):
+Keep rule, in order (KB "troubleshooting-backing-image-manager-cr-naming"; the repair flow in
+docs/design.md):
 1. the disk that owns the existing BIM of the colliding name (its copies are served; renaming
    it would strand them);
 2. else the disk with the most data (replicas + backing-image copies);

@@ -2,7 +2,7 @@
 
 Each v4 UUID's prefix is uniform over 16^4 = 65,536 values, so for n disks the chance that some
 two share a prefix is the birthday bound 1 - prod_{i<n} (1 - i/65536): 7.3 % at 100 disks,
-50 % at 300 (BRIEF §1.7).
+50 % at 300.
 """
 
 from __future__ import annotations

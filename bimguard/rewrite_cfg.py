@@ -4,15 +4,18 @@ It runs in a short-lived privileged pod whose only hostPath volume is the disk d
 imports nothing but the standard library (a test checks this): the less code runs there, the
 less can go wrong next to the data. `python -m bimguard.rewrite_cfg` runs it without the CLI.
 
-The rules (DESIGN invariant 4, BRIEF §1.6 and §12):
+The rules (docs/design.md, invariants 3 and 4):
 - the cfg is replaced only if it names the expected disk and holds the old UUID; if it already
   holds the new UUID nothing is written (idempotent: a retried pod succeeds);
 - a disk whose `replicas/` or `backing-images/` holds anything is refused: changing its UUID
-  would turn that data into orphans that `orphan-auto-deletion` deletes (BRIEF §0.8);
+  would turn that data into orphans that `orphan-auto-deletion` deletes (Longhorn matches replica
+  directories to Replicas by UUID, `controller/monitor/disk_monitor.go:423-433 @v1.7.2`, and deletes
+  orphans when the setting is on, `controller/node_controller.go:1584 @v1.7.2`);
 - the file must never be absent, not even for a moment: Longhorn's monitor treats a failed
-  `stat` as "missing" and writes a fresh random UUID (BRIEF §0.4). So the new content goes to a
-  temporary file in the same directory, which is fsync'ed and then renamed over the cfg (never
-  unlink first), and the directory is fsync'ed so the rename survives a crash;
+  `stat` as "missing" and writes a fresh random UUID (`controller/monitor/disk_monitor.go:264-296
+  @v1.7.2`). So the new content goes to a temporary file in the same directory, which is fsync'ed
+  and then renamed over the cfg (never unlink first), and the directory is fsync'ed so the rename
+  survives a crash;
 - a missing cfg is never created: that is Longhorn's job, and a missing file here means the
   path is not the disk we think it is;
 - everything happens relative to one directory descriptor opened with O_NOFOLLOW, and the cfg
@@ -46,7 +49,8 @@ from typing import Any
 CFG = "longhorn-disk.cfg"  # lm v1.7.2 util/util.go:72 DiskConfigFile
 TMP_PREFIX = f".{CFG}."
 _TMP_RE = re.compile(r"\A\.longhorn-disk\.cfg\.[0-9a-f]{16}\Z")
-# Directories whose entries are data Longhorn tracks by disk UUID (BRIEF §1.1, §3).
+# Directories whose entries are data Longhorn tracks by disk UUID (util/util.go:65 ReplicaDirectory,
+# types/types.go:104 BackingImageManagerDirectory @v1.7.2).
 DATA_DIRS = ("replicas", "backing-images")
 # What DiskConfig holds (lm v1.7.2 util/util.go:637); cfgs written by Longhorn <= v1.5 hold only diskUUID.
 CFG_KEYS = frozenset({"diskName", "diskUUID", "diskDriver"})
@@ -58,7 +62,7 @@ DEFAULT_TERMINATION_LOG: str | None = None
 # A rewriter of the same disk that holds the lock longer than this is stuck (hung storage?): give
 # up with a transient error rather than hang the pod.
 LOCK_TIMEOUT_SECONDS = 30.0
-# Longhorn writes lower-case v4 UUIDs from google/uuid (BRIEF §1.1).
+# Longhorn writes lower-case v4 UUIDs from google/uuid (util/util.go:168-169 @v1.7.2).
 UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE, EXIT_REFUSED, EXIT_MISSING = 0, 1, 2, 3, 4
@@ -139,8 +143,8 @@ def _rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> Outcome
 
 def _lock(dir_fd: int, path: str) -> None:
     """Serialise rewriters of the same disk (a retried pod beside a slow one). Longhorn never
-    writes an existing cfg (BRIEF §0.3), so only bimguard competes for it. A filesystem without
-    flock gets no lock rather than no rewrite."""
+    writes an existing cfg (`controller/monitor/disk_utils.go:148-151 @v1.7.2`), so only bimguard
+    competes for it. A filesystem without flock gets no lock rather than no rewrite."""
     deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
     while True:
         try:
@@ -206,7 +210,8 @@ def _parse_cfg(raw: bytes, path: str) -> dict[str, Any]:
 
 def encode_cfg(cfg: dict[str, Any]) -> bytes:
     """The cfg as Longhorn writes it: Go's json.Marshal of DiskConfig, keys in the order read (the
-    struct order diskName, diskUUID, diskDriver), compact, no trailing newline (BRIEF §1.1)."""
+    struct order diskName, diskUUID, diskDriver), compact, no trailing newline (`util/util.go:637-641`,
+    `controller/monitor/disk_utils.go:143,161 @v1.7.2`)."""
     text = json.dumps(cfg, separators=(",", ":"), ensure_ascii=False)
     # json.Marshal escapes these even inside strings; keep byte-for-byte what Longhorn would write.
     for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
@@ -240,7 +245,9 @@ def _replace(dir_fd: int, content: bytes, old: os.stat_result) -> None:
     renamed = False
     try:
         try:
-            os.fchmod(fd, 0o644)  # Longhorn's mode (BRIEF §1.1), whatever the umask
+            # Longhorn's mode (go-common-libs ns.WriteFile, vendored at
+            # vendor/github.com/longhorn/go-common-libs/ns/file.go:236 @v1.7.2), whatever the umask
+            os.fchmod(fd, 0o644)
             if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
                 try:
                     os.fchown(fd, old.st_uid, old.st_gid)
@@ -253,7 +260,7 @@ def _replace(dir_fd: int, content: bytes, old: os.stat_result) -> None:
         finally:
             os.close(fd)
         # rename() atomically replaces the directory entry: a reader sees the old or the new file,
-        # never none (BRIEF §0.4).
+        # never none (docs/design.md, invariant 4).
         os.rename(tmp, CFG, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         renamed = True
         os.fsync(dir_fd)

@@ -1,9 +1,11 @@
 """Read a Longhorn support bundle, zipped or extracted.
 
-Layout written by rancher/support-bundle-kit (BRIEF §7; sbk v0.0.45 pkg/manager/cluster.go):
+Layout written by rancher/support-bundle-kit (`pkg/manager/cluster.go:35-81`,
+`pkg/manager/collectors/default.go:38` @v0.0.45):
 `supportbundle_<...>/yamls/namespaced/<namespace>/<groupVersion>/<resource>.yaml`, each a YAML
-`List`, with "" and some nulls rewritten to the string "null" and numbers as floats. Only the
-Longhorn resources the scan needs are read.
+`List`, with "" and some nulls rewritten to the string "null" and numbers as floats
+(`pkg/manager/collectors/common.go:61-68 @v0.0.45`). Only the Longhorn resources the scan needs
+are read.
 """
 
 from __future__ import annotations

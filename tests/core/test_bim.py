@@ -10,7 +10,8 @@ def _bim(name: str, image: str = IMG) -> Bim:
 
 
 def test_image_prefixes_match_longhorns_names():
-    # Values quoted in BRIEF §4 (5ae6 and 4407 also in longhorn/longhorn#10616 and the KB).
+    # sha512(image)[:4] (types/types.go:385, util/util.go:399-406 @v1.7.2) of each release's default
+    # image; 5ae6 and 4407 also appear in longhorn/longhorn#10616 and the KB.
     expected = {"v1.7.2": "5ae6", "v1.7.3": "78bd", "v1.7.4": "efef", "v1.8.0": "b43d", "v1.8.1": "8494",
                 "v1.8.2": "f86a", "v1.9.0": "8792", "v1.9.1": "4407"}
     for tag, prefix in expected.items():
@@ -41,7 +42,8 @@ def test_detect_prefers_the_version_setting():
 def test_detect_falls_back_to_the_image_tag_then_to_bim_names():
     info = bim.detect({"default-backing-image-manager-image": "registry.local/lh/bim:v1.8.1"}, [])
     assert (info.version, info.affected, info.bim_image) == ("v1.8.1", True, "registry.local/lh/bim:v1.8.1")
-    # A private registry prefix changes the hash (BRIEF §4).
+    # A private registry prefix changes the hash (Longhorn's chart prepends it to the image:
+    # longhorn/longhorn chart/templates/daemonset-sa.yaml:40-41 @v1.7.2).
     assert info.image_prefix != bim.image_prefix("longhornio/backing-image-manager:v1.8.1")
 
     untagged = "registry.local:5000/lh/bim:custom-build"

@@ -1,6 +1,6 @@
 """`bimguard rewrite-cfg` against real files: every exit code, idempotency, atomicity under a
-concurrent reader, mode 0644, symlinks refused, and a standard-library-only import (DESIGN
-invariant 4, BRIEF §0.4, §1.1, §12)."""
+concurrent reader, mode 0644, symlinks refused, and a standard-library-only import
+(docs/design.md, invariant 4)."""
 
 from __future__ import annotations
 
@@ -27,13 +27,15 @@ NAME = "6fb02c828177508fc70b10b09d7c8c28"
 
 
 def cfg_bytes(uuid: str = OLD, name: str = NAME, driver: str = "") -> bytes:
-    # The exact form of BRIEF §1.1 (harvester/harvester#10453).
+    # The exact form Longhorn writes (util/util.go:637-641, controller/monitor/disk_utils.go:143,161
+    # @v1.7.2; a real one in harvester/harvester#10453).
     return f'{{"diskName":"{name}","diskUUID":"{uuid}","diskDriver":"{driver}"}}'.encode()
 
 
 @pytest.fixture()
 def disk(tmp_path: Path) -> Path:
-    """A freshly generated Longhorn v1 disk: the cfg (0644) and an empty replicas/ (BRIEF §1.1)."""
+    """A freshly generated Longhorn v1 disk: the cfg (0644) and an empty replicas/
+    (controller/monitor/disk_utils.go:133-170 @v1.7.2)."""
     d = tmp_path / "disk"
     d.mkdir()
     (d / CFG).write_bytes(cfg_bytes())
@@ -257,7 +259,8 @@ def test_stale_temp_files_of_a_killed_rewriter_are_removed(disk: Path) -> None:
 
 def test_a_concurrent_reader_never_sees_the_cfg_missing_or_partial(disk: Path) -> None:
     """Longhorn's monitor stats and reads the cfg every 30 s; a failed stat makes it generate a new
-    random UUID (BRIEF §0.4). 200 swaps back and forth with a reader hammering the path."""
+    random UUID (controller/monitor/disk_monitor.go:264-296 @v1.7.2). 200 swaps back and forth with
+    a reader hammering the path."""
     valid = {cfg_bytes(OLD), cfg_bytes(NEW)}
     stop = threading.Event()
     seen: list[str] = []

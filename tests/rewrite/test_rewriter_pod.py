@@ -1,9 +1,10 @@
 """The rewriter pod end to end in the emulator: the pod the controller builds
 (bimguard/rewrite/pod.py) runs `rewrite-cfg` on the disk's node against its hostPath mount after
 the status was changed webhook-style, and the simulated Longhorn turns the disk Ready under the
-new UUID (BRIEF §1.6). A refusal surfaces as exit code 3 and a termination message, and leaves
-the cfg alone; a retried pod is a no-op success. Both the console script and the
-standard-library-only `python -m bimguard.rewrite_cfg` are exercised."""
+new UUID (Ready once status and cfg agree, controller/node_controller.go:700-712 @v1.7.2). A
+refusal surfaces as exit code 3 and a termination message, and leaves the cfg alone; a retried
+pod is a no-op success. Both the console script and the standard-library-only
+`python -m bimguard.rewrite_cfg` are exercised."""
 
 from __future__ import annotations
 

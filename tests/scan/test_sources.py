@@ -92,7 +92,8 @@ def test_all_offline_formats_agree(collision_objects, bundle_dir, tmp_path, caps
         target = objdir / ("nested" if i % 2 else "") / f"{i}.{'json' if i % 3 else 'yaml'}"
         target.write_text(json.dumps(obj) if i % 3 else yaml.safe_dump(obj))
     (objdir / "notes.txt").write_text("not a dump file: ignored")
-    # A zipped support bundle in the real layout: one top directory, zip -r (BRIEF §7).
+    # A zipped support bundle in the real layout: one top directory, zip -r (rancher/support-bundle-kit
+    # pkg/manager/manager.go:430-437 @v0.0.45).
     zpath = tmp_path / "bundle.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
         for f in bundle_dir.rglob("*"):
