@@ -147,7 +147,10 @@ def rewrite_patch(disk: str, new_uuid: str, conditions: Iterable[dict[str, Any]]
             current["lastTransitionTime"] = now
         current.update(status="False", reason=REASON, message=message)
     base = json_pointer("status", "diskStatus", disk)
+    # `add` sets a member whether or not it exists (RFC 6902 §4.1); `replace` of an entry without
+    # `conditions` fails to apply, and kube-apiserver answers a patch that does not apply with an
+    # error whatever the failurePolicy (mutating/dispatcher.go), failing Longhorn's write.
     return [
         {"op": "replace", "path": base + "/diskUUID", "value": new_uuid},
-        {"op": "replace" if conds else "add", "path": base + "/conditions", "value": conds},
+        {"op": "add", "path": base + "/conditions", "value": conds},
     ]

@@ -60,8 +60,12 @@ _DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in wire.KINDS.items()}
 
 
 def _longhorn_type(api_version: str | None, kind: str | None) -> str | None:
-    """The wire kind to decode an object as, or None when the scan does not need it."""
-    group = (api_version or "").partition("/")[0] if "/" in (api_version or "") else ""
+    """The wire kind to decode an object as, or None when the scan does not need it (also when
+    apiVersion or kind is not a string: YAML `apiVersion: 1.0` is a float, and such an object is
+    no Longhorn object)."""
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        return None
+    group = api_version.partition("/")[0] if "/" in api_version else ""
     if group != wire.LONGHORN_GROUP or kind not in wire.KINDS:
         return None
     return kind
@@ -128,6 +132,10 @@ def decode_json(data: bytes | memoryview, source: str, inv: Inventory) -> str:
                      else f"{kind}, not a Kubernetes object")
             inv.skip(source, what, f"#{i}", error)
             continue
+        except msgspec.DecodeError as err:  # (ValidationError is a DecodeError: it goes first)
+            # Splitting a document into raw items does not look inside strings: a byte that is not
+            # UTF-8 is found only here, and makes the whole file invalid JSON (RFC 8259 §8.1).
+            raise InputError(f"{source}: not valid JSON: {what} #{i}: {_short(err)}") from None
         kind = _longhorn_type(head.apiVersion, head.kind)
         if kind is None:
             inv.ignore(head.apiVersion, head.kind)
@@ -136,6 +144,8 @@ def decode_json(data: bytes | memoryview, source: str, inv: Inventory) -> str:
             inv.add(_DECODERS[kind].decode(raw), source)
         except msgspec.ValidationError as err:
             inv.skip(source, kind, head.metadata.name if head.metadata else "?", _short(err))
+        except msgspec.DecodeError as err:  # see above: e.g. a byte that is not UTF-8 deeper in the item
+            raise InputError(f"{source}: not valid JSON: {what} #{i}: {_short(err)}") from None
     return token
 
 

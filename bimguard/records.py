@@ -8,6 +8,7 @@ retry after a 409) lands on the same record and reuses its new UUID (DESIGN inva
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -29,6 +30,21 @@ def record_name(node: str, disk: str, old_uuid: str) -> str:
     return f"r-{digest[:16]}"
 
 
+# A label value is at most 63 characters (k8s.io/apimachinery validation.IsValidLabelValue); a
+# node's name may be a DNS subdomain of up to 253 (`ip-10-0-3-17.eu-west-1.compute.internal` is 40).
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def labels(node: str) -> dict[str, str]:
+    """The labels of bimguard's objects: `bimguard.io/node` only where the node's name is a valid
+    label value (`spec.node` always holds it), so that a long node name never makes the API
+    server refuse a claim or record (422) and the webhook skip its prevention."""
+    out = {"app.kubernetes.io/managed-by": "bimguard"}
+    if len(node) <= 63 and _LABEL_VALUE.match(node):
+        out["bimguard.io/node"] = node
+    return out
+
+
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -40,7 +56,7 @@ def rewrite_manifest(*, name: str, namespace: str, node: str, disk: str, disk_na
         "apiVersion": API_VERSION,
         "kind": "DiskRewrite",
         "metadata": {"name": name, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "bimguard", "bimguard.io/node": node}},
+                     "labels": labels(node)},
         "spec": {"node": node, "disk": disk, "diskName": disk_name, "diskPath": disk_path, "oldUUID": old_uuid,
                  "newUUID": new_uuid, "reason": reason, "origin": origin},
     }
@@ -54,7 +70,7 @@ def claim_manifest(*, prefix: str, namespace: str, node: str, disk: str, uuid: s
         "apiVersion": API_VERSION,
         "kind": "PrefixClaim",
         "metadata": {"name": prefix, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "bimguard", "bimguard.io/node": node}},
+                     "labels": labels(node)},
         "spec": {"node": node, "disk": disk, "uuid": uuid, "record": record},
     }
 

@@ -112,8 +112,10 @@ def nothing_usable(inv: Inventory, source: dict[str, Any]) -> str:
                 f"nodes.{LONGHORN_GROUP}; {fix}")
     malformed = [s for s in inv.skipped if s.kind == "Node"]
     if malformed:
-        return (f"{where}: no usable nodes.{LONGHORN_GROUP}: every Longhorn Node or disk was skipped "
-                f"({len(malformed)}, see below); nothing can be concluded")
+        first = malformed[0]
+        more = f" (and {len(malformed) - 1} more)" if len(malformed) > 1 else ""
+        return (f"{where}: no usable nodes.{LONGHORN_GROUP}: every Longhorn Node or disk was skipped, "
+                f"first Node {first.name} in {first.source}: {first.error}{more}; nothing can be concluded")
     not_objects = [s for s in inv.skipped if s.kind in ("document", "item", "object")]
     if not_objects and len(not_objects) == inv.objects:
         first = not_objects[0]
@@ -164,9 +166,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"bimguard scan: {e}", file=err)
         return EXIT_INPUT
     if inv.nodes == 0:
+        # One line, like every other error (README "Exit codes"): it names the first skipped object.
         print(f"bimguard scan: {nothing_usable(inv, source)}", file=err)
-        for s in inv.skipped[:5]:
-            print(f"  skipped {s.kind} {s.name} in {s.source}: {s.error}", file=err)
         return EXIT_INPUT
     doc = report.to_json(analyze(inv), source)
     code = report.exit_code(doc)

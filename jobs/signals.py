@@ -8,10 +8,11 @@ instead, so cleanup runs, and `Terminated` tells the CLI to exit 143 (128 + SIGT
 
 from __future__ import annotations
 
-import asyncio
 import signal
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
 
 T = TypeVar("T")
 
@@ -22,10 +23,14 @@ class Terminated(Exception):
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)`; on SIGTERM, `main` is cancelled and `Terminated` raised."""
+    import asyncio  # here: the CLI imports this module, and `rewrite-cfg` keeps to a few modules
+
     return asyncio.run(_terminable(main))
 
 
 async def _terminable(main: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None

@@ -178,11 +178,12 @@ def test_entry_points_run_the_same_cli(tmp_path):
 
 
 def test_rewrite_cfg_through_the_console_script_loads_only_the_standard_library(tmp_path):
-    # The privileged rewriter pod runs `bimguard rewrite-cfg`: nothing but the stdlib and our two modules.
+    # The privileged rewriter pod runs `bimguard rewrite-cfg`: nothing but the stdlib and our modules that
+    # need nothing else (jobs.signals: the CLI's SIGTERM exit).
     probe = ("import runpy, sys; sys.argv = ['bimguard', 'rewrite-cfg', '--help']; before = set(sys.modules)\n"
              "try:\n    runpy.run_module('jobs.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
              "extra = sorted(m for m in set(sys.modules) - before if m.split('.')[0] not in sys.stdlib_module_names)\n"
              "print(extra, file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert r.stderr.strip().splitlines()[-1] == "['bimguard', 'bimguard.rewrite_cfg', 'jobs']"
+    assert r.stderr.strip().splitlines()[-1] == "['bimguard', 'bimguard.rewrite_cfg', 'jobs', 'jobs.signals']"
     assert "rewrite-cfg" in r.stdout

@@ -1,0 +1,126 @@
+"""Bugs the fuzzers of tests/fuzz and bench/fuzz_bench.py found, each pinned by the input that
+showed it (reduced), against the real server or the real CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+from bimguard import records
+from bimguard.decision import rewrite_patch
+from bimguard.sim.patch import apply_json_patch
+from tests.fuzz.webhook_target import NAMESPACE, WELL_FORMED, ServedWebhook, check_answer
+from tests.scan.clirun import one_line, scan_in_process
+
+SAMPLE = Path(__file__).resolve().parents[1] / "fixtures/longhorn/samples/admission/nodes-status-first-record.request.json"
+CLAIMS = f"{records.GROUP}/{records.VERSION}/{records.CLAIMS}"
+
+
+def first_record(node: str | None = None, disk: str = "disk-nvme2", drop_conditions: bool = False) -> dict:
+    """The sample review: `disk` first recorded with a UUID whose prefix (a3af) a disk of the
+    fuzz target's cluster holds, so the answer is a rewrite."""
+    doc = json.loads(SAMPLE.read_text())
+    req = doc["request"]
+    req["uid"] = str(uuidlib.uuid4())
+    if node:
+        req["name"] = node
+        for obj in (req["object"], req["oldObject"]):
+            obj["metadata"]["name"] = node
+    entry = req["object"]["status"]["diskStatus"].pop("disk-nvme2")
+    entry["diskUUID"] = "a3af" + str(uuidlib.uuid4())[4:]
+    if drop_conditions:
+        del entry["conditions"]
+    req["object"]["status"]["diskStatus"][disk] = entry
+    return doc
+
+
+def post(hook: ServedWebhook, doc: dict) -> dict:
+    body = json.dumps(doc).encode()
+    status, ctype, data = hook.post(body)
+    assert check_answer(doc, body, WELL_FORMED, status, ctype, data) == []
+    assert hook.problems_logged() == []
+    return json.loads(data)["response"]
+
+
+def test_a_node_name_longer_than_a_label_value_still_gets_its_rewrite(hook: ServedWebhook) -> None:
+    """A Node's name is a DNS subdomain of up to 253 characters, a label value at most 63: the
+    claim and the record used the name as the value of `bimguard.io/node`, the API server refused
+    them (422) and the webhook allowed the colliding disk unchanged, logging a traceback."""
+    node = "ip-10-0-3-17." + "x" * 60 + ".eu-west-1.compute.internal"
+    resp = post(hook, first_record(node))
+    assert resp.get("patchType") == "JSONPatch", resp
+    claims = [c for c in hook.run(_list(hook, CLAIMS)) if c["spec"]["node"] == node]
+    assert claims and all("bimguard.io/node" not in c["metadata"]["labels"] for c in claims)
+    short = post(hook, first_record("worker-7"))
+    assert short.get("patchType") == "JSONPatch"
+    assert any(c["metadata"]["labels"].get("bimguard.io/node") == "worker-7" for c in hook.run(_list(hook, CLAIMS)))
+
+
+async def _list(hook: ServedWebhook, key: str) -> list[dict]:
+    assert hook.api is not None
+    return hook.api.store.list(key, NAMESPACE)[0]
+
+
+def test_a_disk_entry_without_conditions_gets_a_patch_that_applies(hook: ServedWebhook) -> None:
+    """The patch replaced `conditions`, which a disk entry without that member does not have:
+    kube-apiserver fails the whole write when a webhook's patch does not apply, whatever the
+    failurePolicy. check_answer applies the patch as the emulator's API server does."""
+    resp = post(hook, first_record(disk="disk/with~slash", drop_conditions=True))
+    assert resp.get("patchType") == "JSONPatch", resp
+
+
+@pytest.mark.parametrize("has_conditions", [True, False])
+def test_the_rewrite_patch_applies_with_and_without_conditions(has_conditions: bool) -> None:
+    entry = {"diskUUID": "a3af57ea-8353-4200-a67e-6939ff4dcecf"}
+    if has_conditions:
+        entry["conditions"] = [{"type": "Ready", "status": "True"}]
+    obj = {"status": {"diskStatus": {"a/b~c": copy.deepcopy(entry)}}}
+    patched = apply_json_patch(obj, rewrite_patch("a/b~c", "1234abcd-0000-4000-8000-000000000000",
+                                                  entry.get("conditions", []), "m", "now"))
+    got = patched["status"]["diskStatus"]["a/b~c"]
+    assert got["diskUUID"] == "1234abcd-0000-4000-8000-000000000000"
+    assert {c["type"]: c["status"] for c in got["conditions"]} == {"Ready": "False", "Schedulable": "False"}
+
+
+def test_a_dump_with_a_byte_that_is_not_utf8_inside_an_item_is_one_line(tmp_path, capsys) -> None:
+    """A JSON array whose item holds an invalid UTF-8 byte: splitting the array into raw items
+    does not look inside strings, and the per-item decode raised an uncaught DecodeError (the
+    CLI's "internal error" line)."""
+    dump = tmp_path / "d.json"
+    dump.write_bytes(b'[{"apiVersion": "longhorn.io/v1beta2", "kind": "Replica", "metadata": {"name": "p\xb2c"}}]')
+    code, out, err = scan_in_process(["--from-dump", str(dump)], capsys)
+    assert (code, out) == (2, "")
+    assert one_line(err) == f"bimguard scan: {dump}: not valid JSON: item #1: Invalid UTF-8 encoded string"
+
+
+@pytest.mark.parametrize("value", ["1.0", "[longhorn.io/v1beta2]", "{a: b}"])
+def test_an_object_whose_api_version_is_not_a_string_is_ignored(tmp_path, capsys, value: str) -> None:
+    """YAML `apiVersion: 1.0` is a float: `"/" in 1.0` raised TypeError (internal error)."""
+    node = ("apiVersion: longhorn.io/v1beta2\nkind: Node\nmetadata: {name: n1, namespace: longhorn-system}\n"
+            "status:\n  diskStatus:\n    d1: {diskUUID: c01200da-8a5c-4692-92e6-c4a983087951, diskType: filesystem}\n")
+    dump = tmp_path / "d.yaml"
+    dump.write_text(f"apiVersion: {value}\nkind: Node\nmetadata: {{name: odd}}\n---\n{node}")
+    code, out, err = scan_in_process(["--from-dump", str(dump), "-o", "json"], capsys)
+    assert (code, err) == (0, ""), err
+    assert json.loads(out)["disks"]["total"] == 1
+    dump.write_text(f"apiVersion: longhorn.io/v1beta2\nkind: {value}\nmetadata: {{name: odd}}\n---\n{node}")
+    code, out, err = scan_in_process(["--from-dump", str(dump), "-o", "json"], capsys)
+    assert (code, err) == (0, ""), err
+
+
+def test_a_dump_whose_every_node_is_skipped_is_one_line_naming_the_first(tmp_path, capsys) -> None:
+    """The message said "(N, see below)" and five more lines followed; every error is one line."""
+    dump = tmp_path / "d.json"
+    nodes = [{"apiVersion": "longhorn.io/v1beta2", "kind": "Node", "metadata": {"name": f"n{i}"},
+              "status": {"diskStatus": "broken"}} for i in (1, 2, 3)]
+    dump.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+    code, out, err = scan_in_process(["--from-dump", str(dump)], capsys)
+    assert (code, out) == (2, "")
+    line = one_line(err)
+    assert line.startswith(f"bimguard scan: {dump}: no usable nodes.longhorn.io: every Longhorn Node or disk was "
+                           f"skipped, first Node n1 in {dump}: "), line
+    assert line.endswith(" (and 2 more); nothing can be concluded"), line
