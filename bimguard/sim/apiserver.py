@@ -71,6 +71,7 @@ import re
 import time
 from collections import deque
 from datetime import datetime, timezone
+from email.utils import format_datetime
 from typing import Any, Callable
 
 import msgspec
@@ -79,6 +80,7 @@ from aiohttp import web
 
 from bimguard.sim import authz, openapi
 from bimguard.sim.admission import DEFAULT_USER, Attributes, Dispatcher
+from bimguard.sim.clock import SimClock
 from bimguard.sim.faults import Faults
 from bimguard.sim.podsecurity import PodSecurity
 from bimguard.sim.resources import ResourceKey, ResourceType, longhorn_crds
@@ -135,8 +137,13 @@ def _truthy(value: str | None) -> bool:
 
 class ApiServer:
     def __init__(self, *, namespace_seed: tuple[str, ...] = ("default", "longhorn-system"),
-                 webhook_hosts: dict[str, tuple[str, int]] | None = None, longhorn_version: str = "v1.7.2") -> None:
-        self.store = Store()
+                 webhook_hosts: dict[str, tuple[str, int]] | None = None, longhorn_version: str = "v1.7.2",
+                 clock: SimClock | None = None) -> None:
+        # The server's own wall clock: creationTimestamp, deletionTimestamp and every response's
+        # `Date` header come from it. `clock.skew` puts it ahead of (or behind) the processes
+        # around it, as an unsynchronised node's clock would be.
+        self.clock = clock or SimClock()
+        self.store = Store(clock=self.clock.wall)
         self.faults = Faults(self.store)
         self.admission = Dispatcher(self.store, dict(webhook_hosts or {}))
         self.authorizer = authz.Authorizer()  # the deny list (authz.py)
@@ -168,6 +175,7 @@ class ApiServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        app.on_response_prepare.append(self._date_header)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -235,6 +243,12 @@ class ApiServer:
         return dict(self.users.get(token) or DEFAULT_USER)
 
     # -- HTTP plumbing -----------------------------------------------------------------------
+
+    async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every response carries the server's time (Go's net/http adds `Date` to each response,
+        net/http/server.go `chunkWriter.writeHeader`), from this server's clock; watch streams
+        included, since the hook runs before any response's headers are sent."""
+        response.headers["Date"] = format_datetime(self.clock.wall(), usegmt=True)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:

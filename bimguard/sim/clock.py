@@ -21,9 +21,17 @@ DEFAULT_TIME_SCALE = 0.02
 
 @dataclass
 class SimClock:
-    """Scales Longhorn durations to real durations; the only place the sim sleeps through."""
+    """Scales Longhorn durations to real durations; the only place the sim sleeps through.
+
+    ``skew`` (seconds, may be negative, changeable at any time) shifts :meth:`wall`, the clock of
+    the component that owns this instance. The emulated API server stamps ``creationTimestamp``
+    and its ``Date`` headers from its own ``ApiServer.clock.wall()``: a skew of -30 there is an API
+    server 30 s behind the pods around it, i.e. a controller clock 30 s ahead of the server's. Nodes
+    do not agree on time either; nothing keeps clocks in step but NTP.
+    """
 
     time_scale: float = DEFAULT_TIME_SCALE
+    skew: float = 0.0
 
     def __post_init__(self) -> None:
         if self.time_scale <= 0:
@@ -39,6 +47,10 @@ class SimClock:
     def monotonic(self) -> float:
         """Simulated seconds elapsed on a monotonic scale (real monotonic / time_scale)."""
         return time.monotonic() / self.time_scale
+
+    def wall(self) -> _dt.datetime:
+        """This component's wall-clock time: real UTC time plus ``skew``."""
+        return _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=self.skew)
 
     @staticmethod
     def now_rfc3339() -> str:

@@ -271,6 +271,21 @@ class SimCluster:
             self._start_manager(node)
         self._wake_all("nodes")
 
+    async def set_manager_down(self, node: str, down: bool = True) -> None:
+        """Stop (or start again) only the longhorn-manager of ``node``: the node and its kubelet
+        keep running (a crash-looping or evicted manager pod). Nobody updates that node's disk
+        status meanwhile (only the owner does, lm ``controller/node_controller.go:433``); the
+        other managers report the node not Ready."""
+        if node in self.down:
+            raise ValueError(f"{node} is down; set_node_down({node!r}, False) first")
+        if down:
+            m = self.managers.pop(node, None)
+            if m:
+                await m.stop()
+        elif node not in self.managers:
+            self._start_manager(node)
+        self._wake_all("nodes")
+
     def _wake_all(self, plural: str) -> None:
         self._route(plural, None)
 
@@ -490,6 +505,25 @@ class SimCluster:
             (obj["spec"].get("disks") or {}).pop(disk_name, None)
 
         await self.update_node_spec(node, mutate)
+
+    async def rename_disk(self, node: str, old: str, new: str) -> None:
+        """Rename a disk entry: one spec write replaces ``old`` by ``new`` with the same path and
+        settings. Scheduling goes off on ``old`` first, because Longhorn's validator refuses to
+        remove a disk whose *stored* ``allowScheduling`` is on (lm
+        ``webhook/resources/node/validator.go:192-199``); ``new`` gets the original flag back. The
+        cfg keeps the ``diskName`` it was created with: Longhorn does not compare it for filesystem
+        disks (``controller/monitor/disk_monitor.go:216-300``)."""
+        node_obj = await self.get_node(node)
+        allow = bool(((node_obj["spec"].get("disks") or {}).get(old) or {}).get("allowScheduling"))
+        if allow:
+            await self.set_disk_flags(node, old, allow_scheduling=False)
+
+        def mutate(obj: dict[str, Any]) -> None:
+            disks_ = obj["spec"]["disks"]
+            disks_[new] = {**disks_.pop(old), "allowScheduling": allow}
+
+        await self.update_node_spec(node, mutate)
+        self._paths[(node, new)] = self._paths.pop((node, old))
 
     async def set_disk_flags(self, node: str, disk_name: str, *, allow_scheduling: bool | None = None,
                              eviction_requested: bool | None = None) -> None:
