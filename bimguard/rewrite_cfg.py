@@ -64,6 +64,10 @@ DEFAULT_TERMINATION_LOG: str | None = None
 LOCK_TIMEOUT_SECONDS = 30.0
 # Longhorn writes lower-case v4 UUIDs from google/uuid (util/util.go:168-169 @v1.7.2).
 UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+# The old UUID is whatever the cfg holds, letters in either case: a cfg edited by hand can hold
+# upper case, and Longhorn records it and compares it with the status exactly as written
+# (controller/node_controller.go:707 @v1.7.2). It is compared here exactly as given.
+ANY_CASE_UUID_RE = re.compile(UUID_RE.pattern, re.IGNORECASE)
 
 EXIT_OK, EXIT_TRANSIENT, EXIT_USAGE, EXIT_REFUSED, EXIT_MISSING = 0, 1, 2, 3, 4
 _WORD = {EXIT_TRANSIENT: "error", EXIT_USAGE: "usage", EXIT_REFUSED: "refused", EXIT_MISSING: "missing"}
@@ -91,14 +95,19 @@ class _Stop(Exception):
         self.reason = reason
 
 
-def rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> Outcome:
+def rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str, *, check: bool = False) -> Outcome:
     """Compare-and-swap `<path>/longhorn-disk.cfg` from `old_uuid` to `new_uuid`; never raises
-    for I/O problems, returns the outcome instead."""
+    for I/O problems, returns the outcome instead.
+
+    With `check`, only look: exit 0 if the cfg (naming the expected disk) already holds `new_uuid`,
+    else the refusal the swap would give or "refused: ... holds <uuid>" -- never a write, so it
+    runs on a read-only mount. After an attempt that ended without a word (a pod killed between
+    its rename and its exit), that is how a controller learns what the cfg holds."""
     problem = validate(path, disk_name, old_uuid, new_uuid)
     if problem:
         return Outcome(EXIT_USAGE, f"usage: {problem}")
     try:
-        return _rewrite(path, disk_name, old_uuid, new_uuid)
+        return _rewrite(path, disk_name, old_uuid, new_uuid, check)
     except _Stop as stop:
         return Outcome(stop.code, f"{_WORD[stop.code]}: {stop.reason}")
     except OSError as e:  # not classified above: an I/O problem a retry may fix
@@ -110,19 +119,21 @@ def validate(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> str:
         return f"--path must be an absolute path, got {path!r}"
     if "\n" in disk_name or "\x00" in disk_name:
         return "--disk-name must be one line"
-    for flag, value in (("--old", old_uuid), ("--new", new_uuid)):
-        if not UUID_RE.match(value):
-            return f"{flag} must be a lower-case UUID like Longhorn writes, got {value!r}"
-    if old_uuid == new_uuid:
+    if not ANY_CASE_UUID_RE.match(old_uuid):
+        return f"--old must be a UUID, got {old_uuid!r}"
+    if not UUID_RE.match(new_uuid):
+        return f"--new must be a lower-case UUID like Longhorn writes, got {new_uuid!r}"
+    if old_uuid.lower() == new_uuid:
         return "--old and --new are the same UUID"
     return ""
 
 
-def _rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> Outcome:
+def _rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str, check: bool = False) -> Outcome:
     dir_fd = _open_disk_dir(path)
     try:
         _lock(dir_fd, path)
-        _remove_stale_temps(dir_fd)
+        if not check:
+            _remove_stale_temps(dir_fd)
         raw, st = _read_cfg(dir_fd, path)
         cfg = _parse_cfg(raw, path)
         recorded_name = cfg.get("diskName", "")
@@ -131,6 +142,8 @@ def _rewrite(path: str, disk_name: str, old_uuid: str, new_uuid: str) -> Outcome
         current = cfg["diskUUID"]
         if current == new_uuid:
             return Outcome(EXIT_OK, f"unchanged: {path}/{CFG} already holds {new_uuid}")
+        if check:
+            raise _Stop(EXIT_REFUSED, f"{path}/{CFG} holds diskUUID {current}, not {new_uuid} (checked, nothing written)")
         if current != old_uuid:
             raise _Stop(EXIT_REFUSED, f"{path}/{CFG} holds diskUUID {current}, expected {old_uuid}")
         _require_no_data(dir_fd, path)
@@ -314,13 +327,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "empty for cfgs written by Longhorn <= v1.5)")
     p.add_argument("--old", required=True, metavar="UUID", help="the diskUUID the cfg must hold now")
     p.add_argument("--new", required=True, metavar="UUID", help="the diskUUID to write")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing: exit 0 if the cfg already holds --new, 3 if it holds anything else")
     p.add_argument("--termination-log", default=DEFAULT_TERMINATION_LOG, metavar="PATH",
                    help="also write the outcome to this file for kubelet, e.g. /dev/termination-log in the "
                         "rewriter pod (default: nowhere)")
 
 
 def run(args: argparse.Namespace) -> int:
-    outcome = rewrite(args.path, args.disk_name, args.old, args.new)
+    outcome = rewrite(args.path, args.disk_name, args.old, args.new, check=args.check)
     _report(outcome, args.termination_log)
     return outcome.code
 
@@ -332,7 +347,8 @@ exit codes:
   1  transient I/O error (retry)
   2  usage
   3  refused: the cfg names another disk or UUID, the path is not a directory or is a symlink,
-     replicas/ or backing-images/ is not empty, or the file is not a Longhorn disk config
+     replicas/ or backing-images/ is not empty, or the file is not a Longhorn disk config;
+     with --check: the cfg does not hold --new
   4  the cfg does not exist (it is never created)
 """
 

@@ -43,6 +43,9 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_RECORD = "bimguard.io/record"
 LABEL_ATTEMPT = "bimguard.io/attempt"
 COMPONENT = "rewriter"
+#: Pod-name kinds (`pod_name(record, attempt, kind)`): a rewrite attempt, and a read-only check of
+#: what the cfg holds after an attempt that ended without saying (bimguard.rewrite.engine).
+REWRITE, CHECK = "rw", "ck"
 INSPECTOR = "inspector"
 INSPECT_COMMAND = ("bimguard", "inspect-disk")
 #: Selects every rewriter pod (the controller's watch and clean-up).
@@ -53,7 +56,7 @@ INSPECTOR_SELECTOR = f"{LABEL_MANAGED_BY}=bimguard,{LABEL_COMPONENT}={INSPECTOR}
 _MAX_NAME = 63  # pod names end up as hostnames: keep them DNS labels
 
 
-def pod_name(record_name: str, attempt: int, kind: str = "rw") -> str:
+def pod_name(record_name: str, attempt: int, kind: str = REWRITE) -> str:
     """Deterministic per (record, kind, attempt): creating it twice is a 409, never a second pod."""
     name = f"{record_name}-{kind}{attempt}"
     if len(name) <= _MAX_NAME:
@@ -68,8 +71,10 @@ def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image:
                  command: Sequence[str] = DEFAULT_COMMAND,
                  active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE,
                  image_pull_policy: str = "IfNotPresent",
-                 priority_class_name: str | None = None) -> dict[str, Any]:
-    """The pod manifest for one attempt at rewriting the cfg of `record` (a DiskRewrite object)."""
+                 priority_class_name: str | None = None, check: bool = False) -> dict[str, Any]:
+    """The pod manifest for one attempt at rewriting the cfg of `record` (a DiskRewrite object);
+    with `check`, a pod of the same shape that only looks (`rewrite-cfg --check`, the disk mounted
+    read-only) whether the cfg already holds the new UUID."""
     spec = record["spec"]
     name = record["metadata"]["name"]
     for key in ("node", "diskPath", "oldUUID", "newUUID"):
@@ -77,10 +82,13 @@ def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image:
             raise ValueError(f"DiskRewrite {name}: spec.{key} is empty")
     argv = [*command, "--path", MOUNT_PATH, "--disk-name", spec.get("diskName", ""),
             "--old", spec["oldUUID"], "--new", spec["newUUID"], "--termination-log", TERMINATION_LOG]
-    return _disk_pod(record, pod_name(name, attempt), COMPONENT, argv, attempt, read_only=False, namespace=namespace,
-                     image=image, service_account=service_account, active_deadline_seconds=active_deadline_seconds,
-                     image_pull_policy=image_pull_policy, priority_class_name=priority_class_name,
-                     change=f"{spec['oldUUID']} -> {spec['newUUID']}")
+    if check:
+        argv.append("--check")
+    return _disk_pod(record, pod_name(name, attempt, CHECK if check else REWRITE), COMPONENT, argv, attempt,
+                     read_only=check, namespace=namespace, image=image, service_account=service_account,
+                     active_deadline_seconds=active_deadline_seconds, image_pull_policy=image_pull_policy,
+                     priority_class_name=priority_class_name,
+                     change=("check " if check else "") + f"{spec['oldUUID']} -> {spec['newUUID']}")
 
 
 def inspector_pod(record: dict[str, Any], *, attempt: int, namespace: str, image: str,

@@ -204,7 +204,9 @@ def test_missing_cfg_is_never_created(disk: Path) -> None:
 
 @pytest.mark.parametrize("path,name,old,new", [
     ("relative/dir", NAME, OLD, NEW),
-    ("/abs", NAME, OLD.upper(), NEW),
+    ("/abs", NAME, OLD, NEW.upper()),
+    ("/abs", NAME, "not-a-uuid", NEW),
+    ("/abs", NAME, NEW.upper(), NEW),
     ("/abs", NAME, OLD, "not-a-uuid"),
     ("/abs", NAME, OLD, NEW + "0"),
     ("/abs", NAME, OLD, OLD),
@@ -212,6 +214,30 @@ def test_missing_cfg_is_never_created(disk: Path) -> None:
 ])
 def test_usage_errors(path: str, name: str, old: str, new: str) -> None:
     assert rewrite(path, name, old, new).code == EXIT_USAGE
+
+
+def test_an_upper_case_old_uuid_is_compared_exactly(disk: Path) -> None:
+    """A cfg edited by hand can hold upper case; Longhorn records and compares it as written
+    (controller/node_controller.go:707 @v1.7.2), so the swap compares it exactly too."""
+    (disk / CFG).write_bytes(cfg_bytes(OLD.upper()))
+    assert rewrite(str(disk), NAME, OLD, NEW).code == EXIT_REFUSED  # not what the cfg holds
+    assert (disk / CFG).read_bytes() == cfg_bytes(OLD.upper())
+    out = rewrite(str(disk), NAME, OLD.upper(), NEW)
+    assert out.code == EXIT_OK, out.message
+    assert (disk / CFG).read_bytes() == cfg_bytes(NEW)
+
+
+def test_check_writes_nothing_and_says_whether_the_cfg_holds_the_new_uuid(disk: Path) -> None:
+    (disk / ".longhorn-disk.cfg.0123456789abcdef").write_bytes(b"{")  # even a stale temp stays
+    before = sorted(p.name for p in disk.iterdir())
+    out = rewrite(str(disk), NAME, OLD, NEW, check=True)
+    assert out.code == EXIT_REFUSED and OLD in out.message and "nothing written" in out.message
+    assert (disk / CFG).read_bytes() == cfg_bytes(OLD) and sorted(p.name for p in disk.iterdir()) == before
+    (disk / CFG).write_bytes(cfg_bytes(NEW))
+    assert rewrite(str(disk), NAME, OLD, NEW, check=True).code == EXIT_OK
+    assert rewrite(str(disk), "another-disk", OLD, NEW, check=True).code == EXIT_REFUSED
+    (disk / CFG).unlink()
+    assert rewrite(str(disk), NAME, OLD, NEW, check=True).code == EXIT_MISSING
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")

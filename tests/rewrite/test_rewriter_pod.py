@@ -33,11 +33,11 @@ async def api() -> AsyncIterator[ApiServer]:
 
 
 def pod_for(command: tuple[str, ...], attempt: int, node: str, disk: str, disk_name: str, host_path: str,
-            old: str, new: str) -> dict[str, Any]:
+            old: str, new: str, *, check: bool = False) -> dict[str, Any]:
     record = records.rewrite_manifest(
         name=records.record_name(node, disk, old), namespace=NS, node=node, disk=disk, disk_name=disk_name,
         disk_path=host_path, old_uuid=old, new_uuid=new, reason="test", origin="webhook")
-    return rewriter_pod(record, attempt=attempt, namespace=NS, image="bimguard:test", command=command)
+    return rewriter_pod(record, attempt=attempt, namespace=NS, image="bimguard:test", command=command, check=check)
 
 
 async def finished(c: SimCluster, api: ApiServer, name: str) -> dict[str, Any]:
@@ -93,5 +93,20 @@ async def test_rewriter_pod_rewrites_and_longhorn_converges(api: ApiServer, tmp_
         p = await finished(c, api, pod["metadata"]["name"])
         term = p["status"]["containerStatuses"][0]["state"]["terminated"]
         assert term["exitCode"] == 0 and term["message"].startswith("unchanged:")
+
+        # A check pod: its own name, the disk read-only, and the same word on what the cfg holds.
+        pod = pod_for(command, 3, node, disk, disk_name, c.host_path(node, disk), old, new, check=True)
+        assert pod["metadata"]["name"].endswith("-ck3") and pod["spec"]["containers"][0]["command"][-1] == "--check"
+        assert pod["spec"]["containers"][0]["volumeMounts"][0]["readOnly"] is True
+        api.store.create("v1/pods", pod)
+        p = await finished(c, api, pod["metadata"]["name"])
+        term = p["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert term["exitCode"] == 0 and term["message"].startswith("unchanged:")
+        pod = pod_for(command, 4, node, disk, disk_name, c.host_path(node, disk), new, wrong, check=True)
+        api.store.create("v1/pods", pod)
+        p = await finished(c, api, pod["metadata"]["name"])
+        term = p["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert term["exitCode"] == EXIT_REFUSED and "checked, nothing written" in term["message"]
+        assert c.read_cfg(node, disk) == disks.DiskConfig(disk_name, new)
     finally:
         await c.stop()
