@@ -237,33 +237,43 @@ class Runner:
                 raise RepairError(f"the API server refuses the on-node rewriter pod in namespace {self.opts.namespace} "
                                   f"(node {node}): {exc.message}") from None
 
-    #: Every call the run makes: (verb, group, resource, namespace kind).
-    PERMISSIONS = (
-        ("list", "longhorn.io", "nodes", "lh"), ("update", "longhorn.io", "nodes", "lh"),
-        ("patch", "longhorn.io", "nodes/status", "lh"), ("list", "longhorn.io", "replicas", "lh"),
-        ("delete", "longhorn.io", "replicas", "lh"), ("list", "longhorn.io", "backingimages", "lh"),
-        ("get", "longhorn.io", "backingimages", "lh"), ("update", "longhorn.io", "backingimages", "lh"),
-        ("list", "longhorn.io", "backingimagemanagers", "lh"), ("list", "longhorn.io", "backingimagedatasources", "lh"),
-        ("list", "longhorn.io", "orphans", "lh"), ("list", "longhorn.io", "volumes", "lh"),
-        ("list", "longhorn.io", "settings", "lh"), ("create", "", "events", "lh"),
-        ("list", "bimguard.io", "diskrewrites", "own"), ("create", "bimguard.io", "diskrewrites", "own"),
-        ("update", "bimguard.io", "diskrewrites/status", "own"), ("get", "bimguard.io", "prefixclaims", "own"),
-        ("create", "bimguard.io", "prefixclaims", "own"), ("update", "bimguard.io", "prefixclaims", "own"),
-        ("delete", "bimguard.io", "prefixclaims", "own"), ("list", "bimguard.io", "prefixclaims", "own"),
-        ("create", "", "pods", "own"), ("get", "", "pods", "own"), ("list", "", "pods", "own"),
-        ("delete", "", "pods", "own"), ("get", "coordination.k8s.io", "leases", "own"),
-        ("create", "coordination.k8s.io", "leases", "own"), ("update", "coordination.k8s.io", "leases", "own"),
+    #: Every call a run makes: (verb, API group, resource, where: "lh" is Longhorn's namespace and
+    #: "own" bimguard's, object name or "" for any). The preflight asks about each; the chart grants
+    #: exactly these (tests/chart/test_repair_chart.py), and the end-to-end tests check that every
+    #: request a run sends is one of them (tests/e2e/repair_env.py).
+    PERMISSIONS: tuple[tuple[str, str, str, str, str], ...] = (
+        # Runner.snapshot reads everything each pass; nodes: disk flags (scheduling, eviction)
+        *(("list", "longhorn.io", plural, "lh", "") for plural in (
+            "nodes", "replicas", "backingimages", "backingimagemanagers", "backingimagedatasources", "orphans",
+            "volumes", "settings")),
+        ("get", "longhorn.io", "nodes", "lh", ""), ("update", "longhorn.io", "nodes", "lh", ""),
+        ("patch", "longhorn.io", "nodes/status", "lh", ""),  # the status compare-and-swap, or its rollback
+        ("delete", "longhorn.io", "replicas", "lh", ""),  # stuck replicas that never held data
+        ("get", "longhorn.io", "backingimages", "lh", ""), ("update", "longhorn.io", "backingimages", "lh", ""),
+        ("create", "", "events", "lh", ""),  # on the Longhorn Node
+        ("list", "bimguard.io", "diskrewrites", "own", ""), ("get", "bimguard.io", "diskrewrites", "own", ""),
+        ("create", "bimguard.io", "diskrewrites", "own", ""),
+        ("update", "bimguard.io", "diskrewrites", "own", ""),  # a Blocked record taken up again
+        ("update", "bimguard.io", "diskrewrites/status", "own", ""),
+        ("list", "bimguard.io", "prefixclaims", "own", ""), ("get", "bimguard.io", "prefixclaims", "own", ""),
+        ("create", "bimguard.io", "prefixclaims", "own", ""), ("delete", "bimguard.io", "prefixclaims", "own", ""),
+        ("list", "", "pods", "own", ""), ("get", "", "pods", "own", ""), ("create", "", "pods", "own", ""),
+        ("delete", "", "pods", "own", ""),  # the on-node rewriter and inspector pods
+        # one run at a time (webhook/leader.py); RBAC cannot limit create to a name
+        ("create", "coordination.k8s.io", "leases", "own", ""),
+        ("get", "coordination.k8s.io", "leases", "own", LEASE_NAME),
+        ("update", "coordination.k8s.io", "leases", "own", LEASE_NAME),
     )
 
     async def _missing_permissions(self) -> list[str]:
         authz = client.AuthorizationV1Api(self.api_client)
 
-        async def ask(verb: str, group: str, resource: str, where: str) -> str:
+        async def ask(verb: str, group: str, resource: str, where: str, name: str) -> str:
             res, _, sub = resource.partition("/")
             ns = self.opts.longhorn_namespace if where == "lh" else self.opts.namespace
             body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                     "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": res,
-                                                    "subresource": sub, "namespace": ns}}}
+                                                    "subresource": sub, "namespace": ns, "name": name}}}
             try:
                 resp = await authz.create_self_subject_access_review(body, _request_timeout=30)
             except client.exceptions.ApiException as exc:
@@ -271,7 +281,7 @@ class Runner:
                     return ""  # no authorization API to ask: the calls themselves will tell
                 raise RepairError(f"could not check permissions: {exc.status} {exc.reason}") from None
             allowed = bool(resp.status and resp.status.allowed)
-            return "" if allowed else f"{verb} {resource}{'.' + group if group else ''} in {ns}"
+            return "" if allowed else f"{verb} {resource}{'.' + group if group else ''}{' ' + name if name else ''} in {ns}"
 
         results = await asyncio.gather(*(ask(*p) for p in self.PERMISSIONS))
         self.report.reads += len(results)
@@ -320,7 +330,10 @@ class Runner:
             name = steps.job_record_name(v.node, v.disk, v.uuid)
             rec = recs.get(name)
             if rec is None:
-                rec = await self._create_record(world, v, name, occupied)
+                # A run killed between claiming and recording left a claim naming this record: take it up.
+                left = next((c["spec"]["uuid"] for c in claims.values() if (c.get("spec") or {}).get("record") == name
+                             and c["spec"].get("uuid")), "")
+                rec = await self._create_record(world, v, name, occupied, left)
             elif (rec.get("status") or {}).get("phase") == steps.BLOCKED:
                 rec = await self._reopen(rec, world, occupied)
             recs[name] = rec
@@ -350,9 +363,10 @@ class Runner:
                 occupied.add(new[:4])
         raise RepairError("could not claim a free prefix after 16 tries (prefix claims keep colliding)")
 
-    async def _create_record(self, world: World, v: Victim, name: str, occupied: set[str]) -> dict[str, Any]:
+    async def _create_record(self, world: World, v: Victim, name: str, occupied: set[str],
+                             claimed: str = "") -> dict[str, Any]:
         self._act()
-        new = await self._claim(v.node, v.disk, name, occupied)
+        new = await self._claim(v.node, v.disk, name, occupied, claimed)
         dspec = world.disk_spec(v.node, v.disk) or {}
         manifest = records.rewrite_manifest(
             name=name, namespace=self.opts.namespace, node=v.node, disk=v.disk, disk_name=v.disk_name,

@@ -5,7 +5,7 @@
   value says so, its identity is the Job's;
 - the optional CronJob (scan or repair) and the suspended CronJobs for manual runs;
 - least privilege: the rendered rules of the repair's ServiceAccount are exactly the calls the
-  code makes (jobs.repair_runner.Runner.PERMISSIONS plus the reads it does), no more, no less; the
+  code makes (jobs.repair_runner.Runner.PERMISSIONS, which the e2e runs check), no more, no less; the
   scan's are bimguard.objects.PLURALS; the uninstall hook's are by name;
 - the pre-delete hook: its arguments name the very objects the chart and the code create;
 - values.schema.json rejects unknown keys and covers every value; lint is clean, even strict.
@@ -32,7 +32,7 @@ from helm_python import (
 from bimguard.objects import PLURALS
 from bimguard.rewrite.pod import DEFAULT_SERVICE_ACCOUNT, inspector_pod, rewriter_pod
 from jobs.cli import build_parser
-from jobs.repair_runner import LEASE_NAME, LONGHORN, Runner
+from jobs.repair_runner import LEASE_NAME, Runner
 from tests.chart.rbac import allows, grants
 from webhook.leader import DEFAULT_LEASE_NAME
 
@@ -353,49 +353,30 @@ def test_names_stay_within_kubernetes_limits() -> None:
 
 # -- RBAC: what the code calls, no more, no less --------------------------------------------------------------
 
-#: The reads the repair makes besides its Runner.PERMISSIONS (its preflight asks only about those).
-READS = {
-    *{("list", "longhorn.io", plural, "lh") for plural in LONGHORN},  # Runner.snapshot: every resource, each pass
-    ("list", "", "pods", "own"),  # Runner.snapshot: the on-node pods, by label selector
-    ("list", "bimguard.io", "diskrewrites", "own"),  # Runner._records
-    ("get", "bimguard.io", "diskrewrites", "own"),  # Runner._create_record (AlreadyExists), follow-rewrite
-    ("list", "bimguard.io", "prefixclaims", "own"),  # Runner._ensure_records
-    ("get", "coordination.k8s.io", "leases", "own"),  # webhook/leader.py LeaderElector, the Lease bimguard-repair
-    ("create", "coordination.k8s.io", "leases", "own"),
-    ("update", "coordination.k8s.io", "leases", "own"),
-}
-#: Calls the code makes that Runner.PERMISSIONS does not list (yet): granted, since they are made.
-NOT_IN_PERMISSIONS = {
-    ("get", "longhorn.io", "nodes", "lh"),  # Runner._set_disk_flag; RewriteEngine.disk and .event (get_or_none)
-    ("update", "bimguard.io", "diskrewrites", "own"),  # Runner._reopen: a Blocked record's new UUID (kube.replace)
-}
-
-
-def repair_grants(docs: list[Manifest]) -> set[tuple[str, str, str, str]]:
+def repair_grants(docs: list[Manifest]) -> set[tuple[str, str, str, str, str]]:
     out = set()
     for verb, group, resource, ns, resource_names in grants(docs, REPAIR_SA, NS):
         assert ns in (LH_NS, NS), f"{verb} {resource}: granted in {ns or 'the whole cluster'}"
-        assert not resource_names, f"{verb} {resource}: the preflight asks without names"
-        out.add((verb, group, resource, "lh" if ns == LH_NS else "own"))
+        assert len(resource_names) <= 1, f"{verb} {resource}: one name at most, as the code asks"
+        out.add((verb, group, resource, "lh" if ns == LH_NS else "own", "".join(resource_names)))
     return out
 
 
 @pytest.mark.parametrize("values", [{}, ALL_OPTIONS, {"repair": {"enabled": False}}], ids=["defaults", "all", "manual-only"])
 def test_the_repair_is_granted_exactly_what_its_code_calls(values: dict[str, Any]) -> None:
-    expected = {p[:4] for p in Runner.PERMISSIONS} | READS | NOT_IN_PERMISSIONS
+    expected = set(Runner.PERMISSIONS)
     granted = repair_grants(render(values))
     assert sorted(expected - granted) == [], "missing grants"
     assert sorted(granted - expected) == [], "grants no code uses"
 
 
 def test_the_repairs_preflight_passes_under_the_chart_rbac() -> None:
-    """The preflight sends one SelfSubjectAccessReview per Runner.PERMISSIONS entry, without an
-    object name: RBAC must say yes to each as asked, or the Job exits 2 before doing anything. The
+    """The preflight sends one SelfSubjectAccessReview per Runner.PERMISSIONS entry, with its object
+    name where it has one: RBAC must say yes to each as asked, or the Job exits 2 before doing anything. The
     review itself needs no grant: system:basic-user lets every authenticated user create one."""
     docs = render()
     for p in Runner.PERMISSIONS:
-        verb, group, resource, where = p[:4]
-        name = p[4] if len(p) > 4 else ""
+        verb, group, resource, where, name = p
         ns = LH_NS if where == "lh" else NS
         assert allows(docs, REPAIR_SA, NS, verb, group, resource, ns, name), p
     assert allows(docs, REPAIR_SA, NS, "create", "authorization.k8s.io", "selfsubjectaccessreviews", "")

@@ -12,14 +12,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
+from urllib.parse import parse_qsl
 
 import yaml
 from kubernetes_asyncio import client
 
 from bimguard.kube import api_client
 from bimguard.sim.apiserver import ApiServer
+from bimguard.sim.authz import request_attributes
 from bimguard.sim.history import History
 from bimguard.sim.longhorn.cluster import SimCluster
+from jobs.repair_runner import Runner
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "charts" / "bimguard" / "crds"
@@ -123,7 +126,22 @@ async def repair_env(tmp_path: Path, *, nodes: int = 8, seed: int = 1, time_scal
             await client.CoreV1Api(ac).create_namespace({"metadata": {"name": NS}})
         finally:
             await ac.close()
+        calls: set[tuple[str, str, str, str, str]] = set()
+
+        def note(method: str, path: str, status: int, user: str) -> None:
+            if user == JOB_USER:
+                where, _, query = path.partition("?")
+                a = request_attributes(method, where, dict(parse_qsl(query)), {"username": user})
+                resource = f"{a.resource}/{a.subresource}" if a.subresource else a.resource
+                calls.add((a.verb, a.group, resource, {LH_NS: "lh", NS: "own"}.get(a.namespace, a.namespace), a.name))
+
+        api.request_listeners.append(note)
         yield Env(api, cluster, kubeconfig, history, tmp_path, job_kubeconfig)
+        # Every request the runs sent is one Runner.PERMISSIONS lists (what its preflight asks and the
+        # chart grants); access reviews need no grant (system:basic-user).
+        unlisted = sorted(c for c in calls if c[1] != "authorization.k8s.io" and not any(
+            p[:4] == c[:4] and p[4] in ("", c[4]) for p in Runner.PERMISSIONS))
+        assert unlisted == [], f"requests the repair sent that Runner.PERMISSIONS does not list: {unlisted}"
     finally:
         history.close()
         await cluster.stop()

@@ -11,6 +11,8 @@ from typing import Any
 
 import jsonschema
 
+from bimguard import records
+from bimguard.repair import steps
 from bimguard.sim.longhorn import disks as lh_disks
 from bimguard.sim.longhorn.node_status import get_condition
 from bimguard.sim.scenarios import Group, plant
@@ -207,6 +209,28 @@ async def test_two_repairs_at_once_one_runs_the_other_says_so(tmp_path: Path) ->
         code, out, err = await first
         assert code == 0, (out, err[-1500:])
         assert_nothing_lost(env)
+
+
+async def test_a_claim_left_between_claiming_and_recording_is_taken_up(tmp_path: Path) -> None:
+    """A run killed after it claimed a prefix for a disk and before it created the disk's record
+    leaves a PrefixClaim naming that record: the next run records that claim's UUID rather than
+    claim a second prefix, so no claim is left behind."""
+    async with repair_env(tmp_path, nodes=4, seed=31) as env:
+        [g] = await plant(env.cluster, ["empty"])
+        node, disk = g.victims[0]
+        old = await env.cluster.disk_uuid(node, disk)
+        left = "0f1e" + old[4:]
+        assert not env.api.store.list("bimguard.io/v1alpha1/prefixclaims", NS)[0]
+        env.api.store.create("bimguard.io/v1alpha1/prefixclaims", records.claim_manifest(
+            prefix=left[:4], namespace=NS, node=node, disk=disk, uuid=left,
+            record=steps.job_record_name(node, disk, old)))
+        code, _, err = await env.repair("--apply")
+        assert code == 0, err[-2000:]
+        [rec] = env.records()
+        assert rec["spec"]["newUUID"] == left and rec["status"]["phase"] == "Done"
+        claims = env.api.store.list("bimguard.io/v1alpha1/prefixclaims", NS)[0]
+        assert [c["spec"]["uuid"] for c in claims] == [left]
+        assert await env.cluster.disk_uuid(node, disk) == left
 
 
 async def test_sigterm_releases_the_lease_and_a_rerun_finishes(tmp_path: Path) -> None:
