@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, AsyncIterator
 
 import yaml
@@ -147,6 +150,70 @@ def _error(status: int, http_reason: Any, raw: Any) -> KubeError:
     return KubeError(status, reason, message)
 
 
+class ServerClock:
+    """The API server's clock, as its responses' `Date` headers tell it.
+
+    Ages of API objects (a record's grace, a claim's staleness, a pod's start-up time) must be
+    measured on the clock that stamped them: `creationTimestamp` is set by the API server, and a
+    pod's clock can be minutes off the server's. Every response of kube-apiserver carries a `Date`
+    header (Go's net/http adds one to each response, net/http/server.go `chunkWriter.writeHeader`):
+    the server's time when it answered, truncated to the second. `now()` is that time carried on
+    with the local monotonic clock since the latest response arrived -- never more than the
+    server's real time (a lower bound, off by at most one second plus the request's latency), so
+    an age computed from it errs on the young side and no grace period comes out shorter than
+    configured. Until a response with a readable `Date` arrived, the local wall clock stands in.
+    """
+
+    def __init__(self) -> None:
+        self._anchor: tuple[float, float] | None = None  # (server seconds, local monotonic)
+        self._last_header = ""
+
+    def observe(self, date: str | None) -> None:
+        """Record a response's `Date` header (RFC 7231 IMF-fixdate) as seen now."""
+        if not date:
+            return
+        received = time.monotonic()
+        if date != self._last_header or self._anchor is None:
+            try:
+                parsed = parsedate_to_datetime(date)
+            except (TypeError, ValueError, IndexError):
+                return
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            self._last_header = date
+            self._anchor = (parsed.timestamp(), received)
+        # The same header again (a second not yet over): the older anchor is the better bound.
+
+    @property
+    def synced(self) -> bool:
+        return self._anchor is not None
+
+    def now(self) -> float:
+        """POSIX seconds on the API server's clock (see the class docstring)."""
+        if self._anchor is None:
+            return time.time()
+        server, at = self._anchor
+        return server + (time.monotonic() - at)
+
+    def rfc3339(self) -> str:
+        """`now()` as the API server writes times (RFC 3339, UTC, microseconds)."""
+        return datetime.fromtimestamp(self.now(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def age(self, stamp: str | None) -> float | None:
+        """Seconds since `stamp` (an RFC 3339 time on the server's clock), never more than the real
+        age: a whole-second stamp (creationTimestamp) may stand for any moment of its second, so
+        the end of that second is taken. None if `stamp` is empty or not a time."""
+        if not stamp:
+            return None
+        try:
+            t = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+        if "." not in stamp:
+            t += 1.0
+        return self.now() - t
+
+
 @dataclass(frozen=True, slots=True)
 class Resource:
     """A resource as the REST paths name it; group "" is core/v1."""
@@ -171,6 +238,7 @@ class Kube:
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
+        self.clock = ServerClock()
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
@@ -182,6 +250,7 @@ class Kube:
             resp = await fn(*args, _preload_content=False, **kwargs)
         except ApiException as exc:
             raise translate(exc) from None
+        self.clock.observe(resp.headers.get("Date"))
         try:
             raw = await resp.read()
         finally:

@@ -23,6 +23,10 @@ Phase = Literal["Pending", "Preparing", "Draining", "Rewriting", "Restoring", "D
 # Phases after which status and cfg agree and nothing more happens (DESIGN invariant 2).
 FINAL_PHASES: frozenset[str] = frozenset({"Done", "Abandoned", "RolledBack", "Blocked"})
 Origin = Literal["webhook", "job"]
+# A claim that names a record (the new prefix of a rewrite) is created moments before that record,
+# in the same admission review or repair step. Older than this with no such record, it was left
+# by a process that died in between and holds nothing (webhook/admission.py, webhook/controller.py).
+CLAIM_RECORD_GRACE_SECONDS = 30.0
 
 
 def record_name(node: str, disk: str, old_uuid: str) -> str:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 from kubernetes_asyncio import client
 
 from bimguard import records
-from bimguard.kube import PODS, Conflict, Kube, Resource
+from bimguard.kube import PODS, Conflict, Kube, KubeError, NotFound, Resource
 from bimguard.rewrite.engine import (
     CLAIMS,
     LH_BACKING_IMAGES,
@@ -47,10 +47,8 @@ from bimguard.rewrite.engine import (
     SWAPPED,
     RewriteEngine,
     Settings,
-    parse_time,
     phase_of,
     termination,
-    written_no_earlier_than,
 )
 from bimguard.rewrite.pod import LABEL_ATTEMPT, LABEL_RECORD, SELECTOR
 
@@ -148,6 +146,10 @@ class RewriteController:
                         raise
                     except _NotLeader:
                         pass
+                    except KubeError as exc:  # the API server's answer says it all: one line, no traceback
+                        self.errors += 1
+                        log.error("rewrite controller pass failed: %s%s", exc.message or exc,
+                                  " (are bimguard's CRDs installed?)" if isinstance(exc, NotFound) else "")
                     except Exception:
                         self.errors += 1
                         log.exception("rewrite controller pass failed")
@@ -255,8 +257,10 @@ class RewriteController:
             # the rewrite is what keeps it valid; rolling back would orphan it.
             await self.engine.begin(rec, f"stored status holds {spec['newUUID']}; rewriting the cfg")
             return
-        created = written_no_earlier_than(rec["metadata"].get("creationTimestamp")) or time.time()
-        if time.time() - created < self.settings.pending_grace:
+        # Ages on the API server's clock (bimguard.kube.ServerClock): the record's
+        # creationTimestamp is the server's, and this pod's clock may be far off it.
+        age = self.kube.clock.age(rec["metadata"].get("creationTimestamp"))
+        if age is None or age < self.settings.pending_grace:
             return  # the admission write may still be in flight
         if node is None:
             why = f"Longhorn node {spec['node']} not found"
@@ -273,8 +277,8 @@ class RewriteController:
         st = rec.get("status") or {}
         if int(st.get("attempts") or 0) > 0:
             return  # abandoned after a pod existed: the cfg may hold either UUID, never guess
-        finished = parse_time(st.get("finishedAt"))
-        if finished is None or time.time() - finished > self.settings.late_landing_window:
+        since = self.kube.clock.age(st.get("finishedAt"))
+        if since is None or since > self.settings.late_landing_window:
             return
         spec = rec["spec"]
         _, entry = await self.engine.disk(spec)
@@ -345,12 +349,12 @@ class RewriteController:
         return not name or await self.kube.get_or_none(REWRITES, self.namespace, name) is None
 
     async def _collect_garbage(self, recs: list[dict[str, Any]], claims: dict[str, dict[str, Any]]) -> None:
-        now = time.time()
         s = self.settings
+        clock = self.kube.clock
         if s.retention is not None:
             for rec in recs:
-                finished = parse_time((rec.get("status") or {}).get("finishedAt"))
-                if phase_of(rec) in records.FINAL_PHASES and finished is not None and now - finished > s.retention:
+                since = clock.age((rec.get("status") or {}).get("finishedAt"))
+                if phase_of(rec) in records.FINAL_PHASES and since is not None and since > s.retention:
                     self._act()
                     await self.kube.delete(REWRITES, self.namespace, rec["metadata"]["name"],
                                            resource_version=rec["metadata"]["resourceVersion"])
@@ -361,10 +365,19 @@ class RewriteController:
             if phase_of(rec) not in records.FINAL_PHASES:
                 spec = rec.get("spec") or {}
                 in_use.update(str(spec.get(k) or "").lower() for k in ("oldUUID", "newUUID"))
+        names = {r["metadata"]["name"] for r in recs}
         for name, claim in list(claims.items()):
             uuid = str((claim.get("spec") or {}).get("uuid") or "").lower()
-            created = parse_time(claim["metadata"].get("creationTimestamp")) or now
-            if uuid in in_use or now - created < s.gc_grace:
+            age = clock.age(claim["metadata"].get("creationTimestamp"))
+            if uuid in in_use or age is None:
+                continue
+            record = str((claim.get("spec") or {}).get("record") or "")
+            # A claim for a new UUID whose record never came to exist (its webhook died in between,
+            # webhook/admission.py) is garbage once the record could no longer be on its way. The
+            # record is looked up again: `recs` is as old as this pass.
+            orphaned = (bool(record) and record not in names and age >= records.CLAIM_RECORD_GRACE_SECONDS
+                        and await self._record_gone(record))
+            if age < s.gc_grace and not orphaned:
                 continue
             self._act()
             try:

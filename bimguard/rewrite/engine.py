@@ -2,17 +2,22 @@
 admission webhook's controller and the repair Job.
 
 A DiskRewrite record (bimguard.records) names the disk, the old and the new UUID. Once the stored
-Longhorn Node status holds the new UUID, the steps here finish the change (DESIGN invariants 2,
-4, 8):
+Longhorn Node status holds the new UUID, the steps here finish the change (docs/design.md,
+invariants 2, 4, 8):
 
     begin     Rewriting, attempt 1, a rewriter pod on the disk's node (bimguard.rewrite.pod)
     advance   pod Succeeded (exit 0: the compare-and-swap's own word) -> "swapped": the caller
               finishes (the webhook: Done; the Job: restores the scheduling flags first)
               pod exit 2/3/4 (usage, refused, cfg missing) -> roll the status back -> RolledBack
-              pod exit 1 or killed -> a new pod, up to `max_attempts`, then roll back
-              pod never started within `pod_start_timeout` -> delete it and roll back, unless
-              `wait_for_node` says the node is not Ready: then wait (its kubelet may yet run
-              the pod; the swap is idempotent, a rollback under a swapped cfg is not)
+              pod exit 1 or killed -> a new pod, up to `max_attempts`
+              pod never started within `pod_start_timeout` -> delete it, unless `wait_for_node`
+              says the node is not Ready: then wait (its kubelet may yet run the pod; the swap
+              is idempotent, a rollback under a swapped cfg is not)
+              Once a pod has ended without a word -- exit 1, killed, or an attempt after one
+              that was -- the cfg may already hold the new UUID (a pod killed between its rename
+              and its exit). Then nothing is rolled back on a guess: a read-only check pod
+              (`rewrite-cfg --check`) says what the cfg holds -> "swapped" if the new UUID, a
+              rollback if anything else, another check later if it cannot tell either.
     roll_back a JSON Patch on nodes/<node>/status whose `test` requires the new UUID, so it never
               overwrites anything but the record's own change
     finish    Event first (deterministic name), then the final phase; claims of rolled-back and
@@ -30,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -43,8 +47,8 @@ from bimguard.dependents import Dependents, DependentsIndex
 from bimguard.inventory import Inventory
 from bimguard.kube import EVENTS, PODS, AlreadyExists, Conflict, Invalid, Kube, KubeError, NotFound, Resource
 from bimguard.model import LABEL_BIM_DISK_UUID, LABEL_REPLICA_DISK_UUID, Disk, DiskType
-from bimguard.rewrite.pod import DEFAULT_ACTIVE_DEADLINE, DEFAULT_COMMAND, DEFAULT_SERVICE_ACCOUNT, LABEL_RECORD, SELECTOR, \
-    pod_name, rewriter_pod
+from bimguard.rewrite.pod import CHECK, DEFAULT_ACTIVE_DEADLINE, DEFAULT_COMMAND, DEFAULT_SERVICE_ACCOUNT, LABEL_RECORD, \
+    REWRITE, SELECTOR, pod_name, rewriter_pod
 from bimguard.rewrite_cfg import EXIT_MISSING, EXIT_REFUSED, EXIT_USAGE
 
 log = logging.getLogger("bimguard.rewrite")
@@ -85,6 +89,7 @@ class Settings:
     gc_interval: float = 60.0
     gc_grace: float = 600.0  # age before an unreferenced PrefixClaim is deleted
     late_landing_window: float = 600.0  # how long Abandoned records are watched for a late patch
+    check_interval: float = 30.0  # between two check pods that could not tell what the cfg holds
     retention: float | None = None  # delete final records this long after finishing; None = keep
 
 
@@ -172,7 +177,7 @@ class RewriteEngine:
         """Rewriting with attempt 1 and its pod; only once the stored status holds the new UUID."""
         self.act()
         updated = await self.write_status(rec, phase="Rewriting", attempts=1, pod=pod_name(rec["metadata"]["name"], 1),
-                                          startedAt=now_rfc3339(), message=message)
+                                          startedAt=self.kube.clock.rfc3339(), message=message)
         await self.create_pod(updated, 1)
         return updated
 
@@ -183,49 +188,53 @@ class RewriteEngine:
         name = rec["metadata"]["name"]
         attempt = max(1, int(st.get("attempts") or 1))
         pname = st.get("pod") or pod_name(name, attempt)
+        checking = pname == pod_name(name, attempt, CHECK)
         pod = await self.kube.get_or_none(PODS, self.namespace, pname)
         if pod is None:
-            return await self._pod_missing(rec, attempt)
+            return await self._pod_missing(rec, attempt, checking)
         phase = (pod.get("status") or {}).get("phase") or "Pending"
         code, message = termination(pod)
         if phase == "Succeeded" or (phase == "Failed" and code == 0):
-            # Exit 0 is the compare-and-swap's own word that the cfg holds the new UUID, even when
-            # the pod was marked Failed around it (activeDeadlineSeconds racing the exit).
+            # Exit 0 is the compare-and-swap's own word that the cfg holds the new UUID (a check
+            # pod's too), even when the pod was marked Failed around it (activeDeadlineSeconds
+            # racing the exit).
             return SWAPPED
         if phase == "Failed":
-            what = f"rewriter pod {pname} failed" + (f" with exit {code}" if code is not None else "") + (
-                f": {message}" if message else "")
+            what = f"{'check' if checking else 'rewriter'} pod {pname} failed" + (
+                f" with exit {code}" if code is not None else "") + (f": {message}" if message else "")
             if code in PERMANENT_EXITS:
+                # The cfg was read and does not hold the new UUID: the status goes back.
                 await self.roll_back(rec, what)
                 return FINAL
-            if attempt < self.settings.max_attempts:
+            if not checking and attempt < self.settings.max_attempts:
                 return await self._retry(rec, pod, attempt, what)
-            await self.roll_back(rec, f"{what} (attempt {attempt} of {self.settings.max_attempts})")
-            return FINAL
+            return await self._check(rec, pod, attempt, what)
         if not _started(pod):
-            created = written_no_earlier_than(pod["metadata"].get("creationTimestamp")) or time.time()
-            if time.time() - created < self.settings.pod_start_timeout:
+            age = self.kube.clock.age(pod["metadata"].get("creationTimestamp"))
+            if age is None or age < self.settings.pod_start_timeout:
                 return WAITING
             if self.wait_for_node is not None:
                 node, _ = await self.disk(rec["spec"])
                 if self.wait_for_node(node):
-                    self._warn_once(pname, f"record {name}: rewriter pod {pname} has not started and node "
+                    self._warn_once(pname, f"record {name}: pod {pname} has not started and node "
                                            f"{rec['spec']['node']} is not Ready; waiting for it")
                     return WAITING
-            # Delete first, then roll back: a pod that could still start after the rollback
-            # would write the new UUID under a status that holds the old one. Force-deleted,
-            # the kubelet of a node that comes back finds no pod to start.
+            # Delete first: a pod that could still start after a rollback would write the new
+            # UUID under a status that holds the old one. Force-deleted, the kubelet of a node
+            # that comes back finds no pod to start.
             self.act()
             await self.kube.delete(PODS, self.namespace, pname, grace_period_seconds=0)
-            await self.roll_back(rec, f"rewriter pod {pname} did not start within "
-                                      f"{self.settings.pod_start_timeout:g}s (node down or gone?)")
-            return FINAL
-        created = parse_time(pod["metadata"].get("creationTimestamp")) or time.time()
+            why = f"pod {pname} did not start within {self.settings.pod_start_timeout:g}s (node down or gone?)"
+            if attempt == 1 and not checking:
+                await self.roll_back(rec, f"rewriter {why}")  # no pod ever ran: the cfg is untouched
+                return FINAL
+            return await self._check(rec, None, attempt, why)
+        age = self.kube.clock.age(pod["metadata"].get("creationTimestamp"))
         overdue = self.settings.pod_start_timeout + self.settings.active_deadline + 60
-        if time.time() - created > overdue:
+        if age is not None and age > overdue:
             # Running past its deadline means its node stopped reporting. Whether the cfg was
             # written is unknown, so neither outcome is safe to assume: wait for the node.
-            self._warn_once(pname, f"record {name}: rewriter pod {pname} still {phase} after {int(overdue)}s; "
+            self._warn_once(pname, f"record {name}: pod {pname} still {phase} after {int(overdue)}s; "
                                    "waiting for its node to report")
         return WAITING
 
@@ -234,47 +243,85 @@ class RewriteEngine:
             self._warned.add(key)
             log.warning("%s", message)
 
-    async def _pod_missing(self, rec: dict[str, Any], attempt: int) -> str:
+    async def _pod_missing(self, rec: dict[str, Any], attempt: int, checking: bool = False) -> str:
         """Rewriting but no pod: the controller stopped between the status write and the create
         (or someone deleted the pod). Re-create it only while the stored status holds the new UUID."""
         spec = rec["spec"]
         node, entry = await self.disk(spec)
+        if entry is None or entry.get("diskUUID") != spec["newUUID"]:
+            return await self._status_moved(rec, node, entry, "before the rewriter ran")
+        pname = pod_name(rec["metadata"]["name"], attempt, CHECK if checking else REWRITE)
+        try:
+            await self.create_pod(rec, attempt, check=checking)
+            return WAITING
+        except KubeError as exc:
+            # Quota, admission policy, a missing service account: retried every pass, and
+            # rolled back once it has failed for as long as a pod may take to start -- unless a
+            # pod already ran without a word: then only a check may decide.
+            since = self.kube.clock.age((rec.get("status") or {}).get("updatedAt"))
+            if since is None or since < self.settings.pod_start_timeout:
+                raise
+            if checking or attempt > 1:
+                self._warn_once(pname, f"record {rec['metadata']['name']}: could not create pod {pname}: {exc}; "
+                                       "the cfg may hold either UUID, so nothing is rolled back until a check runs")
+                raise
+            await self.roll_back(rec, f"could not create rewriter pod {pname}: {exc}")
+            return FINAL
+
+    async def _status_moved(self, rec: dict[str, Any], node: dict[str, Any] | None, entry: dict[str, Any] | None,
+                            when: str) -> str:
+        """The stored status no longer holds the record's new UUID: nothing of ours to finish."""
+        spec = rec["spec"]
         current = (entry or {}).get("diskUUID") or ""
-        if entry is not None and current == spec["newUUID"]:
-            try:
-                await self.create_pod(rec, attempt)
-                return WAITING
-            except KubeError as exc:
-                # Quota, admission policy, a missing service account: retried every pass, and
-                # rolled back once it has failed for as long as a pod may take to start.
-                since = parse_time((rec.get("status") or {}).get("updatedAt")) or time.time()
-                if time.time() - since < self.settings.pod_start_timeout:
-                    raise
-                await self.roll_back(rec, f"could not create rewriter pod {pod_name(rec['metadata']['name'], attempt)}: "
-                                          f"{exc}")
-                return FINAL
         if entry is not None and current == spec["oldUUID"]:
-            await self.finish(rec, "RolledBack", f"the stored status holds {spec['oldUUID']} again and no rewriter "
-                                                 f"pod exists; cfg not rewritten by this attempt",
-                              "Warning", REASON_ROLLED_BACK)
+            await self.finish(rec, "RolledBack", f"the stored status holds {spec['oldUUID']} again {when}; "
+                                                 "cfg not rewritten by this attempt", "Warning", REASON_ROLLED_BACK)
             return FINAL
         where = "node gone" if node is None else "disk gone from the node status" if entry is None else \
             f"the stored status holds {current}"
-        await self.finish(rec, "Abandoned", f"{where} before the rewriter ran; Longhorn records the cfg's UUID "
+        await self.finish(rec, "Abandoned", f"{where} {when}; Longhorn records the cfg's UUID "
                                             f"when the disk comes back", "Warning", REASON_ABANDONED)
         return FINAL
 
     async def _retry(self, rec: dict[str, Any], pod: dict[str, Any], attempt: int, why: str) -> str:
         spec = rec["spec"]
-        _, entry = await self.disk(spec)
+        node, entry = await self.disk(spec)
         if entry is None or entry.get("diskUUID") != spec["newUUID"]:
-            return await self._pod_missing(rec, attempt)  # same decision as without a pod: never write blindly
+            return await self._status_moved(rec, node, entry, "before the rewriter ran")  # never write blindly
         self.act()
         nxt = attempt + 1
         updated = await self.write_status(rec, attempts=nxt, pod=pod_name(rec["metadata"]["name"], nxt), lastError=why,
                                            message=f"attempt {nxt} of {self.settings.max_attempts}")
         await self.create_pod(updated, nxt)
         await self.kube.delete(PODS, self.namespace, pod["metadata"]["name"])
+        return WAITING
+
+    async def _check(self, rec: dict[str, Any], pod: dict[str, Any] | None, attempt: int, why: str) -> str:
+        """A pod ended without saying what the cfg holds, after an attempt that may have renamed
+        it. A rollback now could put the old UUID back over a cfg that holds the new one -- a
+        disagreement Longhorn never resolves (it never rewrites an existing cfg,
+        controller/monitor/disk_utils.go:148-151 @v1.7.2). So a read-only check pod looks first
+        (its outcome is handled like any pod's by `advance`), and a check that cannot tell is
+        followed by another one after `check_interval`."""
+        spec = rec["spec"]
+        name = rec["metadata"]["name"]
+        node, entry = await self.disk(spec)
+        if entry is None or entry.get("diskUUID") != spec["newUUID"]:
+            return await self._status_moved(rec, node, entry, "while the cfg was being rewritten")
+        if pod is not None and pod["metadata"]["name"] == pod_name(name, attempt, CHECK):
+            since = self.kube.clock.age((rec.get("status") or {}).get("updatedAt"))
+            if since is not None and since < self.settings.check_interval:
+                return WAITING
+        self.act()
+        nxt = attempt + 1
+        updated = await self.write_status(
+            rec, attempts=nxt, pod=pod_name(name, nxt, CHECK), lastError=why,
+            message=f"{why}; the cfg may already hold {spec['newUUID']}: checking what it holds before anything "
+                    "is rolled back")
+        await self.create_pod(updated, nxt, check=True)
+        if pod is not None:
+            await self.kube.delete(PODS, self.namespace, pod["metadata"]["name"])
+        log.warning("record %s: %s; checking what the cfg holds (pod %s)", name, why, pod_name(name, nxt, CHECK))
         return WAITING
 
     async def roll_back(self, rec: dict[str, Any], why: str) -> None:
@@ -310,7 +357,7 @@ class RewriteEngine:
         spec = rec["spec"]
         await self.event(rec, event_type, reason, event_message or
                           f"disk {spec['disk']} on node {spec['node']}, {spec['oldUUID']} -> {spec['newUUID']}: {message}")
-        fields: dict[str, Any] = {"phase": phase, "message": message, "finishedAt": now_rfc3339()}
+        fields: dict[str, Any] = {"phase": phase, "message": message, "finishedAt": self.kube.clock.rfc3339()}
         if last_error:
             fields["lastError"] = last_error
         updated = await self.write_status(rec, **fields)
@@ -341,13 +388,18 @@ class RewriteEngine:
 
     async def data_under_old_uuid(self, node: dict[str, Any], spec: dict[str, Any]) -> str:
         """What on this node still refers to the old UUID ("" if nothing): Replicas, BIMs, backing-
-        image copies, scheduled replicas, judged by `Dependents.holds_data` (invariant 3)."""
+        image copies, scheduled replicas, judged by `Dependents.holds_data` (docs/design.md,
+        invariant 3). Other disks that record the same whole UUID (the original of a clone) are
+        counted, so that backing-image copies are judged as for any cloned UUID."""
         old, new = spec["oldUUID"].lower(), spec["newUUID"].lower()
+        # Label values are compared exactly, and Longhorn labels Replicas and BIMs with the UUID as
+        # recorded (datastore/longhorn.go:3132, types/types.go:534-539 @v1.7.2): select that too.
+        olds = ",".join(sorted({spec["oldUUID"], old}))
         ns = self.longhorn_namespace
         inv = Inventory()
         sources = (
-            (LH_REPLICAS, "Replica", f"{LABEL_REPLICA_DISK_UUID} in ({old},{new})"),
-            (LH_BIMS, "BackingImageManager", f"{LABEL_BIM_DISK_UUID} in ({old},{new})"),
+            (LH_REPLICAS, "Replica", f"{LABEL_REPLICA_DISK_UUID} in ({olds},{new})"),
+            (LH_BIMS, "BackingImageManager", f"{LABEL_BIM_DISK_UUID} in ({olds},{new})"),
             (LH_BACKING_IMAGES, "BackingImage", None),
         )
         for res, kind, selector in sources:
@@ -358,7 +410,13 @@ class RewriteEngine:
         entry = ((node.get("status") or {}).get("diskStatus") or {}).get(spec["disk"]) or {}
         disk = Disk(node=spec["node"], name=spec["disk"], path=spec.get("diskPath", ""), type=DiskType.V1, uuid=old,
                     ready=None, schedulable=None, scheduled_replicas=tuple(sorted(entry.get("scheduledReplica") or ())))
-        deps: Dependents = DependentsIndex([disk], inv.replicas, inv.backing_images, inv.bims).of(disk)
+        twins = [Disk(node=n["metadata"]["name"], name=d, path="", type=DiskType.V1, uuid=old, ready=None,
+                      schedulable=None)
+                 for n in await self.kube.items(LH_NODES, ns)
+                 for d, st in (((n.get("status") or {}).get("diskStatus")) or {}).items()
+                 if str((st or {}).get("diskUUID") or "").lower() == old and (n["metadata"]["name"], d) != (
+                     spec["node"], spec["disk"])]
+        deps: Dependents = DependentsIndex([disk, *twins], inv.replicas, inv.backing_images, inv.bims).of(disk)
         newer = msgspec.structs.replace(disk, uuid=new, scheduled_replicas=())
         new_deps = DependentsIndex([newer], inv.replicas, inv.backing_images, inv.bims).of(newer)
         if new_deps.holds_data:
@@ -381,7 +439,7 @@ class RewriteEngine:
         old_phase = phase_of(rec)
         status = dict(body.get("status") or {})
         status.setdefault("phase", old_phase)
-        status.update(fields, updatedAt=now_rfc3339())
+        status.update(fields, updatedAt=self.kube.clock.rfc3339())
         body["status"] = status
         updated = await self.kube.replace_status(REWRITES, self.namespace, body)
         new_phase = phase_of(updated)
@@ -392,12 +450,13 @@ class RewriteEngine:
                 log.exception("on_transition callback failed")
         return updated
 
-    async def create_pod(self, rec: dict[str, Any], attempt: int) -> None:
+    async def create_pod(self, rec: dict[str, Any], attempt: int, *, check: bool = False) -> None:
         self.act()
         s = self.settings
         body = rewriter_pod(rec, attempt=attempt, namespace=self.namespace, image=self.image,
                             service_account=s.service_account, command=s.command,
-                            active_deadline_seconds=s.active_deadline, priority_class_name=s.priority_class_name)
+                            active_deadline_seconds=s.active_deadline, priority_class_name=s.priority_class_name,
+                            check=check)
         try:
             await self.kube.create(PODS, self.namespace, body)
             log.info("record %s: created rewriter pod %s on %s", rec["metadata"]["name"], body["metadata"]["name"],

@@ -241,13 +241,34 @@ async def test_pod_creation_failing_rolls_back(env: Env) -> None:
     assert await env.cluster.disk_uuid(NODE, DISK) == old == env.cluster.read_cfg(NODE, DISK).disk_uuid
 
 
+# Every rewrite attempt fails with a transient error; a read-only check (`--check`) runs for real.
+FAIL_REWRITES = 'case " $* " in *" --check "*) exec bimguard rewrite-cfg "$@";; esac; exit 1'
+
+
 async def test_transient_failures_exhausted_roll_back(env: Env) -> None:
+    # After the last attempt a check reads the cfg: the old UUID, so the status goes back.
     name, old, new = await env.make_record()
     await env.cluster.set_status_disk_uuid(NODE, DISK, new)
-    env.controller(Settings(**{**FAST.__dict__, "max_attempts": 2, "command": ("sh", "-c", "exit 1", "x")})).start()
+    env.controller(Settings(**{**FAST.__dict__, "max_attempts": 2,
+                               "command": ("sh", "-c", FAIL_REWRITES, "x")})).start()
     rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
-    assert rec["status"]["phase"] == "RolledBack" and rec["status"]["attempts"] == 2
+    assert rec["status"]["phase"] == "RolledBack" and rec["status"]["attempts"] == 3
+    assert "check pod" in rec["status"]["lastError"] and "checked, nothing written" in rec["status"]["lastError"]
     assert await env.cluster.disk_uuid(NODE, DISK) == old == env.cluster.read_cfg(NODE, DISK).disk_uuid
+
+
+async def test_nothing_is_rolled_back_while_no_pod_can_tell_what_the_cfg_holds(env: Env) -> None:
+    # Rewrites and checks all fail without a word (a disk failing every read): the cfg may hold
+    # either UUID, so the record waits, checking again every check_interval, and never guesses.
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    env.controller(Settings(**{**FAST.__dict__, "max_attempts": 2, "check_interval": 0.5,
+                               "command": ("sh", "-c", "exit 1", "x")})).start()
+    await env.cluster.wait_for(lambda: int((env.rec(name).get("status") or {}).get("attempts") or 0) >= 4, 20,
+                               "two checks")
+    rec = env.rec(name)
+    assert rec["status"]["phase"] == "Rewriting" and rec["status"]["pod"] == pod_name(name, rec["status"]["attempts"], "ck")
+    assert await env.cluster.disk_uuid(NODE, DISK) == new
 
 
 async def test_data_under_old_uuid_is_never_rewritten(env: Env) -> None:
@@ -359,7 +380,8 @@ async def test_claims_of_vanished_uuids_are_collected(env: Env) -> None:
     young = env.controller()  # default-ish grace: the webhook may still be about to record it
     await young.reconcile_once()
     assert env.claim("abcd") is not None
-    old = env.controller(Settings(**{**FAST.__dict__, "gc_grace": 0.0}))
+    env.api.clock.skew = 5.0  # (ages are whole seconds on the API server's clock)
+    old = env.controller(Settings(**{**FAST.__dict__, "gc_grace": 1.0}))
     await old.reconcile_once()
     assert env.claim("abcd") is None
     assert env.claim(live[:4]) is not None
@@ -430,3 +452,74 @@ async def test_final_records_new_uuid_reappearing_is_reverted_only_on_longhorns_
     await env.cluster.wait_for(lambda: env.ready_with(new), 10, "re-recorded from the cfg")
     await asyncio.sleep(1.0)  # several audits
     assert await env.ready_with(new)
+
+
+# ------------------------------------------------------------------ issue 10: unknown outcomes, clocks, orphan claims
+
+# attempt 1 does the real compare-and-swap and is then SIGKILLed before it can exit 0 (a node
+# reboot, an OOM kill); attempt 2, the last one, fails with a transient error; any later run
+# (a read-only check) is the real command.
+KILLED_AFTER_RENAME = ('n=$(cat {marker} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {marker}; '
+                       'if [ $n -eq 1 ]; then {first}; kill -9 $$; fi; '
+                       'if [ $n -eq 2 ]; then echo "error: injected" > /dev/termination-log; exit 1; fi; '
+                       'exec bimguard rewrite-cfg "$@"')
+
+
+@pytest.mark.parametrize("renamed", [True, False], ids=["renamed-then-killed", "killed-before-rename"])
+async def test_last_attempt_failing_after_an_unknown_outcome_converges_to_what_the_cfg_holds(env: Env, renamed: bool
+                                                                                          ) -> None:
+    """Attempt 1 is killed (exit 137) after -- or before -- its rename; attempt 2, the last, fails
+    transiently. Neither says what the cfg holds, so rolling back blindly could leave the status
+    on the old UUID over a cfg holding the new one, for good. Longhorn's manager on the node is
+    stopped (so it cannot report the disk Ready with the new UUID either): the controller must
+    establish what the cfg holds and converge to it -- Done when the rename happened, RolledBack
+    when it did not -- and Longhorn, once back, finds status == cfg."""
+    marker = env.tmp / "runs"
+    first = 'bimguard rewrite-cfg "$@" >/dev/null' if renamed else "true"
+    script = KILLED_AFTER_RENAME.format(marker=marker, first=first)
+    name, old, new = await env.make_record()
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)
+    await env.cluster.set_manager_down(NODE)
+    env.controller(Settings(**{**FAST.__dict__, "max_attempts": 2,
+                               "command": ("sh", "-c", script, "rewrite-cfg")})).start()
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"}, timeout=30)
+    expected = new if renamed else old
+    assert env.cluster.read_cfg(NODE, DISK).disk_uuid == expected
+    assert rec["status"]["phase"] == ("Done" if renamed else "RolledBack"), rec["status"]
+    assert await env.cluster.disk_uuid(NODE, DISK) == expected
+    assert int(marker.read_text()) >= 3  # both attempts ran, and then a check
+    await env.cluster.wait_for(lambda: not env.pods(), 5, "every pod of the record deleted")
+    await env.cluster.set_manager_down(NODE, False)
+    await env.cluster.wait_for(lambda: env.ready_with(expected), 10, f"Ready under {expected}")
+
+
+async def test_pending_grace_is_measured_on_the_api_servers_clock(env: Env) -> None:
+    """The controller's clock runs a minute ahead of the API server's. A record created a moment
+    ago is a moment old: it stays Pending for the grace period instead of being abandoned at once."""
+    env.api.clock.skew = -60.0
+    name, old, new = await env.make_record()
+    ctl = env.controller(Settings(**{**FAST.__dict__, "pending_grace": 5.0}))
+    await ctl.reconcile_once()
+    assert env.phase(name) == "Pending"
+    await env.cluster.set_status_disk_uuid(NODE, DISK, new)  # the admission write lands
+    ctl.start()
+    rec = await env.wait_phase(name, {"Done", "RolledBack", "Abandoned"})
+    assert rec["status"]["phase"] == "Done", rec["status"]
+
+
+async def test_claim_naming_a_record_that_does_not_exist_is_collected(env: Env) -> None:
+    """A claim left by a webhook that died between claiming and creating the record names a record
+    that never came to exist. Past a short grace it is garbage, long before gc_grace."""
+    live = await env.cluster.disk_uuid(NODE, DISK)
+    orphan = "abcd" + live[4:]
+    env.api.store.create(CLAIMS, records.claim_manifest(prefix="abcd", namespace=NS, node=NODE, disk=DISK, uuid=orphan,
+                                                        record=records.record_name(NODE, DISK, live)))
+    env.api.store.create(CLAIMS, records.claim_manifest(prefix="f00d", namespace=NS, node=NODE, disk="other",
+                                                        uuid="f00d" + live[4:]))  # a first-record claim
+    ctl = env.controller()  # gc_grace 3600 s
+    await ctl.reconcile_once()
+    assert env.claim("abcd") is not None  # within the grace its record may be a moment away
+    env.api.clock.skew = 120.0
+    await env.controller().reconcile_once()
+    assert env.claim("abcd") is None
+    assert env.claim("f00d") is not None  # without a record, only gc_grace applies
