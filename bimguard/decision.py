@@ -7,7 +7,18 @@ every other status write is allowed untouched.
 
 For a first-recorded v1 disk the caller claims its prefix (I/O) and passes the outcome here; the
 verdict says whether the disk keeps its UUID, gets a new one, or is left alone for the repair
-Job because changing its UUID could orphan data (DESIGN invariants 3 and 5).
+Job because changing its UUID could orphan data (docs/design.md, invariants 3 and 5).
+
+UUIDs are kept exactly as Longhorn recorded them: that string is what the cfg holds, what a
+rollback must put back and what Longhorn compares with the cfg, character for character
+(controller/node_controller.go:707 @v1.7.2). Only prefixes, and the index's keys, are compared
+case-insensitively. Longhorn names a BIM after `diskUUID[:4]` exactly as written
+(types/types.go:385-387, controller/backing_image_controller.go:922 @v1.7.2; the same in v1.8.1,
+v1.9.0 and v1.9.1): an upper-case UUID (a cfg edited by hand; Longhorn generates lower-case ones,
+util/util.go:168) gives a name like `backing-image-manager-5ae6-A3AF`, which the API server
+refuses (object names must be lower-case RFC 1123 subdomains), so such a disk gets no BIM at all.
+Treating `A3AF` and `a3af` as one prefix is the conservative reading: such a disk is rewritten
+like any colliding one, and its new UUID is lower-case, so it can get its BIM.
 """
 
 from __future__ import annotations
@@ -27,8 +38,8 @@ class NewDisk:
 
     node: str
     disk: str
-    uuid: str
-    disk_name: str  # the cfg's diskName, echoed in status (BRIEF §1.1)
+    uuid: str  # exactly as recorded (any case): written back and compared with the cfg as it is
+    disk_name: str  # the cfg's diskName, echoed in status
     disk_path: str
     scheduled_replicas: tuple[str, ...]
 
@@ -59,24 +70,34 @@ def first_recorded(node: str, new: dict[str, DiskEntry], old: dict[str, DiskEntr
             continue
         if not UUID_RE.match(entry.uuid):
             continue  # not a Longhorn UUID: nothing sensible to do at admission; the scan reports it
-        found.append(NewDisk(node, disk, entry.uuid.lower(), entry.disk_name, entry.disk_path,
-                             entry.scheduled_replicas))
+        found.append(NewDisk(node, disk, entry.uuid, entry.disk_name, entry.disk_path, entry.scheduled_replicas))
     return found
 
 
 @dataclass(frozen=True, slots=True)
 class RecordedDisk:
+    """A disk as the stored Node status records it (UUID lower-cased, as the index keys it)."""
+
     node: str
     disk: str
     uuid: str
-    ready: bool
+    ready: bool  # the disk's own Ready condition
+    path: str = ""
+    # The Node's own Ready condition. A disk's status is updated only by its node's own
+    # longhorn-manager (controller/node_controller.go:433 @v1.7.2): on a node that is down it stays
+    # as it was, Ready=True included, and says nothing about the disk now.
+    node_ready: bool = True
 
 
 class IndexView(Protocol):
     """What the decision reads of the cluster (kept by webhook.index from list+watch)."""
 
-    def holders(self, prefix: str) -> frozenset[str]: ...  # every referenced UUID with this prefix
-    def dependents(self, node: str, uuid: str) -> Dependents: ...
+    # every UUID with this prefix that a disk or a Longhorn object refers to (a UUID that only a
+    # PrefixClaim names is not one: the claim of this prefix is the caller's ClaimedByOther)
+    def holders(self, prefix: str) -> frozenset[str]: ...
+    # what refers to `uuid` on `node`; with `cloned` (the whole UUID is recorded on another disk
+    # too) backing-image copies count only where a BIM on this node lists them
+    def dependents(self, node: str, uuid: str, *, cloned: bool = False) -> Dependents: ...
     def disks_with_uuid(self, uuid: str) -> Sequence[RecordedDisk]: ...
     def occupied(self) -> frozenset[str]: ...  # every prefix in use or claimed
 
@@ -102,26 +123,41 @@ class Decision:
 
 def decide(disk: NewDisk, claim: ClaimedByOther | None, index: IndexView) -> Decision:
     """Keep, rewrite or block one first-recorded disk, given who holds its prefix."""
-    others = sorted(index.holders(disk.prefix) - {disk.uuid})
-    elsewhere = [d for d in index.disks_with_uuid(disk.uuid) if (d.node, d.disk) != (disk.node, disk.disk)]
+    uuid = disk.uuid.lower()
+    same = [d for d in index.disks_with_uuid(uuid) if (d.node, d.disk) != (disk.node, disk.disk)]
+    # The same node and path is the same directory and the same cfg under another entry name: a
+    # renamed entry (Longhorn deletes the old entry in the very status write that records the new
+    # one, controller/node_controller.go:1663 @v1.7.2, so the old one is still recorded here).
+    # The same disk, not a clone.
+    renamed = {(d.node, d.disk) for d in same if d.node == disk.node and d.path == disk.disk_path}
+    elsewhere = [d for d in same if (d.node, d.disk) not in renamed]
+    if claim is not None and claim.uuid.lower() == uuid and (
+            (claim.node, claim.disk) in renamed or any((d.node, d.disk) == (claim.node, claim.disk) for d in elsewhere)):
+        claim = None  # the claim of this very UUID by a disk judged here, not a rival
+    others = sorted(index.holders(disk.prefix) - {uuid})
     if claim is None and not others and not elsewhere:
         return Decision("keep", f"prefix {disk.prefix} is unique")
-    if claim is not None:
-        rival = f"{claim.node}/{claim.disk} ({claim.uuid})"
-    elif elsewhere:
-        rival = ", ".join(f"{d.node}/{d.disk}" for d in elsewhere) + f" (same UUID {disk.uuid})"
-    else:
-        rival = ", ".join(others)
-    if elsewhere:
-        # A clone: the whole UUID is already recorded on another disk, so the data that refers to
-        # it belongs there (BRIEF §0.7) -- unless that disk is NotReady, which may be a disk in
-        # the middle of moving to this node.
-        if all(d.ready for d in elsewhere):
-            return Decision("rewrite", f"cloned disk: same UUID as {rival}", tuple(elsewhere))
-        return Decision("block", f"same UUID as {rival}, which is not Ready (a disk being moved?)")
-    held = index.dependents(disk.node, disk.uuid)
+    held = index.dependents(disk.node, uuid, cloned=bool(elsewhere))
     if disk.scheduled_replicas and not held.scheduled_replicas:
         held = Dependents(held.replicas, held.backing_image_copies, held.bims, disk.scheduled_replicas)
+    if elsewhere:
+        # The whole UUID is recorded on another disk. A clone (a copied disk image) gets a new
+        # UUID, since the data that refers to the UUID belongs to the original -- but only when
+        # the original is known to be alive and this disk holds none of that data: otherwise it
+        # may be the very disk, moved (Longhorn re-links Replicas and BIMs to whichever disk
+        # reports their UUID, controller/node_controller.go:807-870 @v1.7.2).
+        names = ", ".join(f"{d.node}/{d.disk}" for d in elsewhere)
+        down = sorted({d.node for d in elsewhere if not d.node_ready})
+        if down:
+            return Decision("block", f"same UUID as {names}, but node {', '.join(down)} is not Ready, so what its "
+                                     "status says of that disk is stale: a disk moved off a down node cannot be told "
+                                     "from a copy")
+        if not all(d.ready for d in elsewhere):
+            return Decision("block", f"same UUID as {names}, which is not Ready (a disk being moved?)")
+        if held.holds_data:
+            return Decision("block", f"same UUID as {names}, but this disk holds {held.describe()}")
+        return Decision("rewrite", f"cloned disk: same UUID as {names}", tuple(elsewhere))
+    rival = f"{claim.node}/{claim.disk} ({claim.uuid})" if claim is not None else ", ".join(others)
     if held.holds_data:
         return Decision("block", f"prefix {disk.prefix} is held by {rival}, but this disk holds {held.describe()}")
     return Decision("rewrite", f"prefix {disk.prefix} is held by {rival}")

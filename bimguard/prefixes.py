@@ -96,6 +96,10 @@ class PrefixIndex:
     def occupied(self) -> frozenset[str]:
         return frozenset(self._by_prefix)
 
+    def count(self, uuid: str) -> int:
+        """How many references to `uuid` were added (and not removed)."""
+        return self._refs.get(uuid.lower(), 0)
+
     def __contains__(self, uuid: object) -> bool:
         return isinstance(uuid, str) and self._refs.get(uuid.lower(), 0) > 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -156,9 +155,10 @@ class Admission:
 
     async def _claim(self, disk: NewDisk, dry_run: bool) -> ClaimedByOther | None:
         """Claim the disk's prefix; who else holds it, if anyone still does."""
+        mine = (disk.node, disk.disk, disk.uuid.lower())  # claim_owner lower-cases the UUID
         if dry_run:
             owner = self.index.claims.get(disk.prefix)
-            if owner and owner != (disk.node, disk.disk, disk.uuid):
+            if owner and owner != mine:
                 return ClaimedByOther(*owner)
             return None
         for _ in range(3):
@@ -171,9 +171,9 @@ class Admission:
             if claim is None:
                 continue  # released in between: try again
             owner = records.claim_owner(claim)
-            if owner == (disk.node, disk.disk, disk.uuid):
+            if owner == mine:
                 return None  # our own claim from an earlier call of the same review
-            if self._alive(claim, owner):
+            if await self._alive(claim, owner):
                 return ClaimedByOther(*owner)
             try:
                 await self.api.take_over_claim(claim, disk.node, disk.disk, disk.uuid)
@@ -182,14 +182,23 @@ class Admission:
                 continue
         raise Skip("claim_contention")
 
-    def _alive(self, claim: dict[str, Any], owner: tuple[str, str, str]) -> bool:
-        if self.index.disk(*owner) is not None or (claim.get("spec") or {}).get("record"):
+    async def _alive(self, claim: dict[str, Any], owner: tuple[str, str, str]) -> bool:
+        """Whether another disk still holds this claim: its disk is recorded, or its record exists,
+        or it is too young to tell (the write that records its disk, or the record, may be on its
+        way). Ages are on the API server's clock (bimguard.kube.ServerClock): the claim's
+        creationTimestamp is the server's, and this pod's clock may be minutes off it."""
+        if self.index.disk(*owner) is not None:
             return True
-        created = (claim.get("metadata") or {}).get("creationTimestamp") or ""
-        try:
-            age = time.time() - datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
+        age = self.api.kube.clock.age((claim.get("metadata") or {}).get("creationTimestamp"))
+        if age is None:
             return True
+        record = str((claim.get("spec") or {}).get("record") or "")
+        if record:
+            # The claim of a rewrite's new UUID, made just before its record (`_rewrite`). A
+            # process that died in between leaves a claim naming a record that never came.
+            if age < records.CLAIM_RECORD_GRACE_SECONDS:
+                return True
+            return await self.api.get_record(record) is not None
         return age < CLAIM_GRACE_SECONDS
 
     async def _attempt(self, disk: NewDisk) -> tuple[str, dict[str, Any] | None, bool]:
@@ -259,8 +268,8 @@ class Admission:
         except AlreadyExists:
             return  # already recorded (and its Event emitted) by an earlier call
         await self._event(disk.node, node_uid, True, "DiskUUIDCollision",
-                          f"disk {disk.disk} ({disk.uuid}) shares its BIM name prefix but holds data, so bimguard "
-                          f"did not change it: {decision.reason}. Run the repair Job (DiskRewrite {name})")
+                          f"disk {disk.disk} ({disk.uuid}) shares its BIM name prefix with another disk, and bimguard "
+                          f"did not change its UUID: {decision.reason}. Run the repair Job (DiskRewrite {name})")
 
     async def _event(self, node: str, node_uid: str, warning: bool, reason: str, message: str) -> None:
         try:

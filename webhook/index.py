@@ -33,7 +33,7 @@ from bimguard.dependents import Dependents
 from bimguard.inventory import Inventory
 from bimguard.kube import Kube, KubeError
 from bimguard.kube import Resource as KubeResource
-from bimguard.model import DiskType, prefix_of
+from bimguard.model import SPEC_ONLY, DiskType, prefix_of
 from bimguard.prefixes import PrefixIndex
 
 log = logging.getLogger("bimguard.webhook.index")
@@ -84,6 +84,12 @@ def _lower(value: Any) -> str:
     return str(value or "").lower()
 
 
+def _ready(conditions: Any) -> bool:
+    """A Ready condition with status True in a Longhorn v1beta2 condition list."""
+    return isinstance(conditions, list) and any(
+        isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def contribution(plural: str, obj: dict[str, Any]) -> _Contribution:
     """Pure: the UUID references of one object."""
     meta = obj.get("metadata") or {}
@@ -97,15 +103,18 @@ def contribution(plural: str, obj: dict[str, Any]) -> _Contribution:
         except msgspec.ValidationError:  # the admission half below still reads what it can
             scan_disks = ()
         spec_disks = spec.get("disks") or {}
+        # The Node's own Ready: a down node's disk entries keep whatever its manager last wrote
+        # (only the owner updates them, controller/node_controller.go:433 @v1.7.2).
+        node_ready = _ready(status.get("conditions"))
         for name, st in (status.get("diskStatus") or {}).items():
             u = _lower((st or {}).get("diskUUID"))
             if not u:
                 continue
             uuids.append(u)
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in (st.get("conditions") or [])
-                        if isinstance(c, dict))
             dtype = st.get("diskType") or (spec_disks.get(name) or {}).get("diskType")
-            disks.append(RecordedDisk(node, name, u, ready and DiskType.parse(dtype) is not None))
+            path = str(st.get("diskPath") or (spec_disks.get(name) or {}).get("path") or "")
+            disks.append(RecordedDisk(node, name, u, _ready(st.get("conditions")) and DiskType.parse(dtype) is not None,
+                                      path, node_ready))
         return _Contribution(uuids=tuple(uuids), disks=tuple(disks), scan=scan_disks, uid=str(meta.get("uid") or ""))
     # Replicas, BackingImages and BIMs are read by the same parsers as a scan's (bimguard.model),
     # so both halves agree on which UUIDs an object refers to.
@@ -267,23 +276,46 @@ class ClusterIndex:
 
     # -- IndexView --------------------------------------------------------------------------
     def holders(self, prefix: str) -> frozenset[str]:
-        return self.prefixes.holders(prefix)
+        """UUIDs with this prefix that a disk or a Longhorn object refers to. A UUID that only the
+        prefix's PrefixClaim names is left out: the admission has just dealt with that claim (it
+        is alive and answered as ClaimedByOther, or it was dead and taken over), and a dead
+        claim must not keep its prefix taken through the index until the watch catches up."""
+        found = self.prefixes.holders(prefix)
+        claim = self.claims.get(prefix.lower())
+        if claim is not None and claim[2] in found and self.prefixes.count(claim[2]) <= 1:
+            return found - {claim[2]}
+        return found
 
     def occupied(self) -> frozenset[str]:
         return self.prefixes.occupied()
 
-    def dependents(self, node: str, uuid: str) -> Dependents:
+    def dependents(self, node: str, uuid: str, *, cloned: bool = False) -> Dependents:
+        """What refers to `uuid` on `node`, matched as bimguard.dependents.DependentsIndex.of does:
+        for a cloned UUID the BackingImage maps cannot tell the disks apart, so only the copies a
+        BIM on this node lists count."""
+        uuid = uuid.lower()
+        bims = self._bims.get((node, uuid), set())
+        known = self._copies.get(uuid, {})
+        if cloned:
+            copies = {bi: known.get(bi, SPEC_ONLY) for b in bims for bi in self._bim_images(b)}
+        else:
+            copies = dict(known)
         return Dependents(
             replicas=tuple(sorted(self._replicas.get((node, uuid), ()))),
-            backing_image_copies=dict(self._copies.get(uuid, {})),
-            bims=tuple(sorted(self._bims.get((node, uuid), ()))),
+            backing_image_copies=copies,
+            bims=tuple(sorted(bims)),
         )
 
+    def _bim_images(self, name: str) -> frozenset[str]:
+        c = self._contrib.get(("backingimagemanagers", name))
+        bim = c.scan[0] if c and c.scan else None
+        return bim.backing_images if isinstance(bim, model.Bim) else frozenset()
+
     def disks_with_uuid(self, uuid: str) -> list[RecordedDisk]:
-        return sorted(self._disks.get(uuid, {}).values(), key=lambda d: (d.node, d.disk))
+        return sorted(self._disks.get(uuid.lower(), {}).values(), key=lambda d: (d.node, d.disk))
 
     def disk(self, node: str, disk: str, uuid: str) -> RecordedDisk | None:
-        return self._disks.get(uuid, {}).get((node, disk))
+        return self._disks.get(uuid.lower(), {}).get((node, disk))
 
     @property
     def prefix_naming(self) -> bool:

@@ -51,7 +51,7 @@ class RecordsApi:
     async def delete_claim_if(self, prefix: str, uuid: str) -> None:
         """Release a claim we made but no longer need, only while it is still ours."""
         claim = await self.get_claim(prefix)
-        if claim is None or records.claim_owner(claim)[2] != uuid:
+        if claim is None or records.claim_owner(claim)[2] != uuid.lower():  # claim_owner lower-cases
             return
         try:
             await self.kube.delete(CLAIMS, self.namespace, prefix, resource_version=claim["metadata"]["resourceVersion"])
@@ -66,7 +66,7 @@ class RecordsApi:
         """Raises AlreadyExists for a record an earlier call of the same review created."""
         created = await self.kube.create(REWRITES, self.namespace, manifest)
         if phase:
-            now = records.now()
+            now = self.kube.clock.rfc3339()  # the API server's time, like the record's creationTimestamp
             created["status"] = {"phase": phase, "attempts": 0, "message": message, "startedAt": now,
                                  "updatedAt": now}
             await self.kube.replace_status(REWRITES, self.namespace, created)

@@ -236,23 +236,30 @@ async def test_a_disk_holding_data_is_blocked_with_an_event(cluster, sample):
     assert len([e for e in await kube.items(EVENTS, LONGHORN_NS) if e["reason"] == "DiskUUIDCollision"]) == 1
 
 
-async def _recorded_node(kube: Kube, name: str, disk_uuid: str, ready: bool) -> None:
+async def _recorded_node(kube: Kube, name: str, disk_uuid: str, ready: bool, node_ready: bool = True) -> None:
     status = "True" if ready else "False"
     await kube.create(NODES, LONGHORN_NS, {
         "apiVersion": "longhorn.io/v1beta2", "kind": "Node", "metadata": {"name": name},
         "spec": {"disks": {"d": {"path": "/mnt/d", "diskType": "filesystem", "allowScheduling": True}}}})
     node = await kube.get(NODES, LONGHORN_NS, name)
-    node["status"] = {"diskStatus": {"d": {"diskUUID": disk_uuid, "diskType": "filesystem", "diskPath": "/mnt/d",
+    # Node-level conditions as every longhorn-manager writes them (controller/node_controller.go:1964
+    # @v1.7.2); a node whose manager is down keeps its disks' last status, Ready=True included.
+    node_cond = {"type": "Ready", "status": "True", "reason": "", "message": f"Node {name} is ready"} if node_ready \
+        else {"type": "Ready", "status": "False", "reason": "ManagerPodDown",
+              "message": f"Node {name} is down: manager pod longhorn-manager-{name} is not running"}
+    node["status"] = {"conditions": [node_cond],
+                      "diskStatus": {"d": {"diskUUID": disk_uuid, "diskType": "filesystem", "diskPath": "/mnt/d",
                                            "conditions": [{"type": "Ready", "status": status}]}}}
     await kube.replace_status(NODES, LONGHORN_NS, node)
 
 
-@pytest.mark.parametrize("ready, verdict", [(True, "rewritten"), (False, "blocked")])
-async def test_a_cloned_disk_is_rewritten_unless_the_original_is_not_ready(cluster, sample, ready, verdict):
+@pytest.mark.parametrize("ready, node_ready, verdict", [(True, True, "rewritten"), (False, True, "blocked"),
+                                                        (True, False, "blocked")])
+async def test_a_cloned_disk_is_rewritten_unless_the_original_is_not_ready(cluster, sample, ready, node_ready, verdict):
     api, replica = cluster
     r = await replica()
     kube = Kube(r.api_client)
-    await _recorded_node(kube, "worker-7", SAMPLE_UUID, ready)
+    await _recorded_node(kube, "worker-7", SAMPLE_UUID, ready, node_ready)
     # The original's data refers to the same UUID; the clone's node holds none of it.
     await until(lambda: r.index.disks_with_uuid(SAMPLE_UUID))
     code, resp = await post(r, review(sample))
