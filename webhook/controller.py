@@ -96,6 +96,7 @@ class RewriteController:
         self._phases: dict[str, str] = {}  # record -> phase, as of the last pass and our own writes
         self.transitions: Counter[str] = Counter()  # phase changes made by this process, by new phase
         self.errors = 0  # passes or records that failed with an unexpected error
+        self._failing = ""  # the last failed pass's reason, logged once while it lasts
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -142,14 +143,20 @@ class RewriteController:
                 if self._leading():
                     try:
                         await self.reconcile_once()
+                        if self._failing:
+                            log.info("rewrite controller passes succeed again")
+                            self._failing = ""
                     except asyncio.CancelledError:
                         raise
                     except _NotLeader:
                         pass
                     except KubeError as exc:  # the API server's answer says it all: one line, no traceback
                         self.errors += 1
-                        log.error("rewrite controller pass failed: %s%s", exc.message or exc,
-                                  " (are bimguard's CRDs installed?)" if isinstance(exc, NotFound) else "")
+                        why = f"{exc.message or exc}{' (are bimguard CRDs installed?)' if isinstance(exc, NotFound) else ''}"
+                        # Said once while it lasts (every pass would repeat it each resync); counted in errors.
+                        log.log(logging.DEBUG if why == self._failing else logging.ERROR,
+                                "rewrite controller pass failed: %s", why)
+                        self._failing = why
                     except Exception:
                         self.errors += 1
                         log.exception("rewrite controller pass failed")

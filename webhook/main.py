@@ -75,14 +75,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    api_client = await kube.api_client(args.kubeconfig, args.context)
+    try:
+        await _serve(args, stop, api_client)
+    finally:
+        await api_client.close()
+
+
+class StartupError(Exception):
+    """The webhook cannot start as configured: one line for the operator."""
+
+
+async def _serve(args: argparse.Namespace, stop: asyncio.Event, api_client: client.ApiClient) -> None:
     from webhook.admission import Admission
+    from webhook.certs import ApiFailure
     from webhook.detection import CollisionWatch
     from webhook.index import ClusterIndex, Informers
     from webhook.metrics import Metrics
     from webhook.records_api import RecordsApi
     from webhook.server import WebhookServer
 
-    api_client = await kube.api_client(args.kubeconfig, args.context)
     metrics = Metrics()
     index = ClusterIndex()
     informers = Informers(api_client, index, longhorn_namespace=args.longhorn_namespace, namespace=args.namespace)
@@ -101,8 +113,13 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
                           ready=not_ready)
     server = WebhookServer(admission, certs, metrics, not_ready=not_ready, host=args.host, port=args.port,
                            metrics_port=args.metrics_port, shutdown_delay=args.shutdown_delay)
+    try:
+        await certs.start()
+    except ApiFailure as err:
+        hint = f" (does namespace {args.namespace} exist? --namespace)" if err.status == 404 else ""
+        raise StartupError(f"cannot read or create the TLS Secret {args.namespace}/{args.secret_name}: "
+                           f"{err}{hint}") from None
     informers.start()
-    await certs.start()
     await server.start()
     log.info("serving admission reviews on :%d, metrics on :%d", server.bound_port, server.bound_metrics_port)
     leadership = None if args.no_controller else _Leadership(api_client, args, certs, metrics)
@@ -136,7 +153,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         await server.stop()
         await informers.stop()
         await certs.stop()
-        await api_client.close()
 
 
 class _Leadership:
@@ -218,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except (config.ConfigException, OSError) as err:
+    except (config.ConfigException, OSError, StartupError) as err:
         print(f"bimguard webhook: {err}", file=sys.stderr)
         return 2
     return 0
