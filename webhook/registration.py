@@ -3,6 +3,21 @@
 The Helm chart writes the same fields in its template (tests/chart checks that they agree);
 this builder is what the demo and the tests install into the emulator.
 
+Why the webhook only ever sees `longhorn.io/v1beta2` Nodes. Longhorn v1.7 and v1.8 still serve
+`nodes.longhorn.io` as v1beta1 besides v1beta2 (the storage version), converted by Longhorn's
+conversion webhook (`spec.conversion.strategy: Webhook`); v1.9.0 and v1.9.1 no longer serve
+v1beta1 (bimguard/sim/data/longhorn-crds-*.yaml). The rule names v1beta2 only, with
+`matchPolicy: Equivalent`: kube-apiserver converts a write made through v1beta1 to v1beta2 before
+calling the webhook (the AdmissionReview's `resource` and `kind` are v1beta2; `requestResource`
+and `requestKind` name v1beta1) and applies the returned patch to that v1beta2 object
+(Kubernetes API reference, admissionregistration.k8s.io/v1 MutatingWebhook `matchPolicy`). So a
+v1beta1 object, with its map-shaped conditions, never reaches webhook/review.py. Nor does
+Longhorn write node status through v1beta1: longhorn-manager's status writes all go through
+v1beta2 (datastore/longhorn.go:2703 `UpdateNodeStatus`, upgrade/util/util.go:1118 @v1.7.2); its
+only v1beta1 Node writes are spec updates of the v1beta1 upgrade path (upgrade/v1beta1/
+upgrade.go:168), on the main resource, which a `nodes/status` rule does not match. Only another
+client could write nodes/status through v1beta1, and its write arrives converted as above.
+
 matchConditions (scope.MATCH_CONDITIONS) are rendered for servers that have them on by default,
 Kubernetes 1.28 and later (scope.MATCH_CONDITIONS_SINCE): `kube_version` is what the server's
 `/version` says (`server_version()` reads it; `for_server()` does both). Without a version the

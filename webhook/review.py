@@ -199,7 +199,8 @@ def disk_conditions(node: NodeIn | None, disk: str) -> list[dict[str, Any]]:
     try:
         return _CONDITIONS.decode(st.conditions)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return []  # null or a v1beta1-style map: the patch then adds fresh conditions
+        return []  # null (a nil slice) or not a list: the patch then sets fresh conditions. Never a
+        # v1beta1 map: the API server converts v1beta1 writes before calling us (webhook/registration.py).
 
 
 def allowed(uid: str, *, patch: list[dict[str, Any]] | None = None, warnings: list[str] | None = None,

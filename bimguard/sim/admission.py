@@ -33,8 +33,15 @@ Follows staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/ (generic/webh
   it then); it fails at evaluation. cel-python evaluates both sides of `&&`/`||` where cel-go
   short-circuits; the results agree, except that cel-python raises on `exists` over a null
   (treated here as an evaluation error).
-Not emulated: `reinvocationPolicy: IfNeeded` (webhooks run once), `matchPolicy` (only one
-version of each resource is served, so Exact and Equivalent coincide).
+Not emulated: `reinvocationPolicy: IfNeeded` (webhooks run once), `matchPolicy` (only the
+storage version of each CRD is served, so Exact and Equivalent coincide). That leaves out one
+real path: on Longhorn v1.7/v1.8, which still serve `nodes.longhorn.io` v1beta1 through a
+conversion webhook, a write through v1beta1 would be converted to v1beta2 before a webhook
+registered for v1beta2 with `matchPolicy: Equivalent` sees it. bimguard's webhook would see the
+same v1beta2 object as here, and longhorn-manager writes node status only through v1beta2
+(webhook/registration.py says why, with references), so serving v1beta1 would need Longhorn's
+conversion (k8s/pkg/apis/longhorn/v1beta1/node.go:111-190 @v1.7.2) without exercising anything
+the product depends on.
 
 `webhook_hosts` maps "service.namespace.svc" (or "service.namespace.svc:port", or a
 clientConfig.url host) to the local (host, port) that stands in for the Service; a missing
