@@ -143,7 +143,8 @@ def decode_json(data: bytes | memoryview, source: str, inv: Inventory) -> str:
         try:
             inv.add(_DECODERS[kind].decode(raw), source)
         except msgspec.ValidationError as err:
-            inv.skip(source, kind, head.metadata.name if head.metadata else "?", _short(err))
+            # `"name": null` decodes to None; the report's skipped[].name is a string
+            inv.skip(source, kind, (head.metadata.name if head.metadata else None) or "?", _short(err))
         except msgspec.DecodeError as err:  # see above: e.g. a byte that is not UTF-8 deeper in the item
             raise InputError(f"{source}: not valid JSON: {what} #{i}: {_short(err)}") from None
     return token

@@ -193,7 +193,9 @@ def parse_backing_image(obj: wire.BackingImage) -> BackingImage:
     status = {u.lower(): _s(fs.state if fs else "") for u, fs in (obj.status.diskFileStatusMap or {}).items()}
     return BackingImage(
         name=obj.metadata.name,
-        spec_disks=frozenset(u.lower() for u in spec),
+        # The maps are keyed by disk UUID; a key that is not one names no disk (and would be
+        # reported as a stuck copy of a "disk" no BIM could ever serve).
+        spec_disks=frozenset(u.lower() for u in spec if UUID_RE.match(u)),
         status_disks=status,
     )
 

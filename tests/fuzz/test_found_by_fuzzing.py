@@ -124,3 +124,43 @@ def test_a_dump_whose_every_node_is_skipped_is_one_line_naming_the_first(tmp_pat
     assert line.startswith(f"bimguard scan: {dump}: no usable nodes.longhorn.io: every Longhorn Node or disk was "
                            f"skipped, first Node n1 in {dump}: "), line
     assert line.endswith(" (and 2 more); nothing can be concluded"), line
+
+
+def test_a_skipped_object_whose_name_is_null_is_reported_with_a_string_name(tmp_path, capsys) -> None:
+    """`"metadata": {"name": null}` on a malformed Longhorn object put `"name": null` into the
+    report's `skipped`, which docs/scan-report.schema.json (and its readers) type as a string."""
+    import jsonschema
+
+    from tests.scan.clirun import A, SCHEMA
+
+    node = {"apiVersion": "longhorn.io/v1beta2", "kind": "Node", "metadata": {"name": "n1"},
+            "status": {"diskStatus": {"d": {"diskUUID": A, "diskType": "filesystem"}}}}
+    odd = {"apiVersion": "longhorn.io/v1beta2", "kind": "Replica", "metadata": {"name": None}, "spec": "broken"}
+    dump = tmp_path / "d.json"
+    dump.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [odd, node]}))
+    code, out, err = scan_in_process(["--from-dump", str(dump), "-o", "json"], capsys)
+    doc = json.loads(out)
+    jsonschema.validate(doc, SCHEMA)
+    assert (code, err) == (1, "") and [(s["kind"], s["name"]) for s in doc["skipped"]] == [("Replica", "?")]
+
+
+def test_a_backing_image_key_that_is_not_a_uuid_is_no_stuck_copy(tmp_path, capsys) -> None:
+    """A damaged key of a BackingImage's diskFileSpecMap (`c012eb76-...-b81d-}472e...`) was reported
+    as a symptom whose diskUUID is not a UUID (the schema's `uuid`), with the BIM name its first
+    four characters would give."""
+    from tests.scan.clirun import SCHEMA
+
+    import jsonschema
+
+    from tests.builders import as_list, backing_image, bim, disk_entry, node
+
+    owner = "c01200da-8a5c-4692-92e6-c4a983087951"
+    objs = [node("n1", {"d1": disk_entry(owner, "/d1")}),
+            bim("backing-image-manager-5ae6-c012", "n1", owner, "longhornio/backing-image-manager:v1.7.2", ["parrot"]),
+            backing_image("parrot", [owner, "c012eb76-f8eb-4ea1-b81d-}472eac9d98bf"], {owner: "ready"})]
+    dump = tmp_path / "d.json"
+    dump.write_text(json.dumps(as_list(objs)))
+    code, out, err = scan_in_process(["--from-dump", str(dump), "-o", "json"], capsys)
+    doc = json.loads(out)
+    jsonschema.validate(doc, SCHEMA)
+    assert (code, err, doc["symptoms"]) == (0, "", [])
