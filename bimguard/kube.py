@@ -206,7 +206,7 @@ class ServerClock:
         if not stamp:
             return None
         try:
-            t = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            t = datetime.fromisoformat(stamp).timestamp()  # Python 3.11 reads RFC 3339's "Z"
         except ValueError:
             return None
         if "." not in stamp:

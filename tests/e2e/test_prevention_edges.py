@@ -28,7 +28,6 @@ from tests.e2e.test_prevention import (
     running,
 )
 
-
 MWC = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 

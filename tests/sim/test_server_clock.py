@@ -12,7 +12,7 @@ from bimguard.sim.apiserver import ApiServer
 
 
 def _age(stamp: str) -> float:
-    return datetime.now(timezone.utc).timestamp() - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return datetime.now(timezone.utc).timestamp() - datetime.fromisoformat(stamp).timestamp()
 
 
 async def test_skew_moves_creation_timestamps_and_the_date_header(api: ApiServer) -> None:

@@ -15,8 +15,21 @@ import pytest
 from bimguard import records
 from bimguard.kube import Kube, KubeError, Resource
 from bimguard.sim.apiserver import ApiServer
-from tests.webhook.harness import LONGHORN_NS, NAMESPACE, prepare, register, start_replica
-from tests.webhook.test_reviews import SAMPLE_UUID, occupy, patch_of, post, review, until
+from tests.webhook.harness import (
+    LONGHORN_NS,
+    NAMESPACE,
+    prepare,
+    register,
+    start_replica,
+)
+from tests.webhook.test_reviews import (
+    SAMPLE_UUID,
+    occupy,
+    patch_of,
+    post,
+    review,
+    until,
+)
 
 REWRITES = Resource(records.GROUP, records.VERSION, records.REWRITES)
 CLAIMS = Resource(records.GROUP, records.VERSION, records.CLAIMS)
@@ -106,7 +119,7 @@ async def test_a_claim_whose_record_was_never_created_does_not_hold_its_prefix(c
 async def test_a_claim_whose_record_is_being_created_is_alive(cluster, sample):
     """The same claim within the grace: its record may be a moment away (the review that made
     the claim is still running), so the prefix stays taken and the new disk is rewritten."""
-    api, replica = cluster
+    _, replica = cluster
     r = await replica()
     kube = Kube(r.api_client)
     prefix = "c1a1"

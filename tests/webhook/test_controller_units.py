@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bimguard.sim.patch import PatchError, apply_json_patch
@@ -42,3 +44,19 @@ def test_times() -> None:
     # Whole-second stamps may stand for any moment in that second: take the latest.
     assert written_no_earlier_than("2026-01-01T00:00:00Z") == 1767225601.0
     assert written_no_earlier_than("2026-01-01T00:00:00.250000Z") == 1767225600.25
+
+
+def test_server_clock_reads_the_date_header_and_errs_young() -> None:
+    from bimguard.kube import ServerClock
+
+    clock = ServerClock()
+    assert not clock.synced and abs(clock.now() - time.time()) < 1  # no response yet: the local clock
+    clock.observe("Fri, 04 Dec 2026 20:00:00 GMT")
+    assert clock.synced and 1796414400.0 <= clock.now() < 1796414401.0
+    # A whole-second stamp may stand for any moment of its second: its end is taken.
+    assert 58.9 < clock.age("2026-12-04T19:59:00Z") < 59.5
+    assert 59.4 < clock.age("2026-12-04T19:59:00.5Z") < 60.0
+    assert clock.age("") is None and clock.age("yesterday") is None
+    clock.observe("not a date")  # ignored
+    assert 1796414400.0 <= clock.now() < 1796414401.0
+    assert clock.rfc3339().startswith("2026-12-04T20:00:00.")
