@@ -39,10 +39,10 @@ COMMANDS = (
             "Regenerate the UUID of one disk of each colliding pair, safely: without --apply, print the plan; "
             "with --apply, carry it out on the live cluster, draining disks that hold data through Longhorn's "
             "eviction only with --evict.", "EPILOG"),
-    Command(("demo",), "jobs.demo", "show the collision, the scan and the webhook in the built-in cluster emulator"),
+    Command(("demo",), "jobs.demo", "show the collision, the scan, the webhook and the repair in the built-in cluster emulator"),
     Command(("sim", "serve"), "bimguard.sim.serve", "serve a simulated Longhorn cluster until interrupted",
-            "Run the emulated Kubernetes API server with a simulated Longhorn v1.7.2 cluster; write a kubeconfig "
-            "once every initial disk is Ready."),
+            "Run the emulated Kubernetes API server with a simulated Longhorn cluster (v1.7.2 unless "
+            "--longhorn-version); write a kubeconfig once every initial disk is Ready."),
     Command(("webhook",), "webhook.main", "run the mutating admission webhook that keeps new disks' prefixes unique",
             "Serve AdmissionReviews for Longhorn Node status writes over HTTPS; give a new v1 disk whose UUID prefix "
             "is taken a unique one, and make its cfg agree."),
@@ -52,7 +52,7 @@ COMMANDS = (
     Command(("inspect-disk",), "bimguard.inspect_disk", "list a disk directory's replicas/ and backing-images/ (runs on the node)",
             "Print the subdirectories of <path>/replicas and <path>/backing-images as one line of JSON; change nothing."),
 )
-GROUP_HELP = {"sim": "the cluster emulator (an API server with a simulated Longhorn v1.7.2)"}
+GROUP_HELP = {"sim": "the cluster emulator (an API server with a simulated Longhorn v1.7.2, v1.8.1 or v1.9.1)"}
 # Exit code of a command whose standard output was closed early (`bimguard demo | head`): what a
 # process killed by SIGPIPE reports in a shell. `bimguard scan` keeps its verdict instead.
 EXIT_BROKEN_PIPE = 141

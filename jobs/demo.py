@@ -1,4 +1,5 @@
-"""`bimguard demo`: the BIM name collision, live, in the cluster emulator, and the scan finding it.
+"""`bimguard demo`: the BIM name collision, live, in the cluster emulator: found by the scan,
+prevented by the webhook, repaired by the repair.
 
 1. a simulated Longhorn v1.7.2 cluster (API server + one manager per node) settles;
 2. new disks are added whose generated UUIDs are forced to share a prefix with existing disks;
@@ -12,7 +13,10 @@
    process code, the chart's webhook configuration, a leader-elected controller), more colliding
    disks are added, and each gets a unique UUID at admission, its cfg rewritten on the node by a
    rewriter pod, and ends Ready; their BIMs can all be created; a second scan finds only the
-   collisions that existed before bimguard was installed (the repair Job's work).
+   collisions that existed before bimguard was installed;
+6. the repair, with the webhook still running: `bimguard repair --apply --evict` regenerates one
+   disk of each old pair (drained first by Longhorn's eviction where it holds data), and a last
+   scan finds no collision.
 """
 
 from __future__ import annotations
@@ -151,6 +155,10 @@ async def _demo(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bimguard-demo-") as tmp:
         root = Path(tmp)
+        print("Longhorn v1.7.0 to v1.9.1 name the Backing Image Manager of a disk after the first 4 hex characters of "
+              "its UUID (backing-image-manager-<image hash>-<UUID[:4]>, types/types.go:385 @v1.7.2). Two disks whose "
+              "UUIDs share those 4 characters want the same BIM: the second is never created, and replicas that need "
+              "a backing image on that disk never start.", flush=True)
         say.step(f"Starting a simulated Longhorn v1.7.2 cluster: {args.nodes} nodes x {args.disks_per_node} disks "
                  f"(emulated Kubernetes API over HTTP, one longhorn-manager per node, real disk directories)")
         async with simulated_cluster(nodes=args.nodes, disks_per_node=args.disks_per_node, seed=args.seed,

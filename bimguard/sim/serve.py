@@ -1,4 +1,4 @@
-"""Run the emulated API server with a simulated Longhorn v1.7.2 cluster: `bimguard sim serve`.
+"""Run the emulated API server with a simulated Longhorn cluster (v1.7.2 by default): `bimguard sim serve`.
 
 Also the context manager the demo and the end-to-end tests use to get a settled cluster.
 """
