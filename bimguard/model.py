@@ -62,6 +62,10 @@ class Disk(_Record):
     ready: bool | None  # None: no Ready condition yet
     schedulable: bool | None
     scheduled_replicas: tuple[str, ...] = ()
+    # `uuid` is lower-cased for comparing; this is the UUID exactly as Longhorn recorded it (a cfg
+    # edited by hand may hold upper case), for whatever is written back or compared with the file:
+    # Longhorn compares status and cfg as written (controller/node_controller.go:707 @v1.7.2).
+    recorded_uuid: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -171,6 +175,7 @@ def parse_node(node: wire.Node, source: str) -> tuple[list[Disk], list[Skipped]]
                 ready=_condition(st.conditions, "Ready"),
                 schedulable=_condition(st.conditions, "Schedulable"),
                 scheduled_replicas=tuple(sorted(st.scheduledReplica or ())),
+                recorded_uuid=uuid,
             )
         )
     return disks, skipped

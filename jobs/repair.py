@@ -160,7 +160,7 @@ async def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         victims = plan_victims(findings, tuple(args.only))
         if args.only and not victims:
             raise _Error(f"--only {' '.join(args.only)} matches no disk the plan would regenerate")
-        return _print_plan(args, out, plan_lines(findings, victims, args.evict, None), len(victims))
+        return _print_plan(args, out, plan_lines(findings, victims, args.evict, None), len(victims), _unread(findings))
     from bimguard.kube import api_client
     from bimguard.rewrite.engine import Settings
 
@@ -190,8 +190,10 @@ async def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if why:
             print(f"Nothing to do: {why}.", file=out)
             return EXIT_OK
+        unread = _unread(findings)
         if not args.apply:
-            return _print_plan(args, out, plan_lines(findings, victims, args.evict, world), len(victims))
+            return _print_plan(args, out, plan_lines(findings, victims, args.evict, world), len(victims), unread)
+        runner.report.skipped.extend(f"could not be read, so not looked at: {u}" for u in unread)
         runner.report.stuck_before = sorted({s.backing_image for s in findings.symptoms})
         report = await runner.apply(world, victims)  # also continues what a killed run left
         report.elapsed = time.monotonic() - started
@@ -242,19 +244,32 @@ class _Progress:
             print(f"[{t:7.1f}s] {disk:<40} {phase:<10} {detail}", file=self.err, flush=True)
 
 
-def _print_plan(args: argparse.Namespace, out: TextIO, lines: list[str], count: int) -> int:
+def _unread(findings: Any) -> list[str]:
+    """The objects the scan could not use (kind, name: why)."""
+    return [f"{s.kind} {s.name}: {s.error}" for s in findings.skipped]
+
+
+def _print_plan(args: argparse.Namespace, out: TextIO, lines: list[str], count: int, unread: list[str]) -> int:
+    """Exit 1 with work to do; else 0, or 3 when objects could not be read (one of them could be
+    a colliding disk: nothing to do cannot be concluded)."""
+    code = EXIT_WORK if count else EXIT_UNFINISHED if unread else EXIT_OK
     if args.output == "json":
-        print(json.dumps({"schemaVersion": SCHEMA_VERSION, "mode": "plan", "planned": count, "plan": lines}, indent=2),
-              file=out)
+        print(json.dumps({"schemaVersion": SCHEMA_VERSION, "mode": "plan", "exitCode": code, "planned": count,
+                          "plan": lines, "skipped": unread}, indent=2), file=out)
+        return code
+    if count == 0 and not unread:
+        print("Nothing to do: no disk shares its BIM name prefix with another.", file=out)
+    elif count == 0:
+        print(f"Nothing to do among the objects read, but {len(unread)} could not be read (see `skipped`): "
+              "fix them and run again.", file=out)
     else:
-        if count == 0:
-            print("Nothing to do: no disk shares its BIM name prefix with another.", file=out)
-        else:
-            print(f"Plan: {count} disk(s) to regenerate" + ("" if args.evict else " (without --evict: disks holding data "
-                                                                              "are left Blocked)"), file=out)
-            print("\n".join(lines), file=out)
-            print("Run again with --apply to carry it out.", file=out)
-    return EXIT_WORK if count else EXIT_OK
+        print(f"Plan: {count} disk(s) to regenerate" + ("" if args.evict else " (without --evict: disks holding data "
+                                                                          "are left Blocked)"), file=out)
+        print("\n".join(lines), file=out)
+        print("Run again with --apply to carry it out.", file=out)
+    for u in unread:
+        print(f"skipped: {u}", file=out)
+    return code
 
 
 def _exit_code(report: Any) -> int:

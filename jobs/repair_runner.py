@@ -135,8 +135,8 @@ def plan_victims(findings: Findings, only: tuple[str, ...] = (),
         for r in p.regenerate:
             d = r.disk
             deps = p.dependents[p.group.disks.index(d)]
-            out.append(Victim(d.node, d.name, disk_name(d.node, d.name), d.path, d.uuid, p.group.prefix,
-                              r.reason, p.group.kind == "duplicate-uuid" and d.uuid == p.keep.uuid,
+            out.append(Victim(d.node, d.name, disk_name(d.node, d.name), d.path, d.recorded_uuid or d.uuid,
+                              p.group.prefix, r.reason, p.group.kind == "duplicate-uuid" and d.uuid == p.keep.uuid,
                               deps.describe() if deps.holds_data else "", f"{p.keep.node}/{p.keep.name}"))
     if only:
         out = [v for v in out if v.prefix in only or f"{v.node}/{v.disk}" in only]
@@ -468,7 +468,8 @@ class Runner:
         uuids: dict[str, int] = {}
         for d in world.v1_disks():
             uuids[d.uuid] = uuids.get(d.uuid, 0) + 1
-        clones = frozenset((r["spec"]["node"], r["spec"]["disk"]) for r in active if uuids.get(r["spec"]["oldUUID"], 0) > 1)
+        clones = frozenset((r["spec"]["node"], r["spec"]["disk"]) for r in active
+                           if uuids.get(r["spec"]["oldUUID"].lower(), 0) > 1)
         before_drain = [(r["spec"]["node"], r["spec"]["disk"]) for r in active
                         if ((r.get("status") or {}).get("phase") or steps.PENDING) in (steps.PENDING, steps.PREPARING)]
         unschedulable = all(not (world.disk_spec(*v) or {}).get("allowScheduling") for v in before_drain

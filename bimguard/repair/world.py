@@ -143,7 +143,7 @@ class World:
         return next((b for b in self.bims if name_of(b) == name), None)
 
     def spec_copies(self, uuid: str) -> list[Obj]:
-        """BackingImages whose spec asks for a copy on this UUID."""
+        """BackingImages whose spec asks for a copy on this UUID (keyed by the UUID as recorded)."""
         return [bi for bi in self.backing_images if uuid in (_spec(bi).get("diskFileSpecMap") or {})]
 
     def status_copies(self, uuid: str) -> list[Obj]:

@@ -211,6 +211,49 @@ async def test_two_repairs_at_once_one_runs_the_other_says_so(tmp_path: Path) ->
         assert_nothing_lost(env)
 
 
+async def test_an_upper_case_uuid_is_repaired_as_longhorn_recorded_it(tmp_path: Path) -> None:
+    """A cfg written by hand in upper case (the knowledge base's manual fix has operators edit it)
+    whose prefix collides ignoring case: the record keeps the UUID exactly as Longhorn recorded it,
+    so the status compare-and-swap and the cfg's match, and the disk ends Ready with status == cfg."""
+    async with repair_env(tmp_path, nodes=3, seed=37) as env:
+        c = env.cluster
+        taken = await c.disk_uuid("worker-1", c.disks_of("worker-1")[0])
+        upper = (taken[:4] + "cafe-0000-4000-8000-00000000cafe").upper()
+        d = c.host("worker-2").dir("/mnt/hand")
+        d.mkdir(parents=True)
+        lh_disks.write_cfg_exclusive(d, lh_disks.DiskConfig("disk-hand", upper))
+        await c.add_disk("worker-2", "disk-hand", "/mnt/hand")
+        await c.wait_until_ready(30)
+        assert env.node("worker-2")["status"]["diskStatus"]["disk-hand"]["diskUUID"] == upper  # as written
+        code, out, err = await env.repair("--apply", "--only", "worker-2/disk-hand")
+        assert code == 0, (out, err[-2000:])
+        [rec] = env.records()
+        assert rec["spec"]["oldUUID"] == upper and rec["status"]["phase"] == "Done"
+        new = rec["spec"]["newUUID"]
+        assert env.node("worker-2")["status"]["diskStatus"]["disk-hand"]["diskUUID"] == new
+        assert lh_disks.decode_cfg((d / "longhorn-disk.cfg").read_bytes()).disk_uuid == new
+        assert_nothing_lost(env)
+
+
+async def test_a_disk_it_cannot_read_is_never_nothing_to_do(tmp_path: Path) -> None:
+    """A recorded diskUUID that is not a UUID (a cfg written by hand) cannot be judged: it could be
+    one of a pair. Neither the plan nor a run says "nothing to do" then: exit 3, the disk named."""
+    async with repair_env(tmp_path, nodes=3, seed=41) as env:
+        d = env.cluster.host("worker-2").dir("/mnt/hand")
+        d.mkdir(parents=True)
+        lh_disks.write_cfg_exclusive(d, lh_disks.DiskConfig("disk-hand", "b84e-0000-4000-8000-00000000cafe"))
+        await env.cluster.add_disk("worker-2", "disk-hand", "/mnt/hand")
+        await env.cluster.wait_until_ready(30)
+        code, out, _ = await env.repair("-o", "json")
+        doc = json.loads(out)
+        jsonschema.validate(doc, SCHEMA)
+        assert code == 3 == doc["exitCode"] and doc["planned"] == 0
+        assert doc["skipped"] == ["Node worker-2/disk-hand: diskUUID 'b84e-0000-4000-8000-00000000cafe' is not a UUID"]
+        code, out, _ = await env.repair("--apply")
+        assert code == 3 and "skipped: could not be read, so not looked at: Node worker-2/disk-hand" in out
+        assert not env.records()
+
+
 async def test_a_claim_left_between_claiming_and_recording_is_taken_up(tmp_path: Path) -> None:
     """A run killed after it claimed a prefix for a disk and before it created the disk's record
     leaves a PrefixClaim naming that record: the next run records that claim's UUID rather than
