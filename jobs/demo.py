@@ -32,12 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bimguard import crds
 from bimguard.findings import analyze
 from bimguard.sim.clock import DEFAULT_TIME_SCALE
 from bimguard.sim.longhorn.node_status import get_condition
 from bimguard.sim.scenarios import add_replica
-from bimguard.sim.serve import simulated_cluster
+from bimguard.sim.serve import install_bimguard, simulated_cluster
 from bimguard.sources.live import read_live
 from jobs import report, signals
 from jobs.args import non_negative_int, positive_float, positive_int
@@ -162,7 +161,9 @@ async def _demo(args: argparse.Namespace) -> int:
         say.step(f"Starting a simulated Longhorn v1.7.2 cluster: {args.nodes} nodes x {args.disks_per_node} disks "
                  f"(emulated Kubernetes API over HTTP, one longhorn-manager per node, real disk directories)")
         async with simulated_cluster(nodes=args.nodes, disks_per_node=args.disks_per_node, seed=args.seed,
-                                     time_scale=args.time_scale, root=root / "nodes") as (api, cluster):
+                                     time_scale=args.time_scale, root=root / "nodes",
+                                     progress=lambda ready, total: say.detail(f"{ready} of {total} disks Ready")
+                                     ) as (api, cluster):
             say.step(f"All {args.nodes * args.disks_per_node} disks recorded and Ready (API server {api.url})")
 
             say.step(f"Adding {args.pairs} disks whose UUIDs collide with existing disks' prefixes")
@@ -239,20 +240,13 @@ async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig:
     from bimguard import kube, records
     from bimguard.kube import Kube, Resource
     from webhook import main as webhook_main
-    from webhook.registration import mutating_webhook_configuration
 
     namespace, service, mwc_name = "bimguard", "bimguard", "bimguard"
     say.step("Installing bimguard's admission webhook as the Helm chart does: its CRDs, 2 replicas of "
              "`bimguard webhook`, and a MutatingWebhookConfiguration on nodes/status (failurePolicy Ignore)")
+    await install_bimguard(str(kubeconfig), namespace=namespace, service=service, mwc_name=mwc_name)
     api_client = await kube.api_client(str(kubeconfig))
     kube = Kube(api_client)
-    await client.CoreV1Api(api_client).create_namespace({"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": namespace}})
-    for crd in crds.documents():
-        await client.ApiextensionsV1Api(api_client).create_custom_resource_definition(crd)
-    await client.AdmissionregistrationV1Api(api_client).create_mutating_webhook_configuration(
-        mutating_webhook_configuration(name=mwc_name, service=service, namespace=namespace,
-                                       longhorn_namespace="longhorn-system"))
     await cluster.start_kubelet(images=["bimguard"])
     parser = argparse.ArgumentParser()
     webhook_main.add_arguments(parser)

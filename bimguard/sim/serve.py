@@ -6,15 +6,15 @@ Also the context manager the demo and the end-to-end tests use to get a settled 
 from __future__ import annotations
 
 import argparse
-import re
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from bimguard.sim.apiserver import ApiServer
 from bimguard.sim.clock import DEFAULT_TIME_SCALE
@@ -31,15 +31,17 @@ def ready_timeout(nodes: int, disks_per_node: int, time_scale: float) -> float:
 @contextlib.asynccontextmanager
 async def simulated_cluster(*, nodes: int, disks_per_node: int, seed: int | None, time_scale: float,
                             root: Path, host: str = "127.0.0.1", port: int = 0, longhorn_version: str = "v1.7.2",
+                            progress: Callable[[int, int], None] | None = None,
                             ) -> AsyncIterator[tuple[ApiServer, SimCluster]]:
-    """A started API server and a simulated Longhorn cluster whose initial disks are all Ready."""
+    """A started API server and a simulated Longhorn cluster whose initial disks are all Ready
+    (`progress` hears how many are, every few seconds, while it waits)."""
     api = ApiServer(longhorn_version=longhorn_version)
     await api.start(host, port)
     cluster = SimCluster(api, root, nodes=nodes, disks_per_node=disks_per_node, seed=seed, time_scale=time_scale,
                          longhorn_version=longhorn_version)
     try:
         await cluster.start()
-        await cluster.wait_until_ready(timeout=ready_timeout(nodes, disks_per_node, time_scale))
+        await cluster.wait_until_ready(timeout=ready_timeout(nodes, disks_per_node, time_scale), progress=progress)
         yield api, cluster
     finally:
         await cluster.stop()
@@ -66,8 +68,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--longhorn-version", type=longhorn_version, default="v1.7.2", metavar="vX.Y.Z",
                    help="the Longhorn release to emulate, v1.7.x, v1.8.x or v1.9.x up to v1.9.1 (its CRDs and "
                         "the behaviours that differ; bimguard/sim/README.md) (default %(default)s)")
+    p.add_argument("--with-bimguard", type=_endpoint, metavar="HOST:PORT",
+                   help=f"install what the chart would (namespace {WEBHOOK_NAMESPACE}, bimguard's CRDs, the webhook "
+                        f"configuration for Service {WEBHOOK_SERVICE}) and send its admission reviews to a "
+                        "`bimguard webhook` you run on HOST:PORT")
     p.add_argument("--no-kubelet", action="store_true",
                    help="do not run pods (by default a simulated kubelet runs pods of the bimguard image)")
+
+
+WEBHOOK_NAMESPACE, WEBHOOK_SERVICE = "bimguard", "bimguard-webhook"
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    """HOST:PORT (argparse type)."""
+    host, colon, port = text.rpartition(":")
+    if not (colon and host and port.isdigit() and 0 < int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9443)")
+    return host, int(port)
 
 
 def longhorn_version(text: str) -> str:
@@ -85,6 +102,30 @@ def longhorn_version(text: str) -> str:
     if (int(m[1]), int(m[2]), int(m[3])) > (1, 9, 1):
         raise argparse.ArgumentTypeError(f"{version} names BIMs after the whole UUID; the emulator models up to v1.9.1")
     return version
+
+
+async def install_bimguard(kubeconfig: str, *, namespace: str, service: str, mwc_name: str,
+                           longhorn_namespace: str = "longhorn-system") -> None:
+    """What `helm install` puts in a cluster that a webhook process run by hand needs: the namespace,
+    bimguard's CRDs and the MutatingWebhookConfiguration (the chart's registration), `caBundle`
+    empty until the webhook's leader injects its CA."""
+    from kubernetes_asyncio import client
+
+    from bimguard import crds
+    from bimguard.kube import api_client
+    from webhook.registration import mutating_webhook_configuration
+
+    ac = await api_client(kubeconfig)
+    try:
+        await client.CoreV1Api(ac).create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                                                     "metadata": {"name": namespace}})
+        for crd in crds.documents():
+            await client.ApiextensionsV1Api(ac).create_custom_resource_definition(crd)
+        await client.AdmissionregistrationV1Api(ac).create_mutating_webhook_configuration(
+            mutating_webhook_configuration(name=mwc_name, service=service, namespace=namespace,
+                                           longhorn_namespace=longhorn_namespace))
+    finally:
+        await ac.close()
 
 
 def parse_services(values: list[str]) -> dict[str, tuple[str, int]]:
@@ -116,10 +157,20 @@ async def _serve(args: argparse.Namespace, services: dict[str, tuple[str, int]])
             if not args.no_kubelet:
                 await cluster.start_kubelet(images=["bimguard"])
             api.kubeconfig(args.kubeconfig)
+            if args.with_bimguard:
+                host, port = args.with_bimguard
+                api.webhook_hosts[f"{WEBHOOK_SERVICE}.{WEBHOOK_NAMESPACE}.svc"] = (host, port)
+                await install_bimguard(args.kubeconfig, namespace=WEBHOOK_NAMESPACE, service=WEBHOOK_SERVICE,
+                                       mwc_name=WEBHOOK_SERVICE)
             print(f"ready in {time.monotonic() - started:.1f} s: API server {api.url}", flush=True)
             print(f"kubeconfig written to {args.kubeconfig}; try:", flush=True)
             print(f"  kubectl --kubeconfig {args.kubeconfig} get nodes.longhorn.io -n longhorn-system", flush=True)
             print(f"  bimguard scan --kubeconfig {args.kubeconfig}", flush=True)
+            if args.with_bimguard:
+                host, port = args.with_bimguard
+                print(f"  bimguard webhook --kubeconfig {args.kubeconfig} --namespace {WEBHOOK_NAMESPACE} "
+                      f"--service-name {WEBHOOK_SERVICE} --webhook-configuration {WEBHOOK_SERVICE} "
+                      f"--host {host} --port {port} --metrics-port 0", flush=True)
             print("press Ctrl-C to stop", flush=True)
             await stop.wait()
     print("stopped", flush=True)

@@ -79,6 +79,14 @@ def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
         crds = [str(p) for p in sorted((REPO / "charts/bimguard/crds").glob("*.yaml"))]
         kubectl(kubeconfig, "apply", *sum((["-f", c] for c in crds), []))
         kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(mwc))
+        # The rewriter pods' namespace, ServiceAccount and ValidatingAdmissionPolicy, as the chart installs them:
+        # the webhook's pods must pass the policy for the rewrite below to finish.
+        rewriter = [d for d in docs if d["kind"] in ("Namespace", "ValidatingAdmissionPolicy",
+                                                     "ValidatingAdmissionPolicyBinding")
+                    or (d["kind"] == "ServiceAccount" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "rewriter")]
+        assert len(rewriter) == 4
+        kubectl(kubeconfig, "apply", "-f", "-", stdin="\n---\n".join(yaml.safe_dump(d) for d in
+                                                                     sorted(rewriter, key=lambda d: d["kind"] != "Namespace")))
         local = [a for a in args if not a.startswith(("--port=", "--metrics-port="))]
         hook = subprocess.Popen([str(BIN / "bimguard"), *local, "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1",
                                  f"--port={port}", f"--metrics-port={metrics_port}", "--shutdown-delay=0.5"],
@@ -112,6 +120,13 @@ def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
             return [r for r in recs["items"] if (r.get("status") or {}).get("phase") == "Done"]
 
         (record,) = wait(done, 60, "the rewrite to be Done")
+        # ... under the policy, which is live: any other pod there is refused.
+        rewriter_ns = next(d for d in rewriter if d["kind"] == "Namespace")["metadata"]["name"]
+        refused = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig), "-n", rewriter_ns, "run", "x",
+                                  "--image=busybox", "--dry-run=server", "--", "sh"],
+                                 capture_output=True, text=True, timeout=60, env=ENV)
+        assert refused.returncode != 0 and "ValidatingAdmissionPolicy" in refused.stderr, refused.stderr
+        assert not json.loads(kubectl(kubeconfig, "get", "pods", "-n", NAMESPACE, "-o", "json"))["items"]
         new_uuid = record["spec"]["newUUID"]
         assert record["spec"]["oldUUID"] == moved_uuid and new_uuid[:4] != taken[:4]
 
@@ -180,3 +195,51 @@ def test_webhook_misconfigured_says_so_in_one_line(tmp_path: Path):
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.communicate(timeout=30)
+
+
+def test_the_readme_recipe_runs_the_webhook_against_the_emulator(tmp_path: Path):
+    """README's "run the real webhook against the emulator", as written: `sim serve --with-bimguard`
+    installs what the chart would and prints the webhook's command line; with that process running,
+    a disk that arrives with a taken prefix is rewritten at admission."""
+    kubeconfig, root, port = tmp_path / "sim.kubeconfig", tmp_path / "nodes", free_port()
+    sim = subprocess.Popen([str(BIN / "bimguard"), "sim", "serve", "--nodes", "2", "--disks-per-node", "1",
+                            "--seed", "5", "--kubeconfig", str(kubeconfig), "--root", str(root),
+                            "--with-bimguard", f"127.0.0.1:{port}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    hook = None
+    try:
+        assert sim.stdout is not None
+        printed = [sim.stdout.readline() for _ in range(6)]
+        command = next(line.split() for line in printed if line.strip().startswith("bimguard webhook"))
+        hook = subprocess.Popen([str(BIN / command[0]), *command[1:]], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env={**ENV, "POD_NAME": "bimguard-0"})
+
+        def injected() -> bool:
+            mwc = json.loads(kubectl(kubeconfig, "get", "mutatingwebhookconfiguration", "bimguard-webhook", "-o", "json"))
+            return bool(mwc["webhooks"][0]["clientConfig"].get("caBundle"))
+
+        wait(injected, 30, "the leader to inject the caBundle")
+        nodes = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "-n", "longhorn-system", "-o", "json"))
+        w1 = next(n for n in nodes["items"] if n["metadata"]["name"] == "worker-1")
+        taken = next(iter(w1["status"]["diskStatus"].values()))["diskUUID"]
+        disk_dir = root / "worker-2" / "mnt" / "moved"
+        disk_dir.mkdir(parents=True)
+        (disk_dir / "longhorn-disk.cfg").write_text(json.dumps(
+            {"diskName": "moved", "diskUUID": taken[:4] + "cafe-0000-4000-8000-000000000003", "diskDriver": ""},
+            separators=(",", ":")))
+        kubectl(kubeconfig, "patch", "nodes.longhorn.io", "worker-2", "-n", "longhorn-system", "--type=merge", "-p",
+                json.dumps({"spec": {"disks": {"moved": {"path": "/mnt/moved", "allowScheduling": True,
+                                                         "diskType": "filesystem", "evictionRequested": False,
+                                                         "storageReserved": 0, "tags": []}}}}))
+
+        def rewritten():
+            recs = json.loads(kubectl(kubeconfig, "get", "diskrewrites.bimguard.io", "-n", "bimguard", "-o", "json"))
+            return recs["items"]
+
+        (record,) = wait(rewritten, 30, "the webhook to record a rewrite")
+        assert record["spec"]["disk"] == "moved" and record["spec"]["newUUID"][:4] != taken[:4]
+    finally:
+        for p in (hook, sim):
+            if p is not None:
+                p.send_signal(signal.SIGTERM)
+                p.communicate(timeout=30)

@@ -23,7 +23,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -152,10 +152,7 @@ class SimCluster:
         return node in self.managers and node not in self.down
 
     def leader(self) -> str | None:
-        for n in sorted(self.managers):
-            if n not in self.down:
-                return n
-        return None
+        return min((n for n in self.managers if n not in self.down), default=None)
 
     def host(self, node: str) -> HostDisks:
         if node not in self._hosts:
@@ -662,21 +659,45 @@ class SimCluster:
     def expected_bim_name(self, disk_uuid: str) -> str:
         return bim_name(self.bim_image, disk_uuid)
 
-    async def all_disks_ready(self) -> bool:
+    async def ready_disks(self) -> tuple[int, int]:
+        """(disks recorded and Ready, disks) over every node that is up."""
         assert self.kube is not None
+        ready = total = 0
         for n in await self.kube.list("nodes"):
             if n["metadata"]["name"] in self.down:
                 continue
             st = (n.get("status") or {}).get("diskStatus") or {}
             for d in (n.get("spec", {}).get("disks") or {}):
+                total += 1
                 e = st.get(d)
-                if not e or not e.get("diskUUID") or get_condition(e.get("conditions"), "Ready").get("status") != "True":
-                    return False
-        return True
+                ready += bool(e and e.get("diskUUID")
+                              and get_condition(e.get("conditions"), "Ready").get("status") == "True")
+        return ready, total
 
-    async def wait_until_ready(self, timeout: float = 30.0) -> None:
-        """Wait (real seconds) until every disk of every up node is recorded and Ready."""
-        await self.wait_for(self.all_disks_ready, timeout, "all disks recorded and Ready")
+    async def all_disks_ready(self) -> bool:
+        ready, total = await self.ready_disks()
+        return ready == total
+
+    async def wait_until_ready(self, timeout: float = 30.0,
+                               progress: Callable[[int, int], None] | None = None) -> None:
+        """Wait (real seconds) until every disk of every up node is recorded and Ready; `progress`
+        hears (ready, total) every few seconds meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline, told = loop.time() + timeout, loop.time()
+        # Each look lists every Node: on a big cluster looking as often as wait_for does would
+        # take the CPU the managers need to get there.
+        pause = max(0.05, len(self.node_names) / 2000)
+        while True:
+            ready, total = await self.ready_disks()
+            if ready == total:
+                return
+            if progress is not None and loop.time() - told >= 5:
+                progress(ready, total)
+                told = loop.time()
+            if loop.time() > deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for all disks recorded and Ready "
+                                   f"({ready} of {total})")
+            await asyncio.sleep(pause)
 
     async def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
         """Poll an async or sync predicate until truthy; returns its value."""

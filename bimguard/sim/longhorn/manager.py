@@ -255,7 +255,7 @@ class LonghornManager:
         or missing -- the writes the API server sees are the same."""
         if name == self.node_name:
             return True
-        return self.cluster.leader() == self.node_name and not self.cluster.manager_up(name)
+        return not self.cluster.manager_up(name) and self.cluster.leader() == self.node_name
 
     async def sync_node(self, node: dict[str, Any], settings: list[dict[str, Any]]) -> None:
         """lm v1.7.2 node_controller.go:363 syncNode with its deferred status write (line 396).
