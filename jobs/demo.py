@@ -154,7 +154,7 @@ async def _demo(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bimguard-demo-") as tmp:
         root = Path(tmp)
-        print("Longhorn v1.7.0 to v1.9.1 name the Backing Image Manager of a disk after the first 4 hex characters of "
+        print("Longhorn releases up to v1.9.1 name the Backing Image Manager of a disk after the first 4 hex characters of "
               "its UUID (backing-image-manager-<image hash>-<UUID[:4]>, types/types.go:385 @v1.7.2). Two disks whose "
               "UUIDs share those 4 characters want the same BIM: the second is never created, and replicas that need "
               "a backing image on that disk never start.", flush=True)
