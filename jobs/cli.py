@@ -49,6 +49,7 @@ COMMANDS = (
     Command(("rewrite-cfg",), "bimguard.rewrite_cfg", "compare-and-swap a disk's longhorn-disk.cfg (runs on the node)",
             "Atomically replace the diskUUID in <path>/longhorn-disk.cfg, only if the file names the expected disk "
             "and holds the old UUID (or already the new one)."),
+    Command(("completion",), "jobs.completion", "print a shell completion script (bash; zsh via bashcompinit)"),
     Command(("inspect-disk",), "bimguard.inspect_disk", "list a disk directory's replicas/ and backing-images/ (runs on the node)",
             "Print the subdirectories of <path>/replicas and <path>/backing-images as one line of JSON; change nothing."),
 )
