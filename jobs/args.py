@@ -1,4 +1,5 @@
-"""Argument types for numeric flags, shared by every command (`type=` of `add_argument`).
+"""Argument types shared by every command (`type=` of `add_argument`), and the flags of the on-node
+pods that the webhook and the repair both start.
 
 Each one turns the flag's text into a number or raises `argparse.ArgumentTypeError` with a
 message that says what is accepted, so argparse prints one line naming the flag and exits 2:
@@ -11,10 +12,13 @@ Standard library only: `bimguard/sim/serve.py` and `jobs/demo.py` import it too.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
+from typing import Any
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "port_number", "seconds"]
+__all__ = ["positive_int", "non_negative_int", "positive_float", "port_number", "seconds", "tolerations",
+           "add_rewriter_pod_arguments"]
 
 
 def _int(text: str) -> int:
@@ -87,3 +91,30 @@ def seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite duration above 0")
     return value
+
+
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+
+def tolerations(text: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of Kubernetes tolerations (`[{"operator": "Exists"}]`, `[]` for none)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON (a list of tolerations)") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) and set(t) <= _TOLERATION_KEYS for t in value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of tolerations (objects with {', '.join(sorted(_TOLERATION_KEYS))})")
+    return tuple(value)
+
+
+def add_rewriter_pod_arguments(p: argparse.ArgumentParser, records_namespace: str = "--namespace") -> None:
+    """Where and how the on-node rewriter (and inspector) pods run; the chart passes all of them."""
+    p.add_argument("--rewriter-namespace", metavar="NAMESPACE",
+                   help=f"namespace of the on-node pods, the one that must allow privileged pods "
+                        f"(default: {records_namespace})")
+    p.add_argument("--rewriter-priority-class", metavar="NAME", help="priorityClassName of the on-node pods")
+    p.add_argument("--rewriter-image-pull-secret", action="append", default=[], metavar="NAME",
+                   help="imagePullSecret of the on-node pods, in the rewriter namespace (repeatable)")
+    p.add_argument("--rewriter-tolerations", type=tolerations, metavar="JSON",
+                   help='tolerations of the on-node pods as a JSON list (default: every taint, [{"operator": "Exists"}])')

@@ -21,7 +21,7 @@ from bimguard.inventory import Inventory
 from bimguard.repair import steps
 from bimguard.repair.world import World
 from jobs import signals
-from jobs.args import positive_float, positive_int, seconds
+from jobs.args import add_rewriter_pod_arguments, positive_float, positive_int, seconds
 
 EXIT_OK, EXIT_WORK, EXIT_ERROR, EXIT_UNFINISHED = 0, 1, 2, 3
 SCHEMA_VERSION = 1
@@ -70,10 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("-n", "--longhorn-namespace", default="longhorn-system", help="Longhorn's namespace (default %(default)s)")
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE") or "bimguard",
-                   help="where records, claims, the Lease and the on-node pods live (default $POD_NAMESPACE or %(default)s)")
+                   help="where records, claims, the Lease and (without --rewriter-namespace) the on-node pods live "
+                        "(default $POD_NAMESPACE or %(default)s)")
     p.add_argument("--image", default=os.environ.get("BIMGUARD_IMAGE") or "bimguard",
                    help="image of the on-node pods (default $BIMGUARD_IMAGE or %(default)s)")
-    p.add_argument("--service-account", default="bimguard-rewriter", help="service account of the on-node pods (default %(default)s)")
+    p.add_argument("--service-account", default="bimguard-rewriter",
+                   help="service account of the on-node pods, in --rewriter-namespace (default %(default)s)")
+    add_rewriter_pod_arguments(p)
     p.add_argument("--longhorn-version", metavar="vX.Y.Z",
                    help="the Longhorn version, when the cluster does not say it (required with --apply then)")
     p.add_argument("--identity", default=os.environ.get("BIMGUARD_REPAIR_IDENTITY") or os.environ.get("POD_NAME") or "",
@@ -171,7 +174,9 @@ async def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     started = time.monotonic()
     progress = _Progress(err, args.log_format, started)
     settings = Settings(pod_start_timeout=args.pod_start_timeout, service_account=args.service_account,
-                        active_deadline=args.pod_deadline)
+                        active_deadline=args.pod_deadline, pod_namespace=args.rewriter_namespace or args.namespace,
+                        priority_class_name=args.rewriter_priority_class,
+                        image_pull_secrets=tuple(args.rewriter_image_pull_secret), tolerations=args.rewriter_tolerations)
     opts = Options(namespace=args.namespace, longhorn_namespace=args.longhorn_namespace, apply=args.apply,
                    evict=args.evict, only=tuple(args.only), max_parallel=args.max_parallel, timeout=args.timeout,
                    image=args.image, longhorn_version=args.longhorn_version, identity=args.identity,

@@ -37,6 +37,7 @@ from bimguard.rewrite.engine import (
     SWAPPED,
     RewriteEngine,
     Settings,
+    disk_path_refusal,
     now_rfc3339,
     pointer_token,
     termination,
@@ -166,7 +167,7 @@ class Runner:
     async def snapshot(self) -> World:
         ns = self.opts.longhorn_namespace
         lists = await asyncio.gather(*(self.kube.items(r, ns) for r in LONGHORN.values()),
-                                     self.kube.items(PODS, self.opts.namespace, f"{LABEL_MANAGED_BY}=bimguard"))
+                                     self.kube.items(PODS, self.engine.pod_namespace, f"{LABEL_MANAGED_BY}=bimguard"))
         self.report.reads += len(lists)
         by = dict(zip(list(LONGHORN) + ["pods"], lists))
         return World.from_lists(nodes=by["nodes"], replicas=by["replicas"], backing_images=by["backingimages"],
@@ -226,19 +227,23 @@ class Runner:
             probe = {"metadata": {"name": "preflight", "uid": ""}, "spec": {
                 "node": node, "disk": v.disk, "diskName": v.disk_name, "diskPath": v.path,
                 "oldUUID": v.uuid, "newUUID": v.uuid}}
-            body = rewriter_pod(probe, attempt=0, namespace=self.opts.namespace, image=self.opts.image,
-                                service_account=self.opts.settings.service_account, command=self.opts.settings.command)
+            s = self.opts.settings
+            pods = self.engine.pod_namespace
+            body = rewriter_pod(probe, attempt=0, namespace=pods, image=self.opts.image,
+                                service_account=s.service_account, command=s.command,
+                                priority_class_name=s.priority_class_name, image_pull_secrets=s.image_pull_secrets,
+                                tolerations=s.tolerations)
             body["metadata"]["name"] = pod_name("bimguard-preflight", 0)
             try:
-                await self.kube.create(PODS, self.opts.namespace, body, dry_run=True)
+                await self.kube.create(PODS, pods, body, dry_run=True)
             except AlreadyExists:
                 pass
             except KubeError as exc:
-                raise RepairError(f"the API server refuses the on-node rewriter pod in namespace {self.opts.namespace} "
+                raise RepairError(f"the API server refuses the on-node rewriter pod in namespace {pods} "
                                   f"(node {node}): {exc.message}") from None
 
-    #: Every call a run makes: (verb, API group, resource, where: "lh" is Longhorn's namespace and
-    #: "own" bimguard's, object name or "" for any). The preflight asks about each; the chart grants
+    #: Every call a run makes: (verb, API group, resource, where: "lh" is Longhorn's namespace, "own"
+    #: bimguard's and "pods" the on-node pods' (--rewriter-namespace), object name or "" for any). The preflight asks about each; the chart grants
     #: exactly these (tests/chart/test_repair_chart.py), and the end-to-end tests check that every
     #: request a run sends is one of them (tests/e2e/repair_env.py).
     PERMISSIONS: tuple[tuple[str, str, str, str, str], ...] = (
@@ -257,8 +262,8 @@ class Runner:
         ("update", "bimguard.io", "diskrewrites/status", "own", ""),
         ("list", "bimguard.io", "prefixclaims", "own", ""), ("get", "bimguard.io", "prefixclaims", "own", ""),
         ("create", "bimguard.io", "prefixclaims", "own", ""), ("delete", "bimguard.io", "prefixclaims", "own", ""),
-        ("list", "", "pods", "own", ""), ("get", "", "pods", "own", ""), ("create", "", "pods", "own", ""),
-        ("delete", "", "pods", "own", ""),  # the on-node rewriter and inspector pods
+        ("list", "", "pods", "pods", ""), ("get", "", "pods", "pods", ""), ("create", "", "pods", "pods", ""),
+        ("delete", "", "pods", "pods", ""),  # the on-node rewriter and inspector pods
         # one run at a time (webhook/leader.py); RBAC cannot limit create to a name
         ("create", "coordination.k8s.io", "leases", "own", ""),
         ("get", "coordination.k8s.io", "leases", "own", LEASE_NAME),
@@ -270,7 +275,7 @@ class Runner:
 
         async def ask(verb: str, group: str, resource: str, where: str, name: str) -> str:
             res, _, sub = resource.partition("/")
-            ns = self.opts.longhorn_namespace if where == "lh" else self.opts.namespace
+            ns = {"lh": self.opts.longhorn_namespace, "pods": self.engine.pod_namespace}.get(where, self.opts.namespace)
             body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                     "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": res,
                                                     "subresource": sub, "namespace": ns, "name": name}}}
@@ -607,13 +612,18 @@ class Runner:
         pname = pod_name(rec["metadata"]["name"], attempt, "in")
         pod = world.pods.get(pname)
         if pod is None:
+            why = disk_path_refusal(world.nodes.get(rec["spec"]["node"]), rec["spec"])
+            if why:  # the same check as for the rewriter pods (bimguard.rewrite.engine)
+                await self._step(rec, action.phase, f"no inspector pod: {why}")
+                return False
             rec = await self._step(rec, action.phase, action.detail)
             self._act()
+            s = self.opts.settings
             try:
-                await self.kube.create(PODS, self.opts.namespace, inspector_pod(
-                    rec, attempt=attempt, namespace=self.opts.namespace, image=self.opts.image,
-                    service_account=self.opts.settings.service_account,
-                    priority_class_name=self.opts.settings.priority_class_name))
+                await self.kube.create(PODS, self.engine.pod_namespace, inspector_pod(
+                    rec, attempt=attempt, namespace=self.engine.pod_namespace, image=self.opts.image,
+                    service_account=s.service_account, priority_class_name=s.priority_class_name,
+                    image_pull_secrets=s.image_pull_secrets, tolerations=s.tolerations))
                 self.report.writes += 1
             except AlreadyExists:
                 pass
@@ -631,13 +641,13 @@ class Runner:
             await self._write(rec, phase=action.phase, step=f"{key}: {len(found.get('replicas') or [])} replica and "
                               f"{len(found.get('backingImages') or [])} backing-image directories", **{key: found})
             self._act()
-            await self.kube.delete(PODS, self.opts.namespace, pname)
+            await self.kube.delete(PODS, self.engine.pod_namespace, pname)
             return True
         if phase == "Failed":
             detail = f"inspector pod {pname} failed" + (f" (exit {code})" if code is not None else "") + (
                 f": {message}" if message else "")
             self._act()
-            await self.kube.delete(PODS, self.opts.namespace, pname)  # the next pass runs a fresh one
+            await self.kube.delete(PODS, self.engine.pod_namespace, pname)  # the next pass runs a fresh one
             await self._step(rec, action.phase, detail)
             return True
         await self._step(rec, action.phase, f"waiting for inspector pod {pname} on node {rec['spec']['node']}")
@@ -671,10 +681,10 @@ class Runner:
         return True
 
     async def _delete_pods(self, rec: dict[str, Any]) -> None:
-        for pod in await self.kube.items(PODS, self.opts.namespace, f"{LABEL_MANAGED_BY}=bimguard,"
-                                                                     f"{LABEL_RECORD}={rec['metadata']['name']}"):
+        for pod in await self.kube.items(PODS, self.engine.pod_namespace, f"{LABEL_MANAGED_BY}=bimguard,"
+                                                                           f"{LABEL_RECORD}={rec['metadata']['name']}"):
             self._act()
-            await self.kube.delete(PODS, self.opts.namespace, pod["metadata"]["name"])
+            await self.kube.delete(PODS, self.engine.pod_namespace, pod["metadata"]["name"])
 
     def _node_not_ready(self, node: dict[str, Any] | None) -> bool:
         """The Job never gives up on a pod whose node is unreachable: its kubelet may yet run it."""

@@ -136,7 +136,8 @@ class RewriteController:
     async def run(self) -> None:
         self._stop.clear()
         watches = [asyncio.create_task(self._watch(REWRITES, None), name="watch-diskrewrites"),
-                   asyncio.create_task(self._watch(PODS, SELECTOR), name="watch-rewriter-pods")]
+                   asyncio.create_task(self._watch(PODS, SELECTOR, self.engine.pod_namespace),
+                                       name="watch-rewriter-pods")]
         try:
             while not self._stop.is_set():
                 self._wake.clear()
@@ -173,13 +174,14 @@ class RewriteController:
         finally:
             waiter.cancel()
 
-    async def _watch(self, res: Resource, selector: str | None) -> None:
+    async def _watch(self, res: Resource, selector: str | None, namespace: str | None = None) -> None:
         """Wake the loop on any change; the periodic pass is what guarantees progress."""
         while not self._stop.is_set():
             try:
-                listed = await self.kube.list(res, self.namespace, selector)
+                ns = namespace or self.namespace
+                listed = await self.kube.list(res, ns, selector)
                 rv = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-                async for kind, _obj in self.kube.watch(res, self.namespace, rv, label_selector=selector):
+                async for kind, _obj in self.kube.watch(res, ns, rv, label_selector=selector):
                     if kind == "ERROR":
                         break
                     if kind != "BOOKMARK":
@@ -317,7 +319,7 @@ class RewriteController:
 
     async def _done(self, rec: dict[str, Any]) -> None:
         spec = rec["spec"]
-        pod = await self.kube.get_or_none(PODS, self.namespace, (rec.get("status") or {}).get("pod") or "")
+        pod = await self.kube.get_or_none(PODS, self.engine.pod_namespace, (rec.get("status") or {}).get("pod") or "")
         _, message = termination(pod or {})
         _, entry = await self.engine.disk(spec)
         note = ""
@@ -337,7 +339,7 @@ class RewriteController:
         attempt number above the snapshot's, so it is never mistaken for a superseded one.
         """
         by_name = {r["metadata"]["name"]: r for r in recs}
-        for pod in await self.kube.items(PODS, self.namespace, SELECTOR):
+        for pod in await self.kube.items(PODS, self.engine.pod_namespace, SELECTOR):
             labels = pod["metadata"].get("labels") or {}
             rec = by_name.get(labels.get(LABEL_RECORD, ""))
             if rec is not None and phase_of(rec) not in records.FINAL_PHASES:
@@ -350,7 +352,7 @@ class RewriteController:
             elif rec is None and not await self._record_gone(labels.get(LABEL_RECORD, "")):
                 continue  # created after the snapshot
             self._act()
-            await self.kube.delete(PODS, self.namespace, pod["metadata"]["name"])
+            await self.kube.delete(PODS, self.engine.pod_namespace, pod["metadata"]["name"])
 
     async def _record_gone(self, name: str) -> bool:
         return not name or await self.kube.get_or_none(REWRITES, self.namespace, name) is None

@@ -21,6 +21,8 @@ from typing import Any
 from kubernetes_asyncio import client, config
 
 from bimguard import kube
+from bimguard.rewrite.pod import DEFAULT_SERVICE_ACCOUNT
+from jobs.args import add_rewriter_pod_arguments
 
 log = logging.getLogger("bimguard.webhook")
 
@@ -52,7 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--longhorn-namespace", default="longhorn-system", help="Longhorn's namespace (default %(default)s)")
     p.add_argument("--host", default="0.0.0.0", help="address to serve on (default %(default)s)")
     p.add_argument("--port", type=int, default=9443, help="HTTPS port for admission reviews (default %(default)s)")
-    p.add_argument("--metrics-port", type=int, default=9090, help="plain-HTTP port for /metrics (default %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=9090, help="port for /metrics (default %(default)s)")
+    p.add_argument("--metrics-tls", action="store_true",
+                   help="serve /metrics over HTTPS with the webhook's serving certificate (default: plain HTTP)")
+    p.add_argument("--metrics-authorization", action="store_true",
+                   help="serve /metrics only for a bearer token the API server authenticates (TokenReview) and "
+                        "authorizes to get the non-resource URL /metrics (SubjectAccessReview)")
     p.add_argument("--tls-cert-file", metavar="PATH", help="serve this certificate (files mode, e.g. cert-manager); "
                                                            "default: self-managed CA and certificate in a Secret")
     p.add_argument("--tls-key-file", metavar="PATH", help="the key of --tls-cert-file")
@@ -63,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MutatingWebhookConfiguration whose caBundle the leader keeps current (default %(default)s)")
     p.add_argument("--rewriter-image", default=os.environ.get("BIMGUARD_IMAGE", "bimguard"),
                    help="image of the on-node rewriter pods: this same image (default $BIMGUARD_IMAGE or %(default)s)")
+    p.add_argument("--rewriter-service-account", default=DEFAULT_SERVICE_ACCOUNT,
+                   help="service account of the on-node rewriter pods, in --rewriter-namespace (default %(default)s)")
+    add_rewriter_pod_arguments(p)
     p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
                    help="this replica's name in leader election (default $POD_NAME or the host name)")
     p.add_argument("--lease-name", default="bimguard-controller",
@@ -111,8 +121,14 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event, api_client: clie
         metrics.synced.labels(plural).set(1 if ok else 0)
     admission = Admission(index, RecordsApi(api_client, args.namespace, args.longhorn_namespace), metrics,
                           ready=not_ready)
+    access = None
+    if args.metrics_authorization:
+        from webhook.scrape_access import ScrapeAccess
+
+        access = ScrapeAccess(api_client)
     server = WebhookServer(admission, certs, metrics, not_ready=not_ready, host=args.host, port=args.port,
-                           metrics_port=args.metrics_port, shutdown_delay=args.shutdown_delay)
+                           metrics_port=args.metrics_port, shutdown_delay=args.shutdown_delay,
+                           metrics_tls=args.metrics_tls, metrics_access=access)
     try:
         await certs.start()
     except ApiFailure as err:
@@ -121,7 +137,8 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event, api_client: clie
                            f"{err}{hint}") from None
     informers.start()
     await server.start()
-    log.info("serving admission reviews on :%d, metrics on :%d", server.bound_port, server.bound_metrics_port)
+    log.info("serving admission reviews on :%d, metrics on :%d (%s%s)", server.bound_port, server.bound_metrics_port,
+             "https" if args.metrics_tls else "http", ", bearer token required" if access else "")
     leadership = None if args.no_controller else _Leadership(api_client, args, certs, metrics)
     # Existing collision groups from the index: the gauge on every replica, Events from the leader.
     watch = CollisionWatch(index, metrics, kube.Kube(api_client) if leadership else None, args.longhorn_namespace,
@@ -174,7 +191,7 @@ class _Leadership:
                 metrics.rewrites.labels(phase).set(counts.get(phase, 0))
 
         self.controller = RewriteController(api_client, args.namespace, args.longhorn_namespace, args.rewriter_image,
-                                            leader=self.elector, on_pass=gauge)
+                                            settings=rewriter_settings(args), leader=self.elector, on_pass=gauge)
 
     def is_leader(self) -> bool:
         return self.elector.is_leader
@@ -202,6 +219,15 @@ class _Leadership:
         if self._bundle_task is not None:
             self._bundle_task.cancel()
             await asyncio.gather(self._bundle_task, return_exceptions=True)
+
+
+def rewriter_settings(args: argparse.Namespace) -> Any:
+    """The rewrite engine's settings from the --rewriter-* flags (the timings keep their defaults)."""
+    from bimguard.rewrite.engine import Settings
+
+    return Settings(service_account=args.rewriter_service_account, priority_class_name=args.rewriter_priority_class,
+                    pod_namespace=args.rewriter_namespace or args.namespace,
+                    image_pull_secrets=tuple(args.rewriter_image_pull_secret), tolerations=args.rewriter_tolerations)
 
 
 async def _cert_source(args: argparse.Namespace, api_client: client.ApiClient) -> Any:

@@ -78,6 +78,11 @@ class Settings:
     service_account: str = DEFAULT_SERVICE_ACCOUNT
     command: tuple[str, ...] = DEFAULT_COMMAND
     priority_class_name: str | None = None
+    # Where the on-node pods run: a namespace of their own, the only privileged one (docs/security.md);
+    # None = the records' namespace (a plain `bimguard` run against a test cluster).
+    pod_namespace: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    tolerations: tuple[dict[str, Any], ...] | None = None  # None: every taint (bimguard.rewrite.pod)
     # How long after the record's creation the admission patch may take to show up in the stored
     # status. Well above the webhook timeout (5 s) plus longhorn-manager's write.
     pending_grace: float = 30.0
@@ -128,6 +133,36 @@ def rollback_patch(disk: str, old_uuid: str, new_uuid: str) -> list[dict[str, An
     return [{"op": "test", "path": path, "value": new_uuid}, {"op": "replace", "path": path, "value": old_uuid}]
 
 
+class DiskPathRefused(KubeError):
+    """No on-node pod for a record whose disk path is not the one the Longhorn Node gives the disk."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(422, "DiskPathRefused", message)
+
+
+def disk_path_refusal(node: dict[str, Any] | None, spec: dict[str, Any]) -> str:
+    """"" when `spec.diskPath` is the path the stored Longhorn Node's `spec.disks[spec.disk]` names
+    (a trailing slash aside: Longhorn's default disk is `/var/lib/longhorn/`); otherwise why no
+    privileged pod may mount it. The record's path came from an admission review or a snapshot;
+    the Node in the API server is what longhorn-manager itself mounts, so a forged or stale record
+    never gets a hostPath on anything else. A ValidatingAdmissionPolicy cannot make this check
+    (it cannot read the Node): this is where it is made (docs/security.md)."""
+    if node is None:
+        return f"Longhorn node {spec.get('node')} not found"
+    disk = ((node.get("spec") or {}).get("disks") or {}).get(spec.get("disk", ""))
+    if not isinstance(disk, dict):
+        return f"disk {spec.get('disk')} is not in spec.disks of Longhorn node {spec.get('node')}"
+    want, have = str(disk.get("path") or ""), str(spec.get("diskPath") or "")
+
+    def trimmed(path: str) -> str:
+        return path[:-1] if path.endswith("/") else path
+
+    if not want.startswith("/") or not trimmed(have) or trimmed(have) != trimmed(want):
+        return (f"the record's disk path {have!r} is not the path {want!r} that Longhorn node {spec.get('node')} "
+                f"gives disk {spec.get('disk')}")
+    return ""
+
+
 def phase_of(rec: dict[str, Any]) -> str:
     return (rec.get("status") or {}).get("phase") or "Pending"
 
@@ -164,6 +199,7 @@ class RewriteEngine:
                  wait_for_node: Callable[[dict[str, Any] | None], bool] | None = None) -> None:
         self.kube = kube
         self.namespace = namespace
+        self.pod_namespace = settings.pod_namespace or namespace
         self.longhorn_namespace = longhorn_namespace
         self.image = image
         self.settings = settings
@@ -174,8 +210,14 @@ class RewriteEngine:
         self._warned: set[str] = set()
 
     async def begin(self, rec: dict[str, Any], message: str) -> dict[str, Any]:
-        """Rewriting with attempt 1 and its pod; only once the stored status holds the new UUID."""
+        """Rewriting with attempt 1 and its pod; only once the stored status holds the new UUID, and
+        only for the disk path the stored Node gives the disk (else: rolled back, no pod)."""
         self.act()
+        node, _ = await self.disk(rec["spec"])
+        why = disk_path_refusal(node, rec["spec"])
+        if why:
+            await self.roll_back(rec, f"{why}; no pod created")
+            return rec
         updated = await self.write_status(rec, phase="Rewriting", attempts=1, pod=pod_name(rec["metadata"]["name"], 1),
                                           startedAt=self.kube.clock.rfc3339(), message=message)
         await self.create_pod(updated, 1)
@@ -189,7 +231,7 @@ class RewriteEngine:
         attempt = max(1, int(st.get("attempts") or 1))
         pname = st.get("pod") or pod_name(name, attempt)
         checking = pname == pod_name(name, attempt, CHECK)
-        pod = await self.kube.get_or_none(PODS, self.namespace, pname)
+        pod = await self.kube.get_or_none(PODS, self.pod_namespace, pname)
         if pod is None:
             return await self._pod_missing(rec, attempt, checking)
         phase = (pod.get("status") or {}).get("phase") or "Pending"
@@ -223,7 +265,7 @@ class RewriteEngine:
             # UUID under a status that holds the old one. Force-deleted, the kubelet of a node
             # that comes back finds no pod to start.
             self.act()
-            await self.kube.delete(PODS, self.namespace, pname, grace_period_seconds=0)
+            await self.kube.delete(PODS, self.pod_namespace, pname, grace_period_seconds=0)
             why = f"pod {pname} did not start within {self.settings.pod_start_timeout:g}s (node down or gone?)"
             if attempt == 1 and not checking:
                 await self.roll_back(rec, f"rewriter {why}")  # no pod ever ran: the cfg is untouched
@@ -293,7 +335,7 @@ class RewriteEngine:
         updated = await self.write_status(rec, attempts=nxt, pod=pod_name(rec["metadata"]["name"], nxt), lastError=why,
                                            message=f"attempt {nxt} of {self.settings.max_attempts}")
         await self.create_pod(updated, nxt)
-        await self.kube.delete(PODS, self.namespace, pod["metadata"]["name"])
+        await self.kube.delete(PODS, self.pod_namespace, pod["metadata"]["name"])
         return WAITING
 
     async def _check(self, rec: dict[str, Any], pod: dict[str, Any] | None, attempt: int, why: str) -> str:
@@ -320,7 +362,7 @@ class RewriteEngine:
                     "is rolled back")
         await self.create_pod(updated, nxt, check=True)
         if pod is not None:
-            await self.kube.delete(PODS, self.namespace, pod["metadata"]["name"])
+            await self.kube.delete(PODS, self.pod_namespace, pod["metadata"]["name"])
         log.warning("record %s: %s; checking what the cfg holds (pod %s)", name, why, pod_name(name, nxt, CHECK))
         return WAITING
 
@@ -451,14 +493,19 @@ class RewriteEngine:
         return updated
 
     async def create_pod(self, rec: dict[str, Any], attempt: int, *, check: bool = False) -> None:
+        """Raises DiskPathRefused when the record's disk path is not the stored Node's for the disk."""
         self.act()
         s = self.settings
-        body = rewriter_pod(rec, attempt=attempt, namespace=self.namespace, image=self.image,
+        node, _ = await self.disk(rec["spec"])
+        why = disk_path_refusal(node, rec["spec"])
+        if why:
+            raise DiskPathRefused(why)
+        body = rewriter_pod(rec, attempt=attempt, namespace=self.pod_namespace, image=self.image,
                             service_account=s.service_account, command=s.command,
                             active_deadline_seconds=s.active_deadline, priority_class_name=s.priority_class_name,
-                            check=check)
+                            check=check, image_pull_secrets=s.image_pull_secrets, tolerations=s.tolerations)
         try:
-            await self.kube.create(PODS, self.namespace, body)
+            await self.kube.create(PODS, self.pod_namespace, body)
             log.info("record %s: created rewriter pod %s on %s", rec["metadata"]["name"], body["metadata"]["name"],
                      rec["spec"]["node"])
         except AlreadyExists:
@@ -490,6 +537,6 @@ class RewriteEngine:
             log.warning("event %s for %s not recorded: %s", reason, rec["metadata"]["name"], exc)
 
     async def delete_pods_of(self, record: str) -> None:
-        for pod in await self.kube.items(PODS, self.namespace, f"{SELECTOR},{LABEL_RECORD}={record}"):
-            await self.kube.delete(PODS, self.namespace, pod["metadata"]["name"])
+        for pod in await self.kube.items(PODS, self.pod_namespace, f"{SELECTOR},{LABEL_RECORD}={record}"):
+            await self.kube.delete(PODS, self.pod_namespace, pod["metadata"]["name"])
 

@@ -20,8 +20,18 @@ hand-mounted filesystem) makes the rename fail with EACCES: the pod reports an e
 controller rolls the status back, which is the safe outcome.
 
 The pod gets `nodeName` (no scheduler: a cordoned or tainted node is still the node the disk is
-on), tolerates every taint, mounts no service account token (it never talks to the API), and has
-an `activeDeadlineSeconds` so a wedged rewrite ends as Failed instead of hanging forever.
+on), tolerates every taint unless told which (`tolerations`: with `nodeName` the scheduler never
+looks, but the kubelet still refuses a pod that does not tolerate a `NoExecute` taint of its node),
+mounts no service account token (it never talks to the API), and has an `activeDeadlineSeconds` so
+a wedged rewrite ends as Failed instead of hanging forever.
+
+Where it runs: a namespace of its own (`namespace`), the only one bimguard needs at Pod Security
+level `privileged`; the records it acts for live in bimguard's namespace. An ownerReference to the
+DiskRewrite is set only when both share a namespace: Kubernetes' garbage collector treats an owner
+in another namespace as absent and would delete the pod at once
+(https://kubernetes.io/docs/concepts/overview/working-with-objects/owners-dependents/). Its shape is
+pinned by the chart's ValidatingAdmissionPolicy (charts/bimguard/templates/rewriter-policy.yaml):
+a change here that the policy does not allow fails tests/chart/test_rewriter_policy.py.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ CONTAINER = "rewrite-cfg"
 DEFAULT_COMMAND = ("bimguard", "rewrite-cfg")
 DEFAULT_SERVICE_ACCOUNT = "bimguard-rewriter"
 DEFAULT_ACTIVE_DEADLINE = 120  # seconds; a rewrite takes milliseconds
+#: Every taint: the disk's node is the only place the rewrite can run, whatever it is tainted with.
+DEFAULT_TOLERATIONS: tuple[dict[str, Any], ...] = ({"operator": "Exists"},)
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -71,7 +83,9 @@ def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image:
                  command: Sequence[str] = DEFAULT_COMMAND,
                  active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE,
                  image_pull_policy: str = "IfNotPresent",
-                 priority_class_name: str | None = None, check: bool = False) -> dict[str, Any]:
+                 priority_class_name: str | None = None, check: bool = False,
+                 image_pull_secrets: Sequence[str] = (),
+                 tolerations: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The pod manifest for one attempt at rewriting the cfg of `record` (a DiskRewrite object);
     with `check`, a pod of the same shape that only looks (`rewrite-cfg --check`, the disk mounted
     read-only) whether the cfg already holds the new UUID."""
@@ -87,13 +101,16 @@ def rewriter_pod(record: dict[str, Any], *, attempt: int, namespace: str, image:
     return _disk_pod(record, pod_name(name, attempt, CHECK if check else REWRITE), COMPONENT, argv, attempt,
                      read_only=check, namespace=namespace, image=image, service_account=service_account,
                      active_deadline_seconds=active_deadline_seconds, image_pull_policy=image_pull_policy,
-                     priority_class_name=priority_class_name,
+                     priority_class_name=priority_class_name, image_pull_secrets=image_pull_secrets,
+                     tolerations=tolerations,
                      change=("check " if check else "") + f"{spec['oldUUID']} -> {spec['newUUID']}")
 
 
 def inspector_pod(record: dict[str, Any], *, attempt: int, namespace: str, image: str,
                   service_account: str = DEFAULT_SERVICE_ACCOUNT, command: Sequence[str] = INSPECT_COMMAND,
-                  image_pull_policy: str = "IfNotPresent", priority_class_name: str | None = None) -> dict[str, Any]:
+                  image_pull_policy: str = "IfNotPresent", priority_class_name: str | None = None,
+                  image_pull_secrets: Sequence[str] = (),
+                  tolerations: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A read-only look at the disk directory of `record` (`bimguard inspect-disk`), for the repair's
     leftover check: the same pod shape as the rewriter's, its one volume mounted read-only."""
     spec = record["spec"]
@@ -104,12 +121,14 @@ def inspector_pod(record: dict[str, Any], *, attempt: int, namespace: str, image
     return _disk_pod(record, pod_name(record["metadata"]["name"], attempt, "in"), INSPECTOR, argv, attempt,
                      read_only=True, namespace=namespace, image=image, service_account=service_account,
                      active_deadline_seconds=60, image_pull_policy=image_pull_policy,
-                     priority_class_name=priority_class_name, change="")
+                     priority_class_name=priority_class_name, image_pull_secrets=image_pull_secrets,
+                     tolerations=tolerations, change="")
 
 
 def _disk_pod(record: dict[str, Any], name: str, component: str, argv: list[str], attempt: int, *, read_only: bool,
               namespace: str, image: str, service_account: str, active_deadline_seconds: int, image_pull_policy: str,
-              priority_class_name: str | None, change: str) -> dict[str, Any]:
+              priority_class_name: str | None, image_pull_secrets: Sequence[str],
+              tolerations: Sequence[dict[str, Any]] | None, change: str) -> dict[str, Any]:
     spec = record["spec"]
     record_name = record["metadata"]["name"]
     mount: dict[str, Any] = {"name": "disk", "mountPath": MOUNT_PATH}
@@ -118,7 +137,7 @@ def _disk_pod(record: dict[str, Any], name: str, component: str, argv: list[str]
     pod_spec: dict[str, Any] = {
         "nodeName": spec["node"],
         "restartPolicy": "Never",
-        "tolerations": [{"operator": "Exists"}],
+        "tolerations": [dict(t) for t in tolerations] if tolerations is not None else [dict(t) for t in DEFAULT_TOLERATIONS],
         "serviceAccountName": service_account,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -149,6 +168,8 @@ def _disk_pod(record: dict[str, Any], name: str, component: str, argv: list[str]
     }
     if priority_class_name:
         pod_spec["priorityClassName"] = priority_class_name
+    if image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in image_pull_secrets]
     annotations = {"bimguard.io/node": spec["node"], "bimguard.io/disk": spec.get("disk", "")}
     if change:
         annotations["bimguard.io/change"] = change
@@ -171,7 +192,7 @@ def _disk_pod(record: dict[str, Any], name: str, component: str, argv: list[str]
         "spec": pod_spec,
     }
     uid = record["metadata"].get("uid")
-    if uid:
+    if uid and record["metadata"].get("namespace", namespace) == namespace:
         # Deleting a record (retention) takes its pods with it.
         pod["metadata"]["ownerReferences"] = [{"apiVersion": records.API_VERSION, "kind": "DiskRewrite",
                                                "name": record_name, "uid": uid, "controller": True,

@@ -25,6 +25,7 @@ Public API:
     server.deny(verb, resource, group=, namespace=, subresource=, user=)  # 403 from now on (authz.py)
     server.allow(denial=None)      # drop one denial, or all; server.authorizer holds the list
     server.podsecurity             # PodSecurity admission (podsecurity.py): .defaults, .exemptions, .enabled
+    server.policies                # ValidatingAdmissionPolicy admission (policy.py): .enabled, .decisions
 `ResourceKey` is a frozen dataclass (group, version, plural); strings "v1/pods" and
 "longhorn.io/v1beta2/nodes" are accepted everywhere a key is.
 
@@ -36,8 +37,8 @@ The write path runs in kube-apiserver's order (handlers/create.go, update.go, pa
 registry/store.go): decode + prune unknown fields (Warning headers, or 400 under
 `fieldValidation=Strict`) + schema defaults -> mutating admission (oldObject = the stored object) -> prune the
 webhook output -> resourceVersion precondition (409) -> status strategy -> validation (422) ->
-validating admission (PodSecurity, podsecurity.py, then the validating webhooks: the plugin order of
-pkg/kubeapiserver/options/plugins.go) -> store. Authentication accepts any bearer token (`add_user` says who a
+validating admission (PodSecurity, podsecurity.py, then ValidatingAdmissionPolicies, policy.py, then
+the validating webhooks: the plugin order of pkg/kubeapiserver/options/plugins.go) -> store. Authentication accepts any bearer token (`add_user` says who a
 token is; kubectl's `--as` impersonation headers are honoured).
 
 The store lives on the server's event loop: in-process callers must use it from that loop.
@@ -83,6 +84,7 @@ from bimguard.sim.admission import DEFAULT_USER, Attributes, Dispatcher
 from bimguard.sim.clock import SimClock
 from bimguard.sim.faults import Faults
 from bimguard.sim.podsecurity import PodSecurity
+from bimguard.sim.policy import AdmissionPolicies
 from bimguard.sim.resources import ResourceKey, ResourceType, longhorn_crds
 from bimguard.sim.store import (
     ApiError,
@@ -148,6 +150,7 @@ class ApiServer:
         self.admission = Dispatcher(self.store, dict(webhook_hosts or {}))
         self.authorizer = authz.Authorizer()  # the deny list (authz.py)
         self.podsecurity = PodSecurity(self.store)  # the PodSecurity admission plugin (podsecurity.py)
+        self.policies = AdmissionPolicies(self.store)  # ValidatingAdmissionPolicy (policy.py)
         self.url = ""
         self.bookmark_interval = 5.0  # seconds between BOOKMARK events on idle watches
         self.users: dict[str, dict] = {}
@@ -569,15 +572,19 @@ class ApiServer:
         """Validating admission: called with the object as the storage layer would write it
         (`prepare` runs the strategy and validation without writing), and the stored oldObject.
         The validating plugins run in kube-apiserver's order (pkg/kubeapiserver/options/plugins.go
-        AllOrderedPlugins): PodSecurity (podsecurity.py), then ValidatingAdmissionWebhook."""
+        AllOrderedPlugins): PodSecurity (podsecurity.py), ValidatingAdmissionPolicy (policy.py), then
+        ValidatingAdmissionWebhook."""
         attrs = self._attrs(request, req, operation, obj, old, name, dry)
         pod_security = self.podsecurity.handles(attrs)
+        policies = self.policies.handles(attrs)
         webhooks = self.admission.validates(attrs)
-        if not pod_security and not webhooks:
+        if not pod_security and not policies and not webhooks:
             return []
         final = prepare() if prepare is not None else None
         attrs = dataclasses.replace(attrs, obj=final)
         warnings = self.podsecurity.validate(attrs) if pod_security else []
+        if policies:
+            warnings += self.policies.validate(attrs)
         if webhooks:
             warnings += await self.admission.validate(attrs)
         return warnings

@@ -231,7 +231,8 @@ def _builtin() -> list[ResourceType]:
 def _stored_only() -> list[ResourceType]:
     """Kinds a Helm chart or manifest applies besides the ones above. They are stored and served
     with full API semantics, but no controller acts on them (no Deployment -> Pod, no Job runs,
-    RBAC is not enforced, ValidatingWebhookConfigurations are not dispatched)."""
+    RBAC is not enforced, ValidatingWebhookConfigurations are not dispatched). The exception:
+    ValidatingAdmissionPolicies and their bindings, which bimguard/sim/policy.py evaluates."""
     spec_status = _obj({**_BASE, "spec": _OPAQUE, "status": _OPAQUE})
     rbac = "rbac.authorization.k8s.io"
     role = _obj({**_BASE, "rules": {"type": "array", "items": _OPAQUE}, "aggregationRule": _OPAQUE})
@@ -258,6 +259,13 @@ def _stored_only() -> list[ResourceType]:
         ResourceType(ResourceKey("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations"),
                      "ValidatingWebhookConfiguration", "validatingwebhookconfiguration", False, False,
                      _obj({**_BASE, "webhooks": {"type": "array", "items": _OPAQUE}}), categories=("api-extensions",)),
+        # Evaluated by bimguard/sim/policy.py (the ValidatingAdmissionPolicy plugin).
+        ResourceType(ResourceKey("admissionregistration.k8s.io", "v1", "validatingadmissionpolicies"),
+                     "ValidatingAdmissionPolicy", "validatingadmissionpolicy", False, True, spec_status,
+                     categories=("api-extensions",), return_deleted_object=True),
+        ResourceType(ResourceKey("admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings"),
+                     "ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybinding", False, False,
+                     _obj({**_BASE, "spec": _OPAQUE}), categories=("api-extensions",), return_deleted_object=True),
     ]
 
 

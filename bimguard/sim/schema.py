@@ -17,6 +17,7 @@ A schema here is the plain dict of a CRD's `openAPIV3Schema`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,6 +276,10 @@ def _validate(value: Any, schema: Schema, path: str, errors: list[FieldError]) -
             errors.append(FieldError("FieldValueTooLong", path, f"may not be more than {schema['maxLength']} bytes", value))
         if "minLength" in schema and len(value) < schema["minLength"]:
             errors.append(FieldError("FieldValueInvalid", path, f"{path} in body should be at least {schema['minLength']} chars long", value))
+        # kube-openapi validate (pattern.go): Go's regexp (RE2); the patterns CRDs here use mean the
+        # same in Python's `re`.
+        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+            errors.append(FieldError("FieldValueInvalid", path, f"{path} in body should match '{schema['pattern']}'", value))
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
             errors.append(FieldError("FieldValueInvalid", path, f"{path} in body should be greater than or equal to {schema['minimum']}", value))

@@ -19,13 +19,13 @@ import yaml
 helm = pytest.importorskip("helm_python")
 
 from jobs.cli import build_parser  # noqa: E402
-from webhook import scope  # noqa: E402
-from webhook.leader import DEFAULT_LEASE_NAME  # noqa: E402
-from bimguard.rewrite.pod import DEFAULT_SERVICE_ACCOUNT  # noqa: E402
+from tests.chart.rbac import grants as granted  # noqa: E402
+from webhook import permissions, scope  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bimguard"
 RELEASE, NAMESPACE = "bg", "bimguard-system"
+REWRITER_NS = f"{NAMESPACE}-{RELEASE}-bimguard-rewriter"
 FILES_MODE = {"tls": {"mode": "files", "secretName": "bimguard-serving-cert"}}
 
 Manifest = dict[str, Any]
@@ -64,6 +64,11 @@ def one(docs: list[Manifest], kind: str, namespace: str | None = None, of: str =
     return found[0]
 
 
+def service(docs: list[Manifest], name: str = f"{RELEASE}-bimguard") -> Manifest:
+    (found,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name]
+    return found
+
+
 def container(docs: list[Manifest]) -> Manifest:
     containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
@@ -93,15 +98,17 @@ BOTH_MODES = pytest.mark.parametrize("values", [{}, FILES_MODE], ids=["selfManag
 def test_every_manifest_parses_and_is_named(values: dict[str, Any]) -> None:
     docs = render(values)
     kinds = sorted(d["kind"] for d in docs if component(d) in ("webhook", "rewriter"))
-    assert kinds == sorted(["Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "ServiceAccount",
-                            "Role", "Role", "RoleBinding", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
-                            "MutatingWebhookConfiguration"])
+    assert kinds == sorted(["Deployment", "Service", "Service", "PodDisruptionBudget", "ServiceAccount", "ServiceAccount",
+                            "Role", "Role", "Role", "RoleBinding", "RoleBinding", "RoleBinding", "ClusterRole",
+                            "ClusterRoleBinding", "MutatingWebhookConfiguration", "Namespace",
+                            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
     assert {component(d) for d in docs} == {"webhook", "rewriter", "repair", "uninstall"}
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"]
         assert len(d["metadata"]["name"]) <= 63
         assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
-        cluster_scoped = d["kind"] in ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration")
+        cluster_scoped = d["kind"] in ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "Namespace",
+                                       "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
         assert ("namespace" in d["metadata"]) != cluster_scoped, d["kind"]
 
 
@@ -157,10 +164,10 @@ def test_webhook_configuration_matches_the_declared_scope(values: dict[str, Any]
     # (per Kubernetes version: tests/chart/test_match_conditions_chart.py).
     assert hook["matchConditions"] == [c.as_dict() for c in scope.MATCH_CONDITIONS]
 
-    service = one(docs, "Service")
-    https = [p for p in service["spec"]["ports"] if p["name"] == "https"][0]
+    svc = service(docs)
+    https = [p for p in svc["spec"]["ports"] if p["name"] == "https"][0]
     assert hook["clientConfig"] == {"service": {
-        "name": service["metadata"]["name"], "namespace": NAMESPACE, "path": s.path, "port": https["port"]}}
+        "name": svc["metadata"]["name"], "namespace": NAMESPACE, "path": s.path, "port": https["port"]}}
     assert https["port"] == 443
     # The server is told this configuration's name (caBundle injection) and RBAC grants exactly it.
     assert flag(container(docs)["args"], "webhook-configuration") == mwc["metadata"]["name"]
@@ -233,9 +240,12 @@ def test_ports_probes_and_service_agree(values: dict[str, Any]) -> None:
         get = c[probe]["httpGet"]
         assert (get["path"], get["scheme"], port_number(c, get["port"])) == (path, "HTTPS", https)
     assert port_number(c, c["startupProbe"]["httpGet"]["port"]) == https
-    ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    # One port per Service: the webhook's Service exposes nothing but the webhook.
+    ports = {p["name"]: p for p in service(docs)["spec"]["ports"]}
+    assert list(ports) == ["https"]
     assert (ports["https"]["port"], port_number(c, ports["https"]["targetPort"])) == (443, https)
-    assert (ports["metrics"]["port"], port_number(c, ports["metrics"]["targetPort"])) == (9090, metrics)
+    (mport,) = service(docs, f"{RELEASE}-bimguard-metrics")["spec"]["ports"]
+    assert (mport["name"], mport["port"], port_number(c, mport["targetPort"])) == ("metrics", 9090, metrics)
 
 
 def test_custom_ports_stay_consistent() -> None:
@@ -243,17 +253,35 @@ def test_custom_ports_stay_consistent() -> None:
     c = container(docs)
     assert int(flag(c["args"], "port")) == port_number(c, "https") == 10443
     assert int(flag(c["args"], "metrics-port")) == port_number(c, "metrics") == 18080
-    ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    ports = {p["name"]: p for p in service(docs)["spec"]["ports"]}
     assert port_number(c, ports["https"]["targetPort"]) == 10443
+    (mport,) = service(docs, f"{RELEASE}-bimguard-metrics")["spec"]["ports"]
+    assert port_number(c, mport["targetPort"]) == 18080
 
 
 def test_selectors_match_the_pods() -> None:
     docs = render()
     deployment = one(docs, "Deployment")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    for selector in (deployment["spec"]["selector"]["matchLabels"], one(docs, "Service")["spec"]["selector"],
+    for selector in (deployment["spec"]["selector"]["matchLabels"], service(docs)["spec"]["selector"],
+                     service(docs, f"{RELEASE}-bimguard-metrics")["spec"]["selector"],
                      one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]):
         assert selector.items() <= labels.items()
+
+
+def test_pod_labels_cannot_override_the_selector_labels() -> None:
+    """podLabels are added to the webhook's pods, but a key the Deployment, the Service and the
+    PDB select by keeps the chart's value: otherwise the Deployment is refused (its template no
+    longer matches its selector) or the Service sends reviews to other pods."""
+    hostile = {"app.kubernetes.io/name": "other", "app.kubernetes.io/instance": "x",
+               "app.kubernetes.io/component": "rewriter", "team": "storage"}
+    docs = render({"podLabels": hostile})
+    deployment = one(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    assert labels["team"] == "storage"
+    assert service(docs)["spec"]["selector"].items() <= labels.items()
 
 
 def test_availability_settings() -> None:
@@ -283,7 +311,7 @@ def test_webhook_command_line() -> None:
     assert args[0] == "webhook"
     assert flag(args, "namespace") == NAMESPACE
     assert flag(args, "longhorn-namespace") == "longhorn-system"
-    assert flag(args, "service-name") == one(docs, "Service")["metadata"]["name"]
+    assert flag(args, "service-name") == service(docs)["metadata"]["name"]
     assert args[-2:] == ["--log-level=debug", "--log-level=warning"]  # extraArgs last, so they win
 
 
@@ -298,7 +326,7 @@ def test_the_real_cli_accepts_the_chart_args_and_they_agree(values: dict[str, An
     assert args.command == "webhook"
     assert (args.namespace, args.longhorn_namespace) == (NAMESPACE, "longhorn-system")
     assert args.port == port_number(c, "https") and args.metrics_port == port_number(c, "metrics")
-    assert args.service_name == one(docs, "Service")["metadata"]["name"]
+    assert args.service_name == service(docs)["metadata"]["name"]
     assert args.webhook_configuration == one(docs, "MutatingWebhookConfiguration")["metadata"]["name"]
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
@@ -319,14 +347,42 @@ def test_the_real_cli_accepts_the_chart_args_and_they_agree(values: dict[str, An
     assert ("patch" in mwc_rule["verbs"]) == injects
 
 
-def test_names_the_code_uses_by_default() -> None:
-    """No flag names the Lease or the rewriter ServiceAccount: the chart uses the code's defaults."""
+def test_the_names_the_webhook_is_told_are_the_ones_the_chart_makes() -> None:
+    """The Lease, the rewriter namespace and ServiceAccount reach the process by flags, and RBAC
+    and the objects use the same names."""
     docs = render()
+    args = build_parser().parse_args(container(docs)["args"])
     leases = [r for r in rules(docs, "Role", NAMESPACE) if "leases" in r["resources"] and r.get("resourceNames")]
-    assert [r["resourceNames"] for r in leases] == [[DEFAULT_LEASE_NAME]]
-    rewriter = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"
-                and d["metadata"]["labels"]["app.kubernetes.io/component"] == "rewriter"]
-    assert rewriter == [DEFAULT_SERVICE_ACCOUNT]
+    assert [r["resourceNames"] for r in leases] == [[args.lease_name]] == [[f"{RELEASE}-bimguard-controller"]]
+    assert args.rewriter_namespace == REWRITER_NS
+    (ns,) = [d for d in docs if d["kind"] == "Namespace"]
+    assert ns["metadata"]["name"] == REWRITER_NS
+    (rewriter,) = [d for d in docs if d["kind"] == "ServiceAccount" and component(d) == "rewriter"]
+    assert (rewriter["metadata"]["name"], rewriter["metadata"]["namespace"]) == (args.rewriter_service_account,
+                                                                                 REWRITER_NS)
+    assert grants(rules(docs, "Role", REWRITER_NS), "", "pods")
+
+
+def test_two_releases_in_one_namespace_do_not_clash() -> None:
+    """Every object name of a release carries its fullname: two releases in one namespace can both
+    be installed (Helm refuses an object another release owns) and elect their own leaders."""
+    with helm.Chart.load(CHART) as chart:
+        a = chart.render({}, name="one", namespace=NAMESPACE, is_install=True)
+        b = chart.render({}, name="two", namespace=NAMESPACE, is_install=True)
+
+    def objects(out: dict[str, str]) -> set[tuple[str, str, str]]:
+        return {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+                for path, text in out.items() if not path.endswith("NOTES.txt")
+                for d in yaml.safe_load_all(text) if d}
+
+    assert objects(a) & objects(b) == set()
+
+    def run_time_names(out: dict[str, str]) -> set[str]:
+        (dep,) = [d for path, text in out.items() if path.endswith("deployment.yaml") for d in yaml.safe_load_all(text) if d]
+        args = build_parser().parse_args(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+        return {args.lease_name, args.secret_name, args.rewriter_service_account}
+
+    assert run_time_names(a) & run_time_names(b) == set()
 
 
 def test_tls_modes() -> None:
@@ -373,23 +429,57 @@ def test_rbac_has_no_wildcards_and_no_cluster_wide_secrets(values: dict[str, Any
     assert not grants(rules(docs, "Role", "longhorn-system"), "", "secrets")
 
 
-def test_rbac_longhorn_namespace_is_read_only_but_for_status_rollback_and_events() -> None:
-    lh = rules(render(), "Role", "longhorn-system")
-    for resource in ("nodes", "replicas", "backingimages", "backingimagemanagers", "backingimagedatasources",
-                     "orphans", "settings"):
-        assert grants(lh, "longhorn.io", resource) == {"get", "list", "watch"}, resource
-    assert grants(lh, "longhorn.io", "nodes/status") == {"patch"}
-    assert grants(lh, "", "events") == {"create", "patch"}
-    writable = {res for r in lh for res in r["resources"] if set(r["verbs"]) - {"get", "list", "watch"}}
-    assert writable == {"nodes/status", "events"}
+def webhook_grants(docs: list[Manifest]) -> set[tuple[str, str, str, str, str]]:
+    """The rendered grants of the webhook's ServiceAccount, in webhook/permissions.py's terms."""
+    where = {"longhorn-system": "lh", NAMESPACE: "own", REWRITER_NS: "pods", "": "cluster"}
+    names = {f"{RELEASE}-bimguard-controller": permissions.LEASE, f"{RELEASE}-bimguard-tls": permissions.TLS_SECRET,
+             f"{RELEASE}-bimguard-{NAMESPACE}": permissions.WEBHOOK_CONFIGURATION}
+    out = set()
+    for verb, group, resource, ns, resource_names in granted(docs, f"{RELEASE}-bimguard", NAMESPACE):
+        assert ns in where, f"{verb} {resource} granted in {ns}"
+        assert len(resource_names) <= 1, (verb, resource, resource_names)
+        out.add((verb, group, resource, where[ns], names.get("".join(resource_names), "".join(resource_names))))
+    return out
+
+
+@pytest.mark.parametrize("values, self_managed, injects, metrics_auth", [
+    ({}, True, True, False),
+    (FILES_MODE, False, False, False),
+    ({"tls": {**FILES_MODE["tls"], "injectCABundle": True}}, False, True, False),
+    ({"metrics": {"tls": True, "authorization": True}}, True, True, True),
+], ids=["selfManaged", "files", "files+inject", "metrics-authorization"])
+def test_the_webhook_is_granted_exactly_what_its_code_calls(values: dict[str, Any], self_managed: bool,
+                                                            injects: bool, metrics_auth: bool) -> None:
+    """webhook/permissions.py lists every call the webhook makes (tests/webhook/test_permissions.py
+    holds the running process to it): the chart grants exactly that, no more, no less."""
+    docs = render(values)
+    args = build_parser().parse_args(container(docs)["args"])
+    assert (args.tls_cert_file is None, args.metrics_authorization) == (self_managed, metrics_auth)
+    expected = set(permissions.permissions(self_managed_tls=self_managed, injects_ca_bundle=injects,
+                                           metrics_authorization=metrics_auth))
+    got = webhook_grants(docs)
+    assert sorted(expected - got) == [], "missing grants"
+    assert sorted(got - expected) == [], "grants no code uses"
+
+
+def test_rbac_drops_what_the_code_never_used() -> None:
+    """The grants a review found unused (issue 11) stay gone."""
+    got = webhook_grants(render())
+    for verb, group, resource in (("get", "apiextensions.k8s.io", "customresourcedefinitions"),
+                                  ("patch", "", "events"), ("create", "events.k8s.io", "events"),
+                                  ("patch", "bimguard.io", "diskrewrites"), ("patch", "bimguard.io", "prefixclaims"),
+                                  ("update", "bimguard.io", "diskrewrites"), ("patch", "bimguard.io", "diskrewrites/status"),
+                                  ("get", "longhorn.io", "replicas"), ("get", "longhorn.io", "settings"),
+                                  ("create", "", "pods")):
+        assert not [g for g in got if g[:3] == (verb, group, resource) and g[3] != "pods"], (verb, group, resource)
+    # Pods only in the rewriter namespace.
+    assert {g[3] for g in got if g[2] == "pods"} == {"pods"}
 
 
 def test_rbac_release_namespace() -> None:
     docs = render()
     own = rules(docs, "Role", NAMESPACE)
-    for resource in ("diskrewrites", "diskrewrites/status", "prefixclaims"):
-        assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= grants(own, "bimguard.io", resource)
-    assert grants(own, "", "pods") == {"create", "get", "list", "watch", "delete"}
+    assert not grants(own, "", "pods"), "no pods in the release namespace"
     # Secrets: get/update only the TLS Secret by name; create cannot be restricted by name in Kubernetes RBAC.
     secret_rules = [r for r in own if "secrets" in r["resources"]]
     assert {v for r in secret_rules if not r.get("resourceNames") for v in r["verbs"]} == {"create"}
@@ -409,12 +499,9 @@ def test_rbac_cluster_scope_is_by_name() -> None:
     mwc = one(docs, "MutatingWebhookConfiguration")["metadata"]["name"]
     cluster = rules(docs, "ClusterRole")
     by_resource = {r["resources"][0]: r for r in cluster}
-    assert set(by_resource) == {"mutatingwebhookconfigurations", "customresourcedefinitions"}
+    assert set(by_resource) == {"mutatingwebhookconfigurations"}
     assert by_resource["mutatingwebhookconfigurations"]["resourceNames"] == [mwc]
     assert set(by_resource["mutatingwebhookconfigurations"]["verbs"]) == {"get", "patch"}
-    crd_names = sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (CHART / "crds").glob("*.yaml"))
-    assert sorted(by_resource["customresourcedefinitions"]["resourceNames"]) == crd_names
-    assert by_resource["customresourcedefinitions"]["verbs"] == ["get"]
     files = {r["resources"][0]: r for r in rules(render(FILES_MODE), "ClusterRole")}
     assert files["mutatingwebhookconfigurations"]["verbs"] == ["get"]  # nothing to inject
     inject = {"tls": {**FILES_MODE["tls"], "injectCABundle": True}}
@@ -433,7 +520,7 @@ def test_bindings_point_at_the_webhook_service_account_only() -> None:
     docs = render()
     sa = one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding") and component(d) == "webhook"]
-    assert len(bindings) == 3
+    assert len(bindings) == 4
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
         target = [d for d in docs if d["kind"] == b["roleRef"]["kind"] and d["metadata"]["name"] == b["roleRef"]["name"]

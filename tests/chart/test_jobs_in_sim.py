@@ -4,7 +4,9 @@ which a simulated kubelet runs with the image and the command the manifest names
 as the pod's own ServiceAccount.
 
 - the post-install/post-upgrade hook Job repairs the collisions planted in a simulated Longhorn,
-  and every request it made is allowed by the chart's RBAC for its ServiceAccount;
+  every request it made is allowed by the chart's RBAC for its ServiceAccount, its pod passes the
+  release namespace's `restricted` Pod Security level, and its on-node pods run in the chart's
+  rewriter namespace under the chart's ValidatingAdmissionPolicy (bimguard/sim/policy.py);
 - the scheduled CronJob's pod (mode scan) scans and reports them, with its read-only RBAC;
 - the pre-delete hook removes the MutatingWebhookConfiguration first, then what the release made
   at run time, and keeps the DiskRewrite records.
@@ -47,7 +49,10 @@ RW = "bimguard.io/v1alpha1/diskrewrites"
 MWC = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 # Shorter waits than production, passed the way an operator would: repair.extraArgs.
 FAST = ["--poll-interval=0.2", "--pod-start-timeout=10", "--pod-deadline=10", "--lease-duration=6"]
-RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+# What the Jobs need installed first: the rewriter namespace, identities, RBAC and the rewriter
+# pods' policy (the Namespace first: kubectl applies in order).
+RBAC_KINDS = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 Manifest = dict[str, Any]
 
@@ -105,6 +110,7 @@ class Env:
         self.kubelets: list[SimKubelet] = []
 
     async def apply(self, docs: list[Manifest]) -> None:
+        docs = sorted(docs, key=lambda d: d["kind"] != "Namespace")
         text = "\n---\n".join(yaml.safe_dump(d) for d in docs)
         p = await kubectl(self.kubeconfig, "apply", "-f", "-", input=text)
         assert p.returncode == 0, p.stderr
@@ -179,6 +185,9 @@ async def longhorn(tmp_path: Path) -> AsyncIterator[Env]:
             assert p.returncode == 0, p.stderr
         p = await kubectl(kubeconfig, "create", "namespace", NS)
         assert p.returncode == 0, p.stderr
+        # As the README installs it: the release namespace enforces `restricted`.
+        p = await kubectl(kubeconfig, "label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted")
+        assert p.returncode == 0, p.stderr
         yield env
     finally:
         await env.close()
@@ -195,6 +204,8 @@ async def bare(tmp_path: Path) -> AsyncIterator[Env]:
     api.kubeconfig(kubeconfig)
     env = Env(api, None, kubeconfig, tmp_path)
     try:
+        p = await kubectl(kubeconfig, "label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted")
+        assert p.returncode == 0, p.stderr
         for crd in sorted((CHART / "crds").glob("*.yaml")):
             p = await kubectl(kubeconfig, "apply", "-f", str(crd))
             assert p.returncode == 0, p.stderr
@@ -256,6 +267,12 @@ async def test_the_hook_job_repairs_the_planted_collisions(longhorn: Env) -> Non
     # Least privilege held: everything it did, its RBAC allows (and it did something).
     assert len(audit.seen) > 20
     assert audit.denied_by(docs, sa) == []
+    # Its on-node pods ran in the rewriter namespace, and the chart's policy judged and admitted each
+    # (the preflight's dry run, the inspector, the rewriter).
+    rewriter_ns = find(docs, "Namespace", f"{NS}-{RELEASE}-bimguard-rewriter")["metadata"]["name"]
+    assert {a.namespace for a, _ in audit.seen if a.resource == "pods"} == {rewriter_ns}
+    decisions = [d[2] for d in env.api.policies.decisions]
+    assert len(decisions) >= 3 and set(decisions) == {"allowed"}, decisions
 
 
 async def test_the_scheduled_scan_reports_the_collisions(longhorn: Env) -> None:
@@ -302,12 +319,13 @@ async def test_the_pre_delete_hook_removes_the_webhook_configuration_first(bare:
     store = env.api.store
     store.create("v1/secrets", {"metadata": {"name": f"{RELEASE}-bimguard-tls", "namespace": NS}, "data": {}})
     store.create("v1/secrets", {"metadata": {"name": "somebody-elses", "namespace": NS}, "data": {}})
-    for lease in ("bimguard-controller", "bimguard-repair", "unrelated"):
+    for lease in (f"{RELEASE}-bimguard-controller", "bimguard-repair", "unrelated"):
         store.create("coordination.k8s.io/v1/leases", {"metadata": {"name": lease, "namespace": NS}, "spec": {}})
+    rewriter_ns = f"{NS}-{RELEASE}-bimguard-rewriter"  # the on-node pods' namespace
     for name, component, phase in (("r-1-rw1", "rewriter", "Succeeded"), ("r-2-rw1", "rewriter", "Running"),
                                    ("j-3-in1", "inspector", "Failed")):
         created = store.create("v1/pods", {
-            "metadata": {"name": name, "namespace": NS, "labels": {
+            "metadata": {"name": name, "namespace": rewriter_ns, "labels": {
                 "app.kubernetes.io/managed-by": "bimguard", "app.kubernetes.io/component": component}},
             "spec": {"nodeName": "elsewhere", "containers": [{"name": "c", "image": "bimguard"}]}})
         store.update("v1/pods", {**created, "status": {"phase": phase}}, subresource="status")
@@ -318,7 +336,7 @@ async def test_the_pre_delete_hook_removes_the_webhook_configuration_first(bare:
 
     async def rewrite_finishes() -> None:
         await asyncio.sleep(1.0)
-        pod = store.get("v1/pods", NS, "r-2-rw1")
+        pod = store.get("v1/pods", rewriter_ns, "r-2-rw1")
         store.update("v1/pods", {**pod, "status": {"phase": "Succeeded"}}, subresource="status")
 
     finisher = None if delete_records else asyncio.create_task(rewrite_finishes())
@@ -350,7 +368,7 @@ async def test_the_pre_delete_hook_removes_the_webhook_configuration_first(bare:
     assert exists(env.api, "v1/secrets", NS, "somebody-elses")
     leases = sorted(l["metadata"]["name"] for l in store.list("coordination.k8s.io/v1/leases", NS)[0])
     assert leases == ["unrelated"]
-    assert [p["metadata"]["name"] for p in store.list("v1/pods", NS)[0]
+    assert [p["metadata"]["name"] for p in store.list("v1/pods", rewriter_ns)[0]
             if p["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "bimguard"] == []
     kept = [r["metadata"]["name"] for r in store.list(RW, NS)[0]]
     assert kept == ([] if delete_records else ["r-1"])

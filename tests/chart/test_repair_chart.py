@@ -30,11 +30,10 @@ from helm_python import (
 )
 
 from bimguard.objects import PLURALS
-from bimguard.rewrite.pod import DEFAULT_SERVICE_ACCOUNT, inspector_pod, rewriter_pod
+from bimguard.rewrite.pod import inspector_pod, rewriter_pod
 from jobs.cli import build_parser
 from jobs.repair_runner import LEASE_NAME, Runner
 from tests.chart.rbac import allows, grants
-from webhook.leader import DEFAULT_LEASE_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bimguard"
@@ -42,6 +41,8 @@ RELEASE, NS, LH_NS = "bg", "bimguard-system", "longhorn-system"
 HOOK, MANUAL, MANUAL_EVICT = f"{RELEASE}-bimguard-repair", f"{RELEASE}-bimguard-repair-manual", \
     f"{RELEASE}-bimguard-repair-manual-evict"
 REPAIR_SA, SCAN_SA, UNINSTALL_SA = f"{RELEASE}-bimguard-repair", f"{RELEASE}-bimguard-scan", f"{RELEASE}-bimguard-uninstall"
+REWRITER_NS, REWRITER_SA = f"{NS}-{RELEASE}-bimguard-rewriter", f"{RELEASE}-bimguard-rewriter"
+CONTROLLER_LEASE = f"{RELEASE}-bimguard-controller"
 
 #: Every new value set to something other than its default (and a few of the old ones).
 ALL_OPTIONS: dict[str, Any] = {
@@ -139,7 +140,7 @@ def test_what_each_option_renders() -> None:
     assert not [d for d in docs if d["kind"] in ("Job", "CronJob")]
     # Nothing repairs: no repair identity either.
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"] == [f"{RELEASE}-bimguard",
-                                                                                       DEFAULT_SERVICE_ACCOUNT]
+                                                                                       REWRITER_SA]
     # The manual CronJobs alone still need the repair's identity.
     only_manual = render({"repair": {"enabled": False}})
     assert names(only_manual, "Job") == [f"{RELEASE}-bimguard-uninstall"]
@@ -217,8 +218,12 @@ def test_the_hook_job() -> None:
     assert args.log_format == "json"
     assert (args.namespace, args.longhorn_namespace) == (NS, LH_NS)
     assert args.image == c["image"]  # the on-node pods run the same image ...
-    assert args.service_account == DEFAULT_SERVICE_ACCOUNT  # ... as the rewriter's ServiceAccount
-    get(docs, "ServiceAccount", args.service_account)
+    assert args.service_account == REWRITER_SA  # ... as the rewriter's ServiceAccount, in their namespace
+    assert args.rewriter_namespace == REWRITER_NS
+    assert get(docs, "ServiceAccount", args.service_account)["metadata"]["namespace"] == REWRITER_NS
+    # ... with the webhook's pull secrets, priority class and tolerations (values.yaml rewriter).
+    assert args.rewriter_tolerations == ({"operator": "Exists"},)
+    assert args.rewriter_image_pull_secret == [] and args.rewriter_priority_class is None
     # The time budget: the process's --timeout ends well before Kubernetes' deadline.
     assert args.timeout == 1800
     assert spec["activeDeadlineSeconds"] == 1800 + 120
@@ -247,6 +252,7 @@ def test_the_hook_job_with_every_option() -> None:
     assert job["spec"]["template"]["metadata"]["annotations"] == {"example.com/a": "b"}
     assert the_container(job)["resources"]["requests"]["cpu"] == "100m"  # merged with the defaults
     assert get(docs, "ServiceAccount", REPAIR_SA)["metadata"]["annotations"] == {"example.com/role": "x"}
+    assert args.rewriter_image_pull_secret == ["regcred"]
 
 
 @pytest.mark.parametrize("timeout, seconds", [("90s", 90), ("15m", 900), ("2h", 7200), ("1h2m3s", 3723)])
@@ -356,9 +362,9 @@ def test_names_stay_within_kubernetes_limits() -> None:
 def repair_grants(docs: list[Manifest]) -> set[tuple[str, str, str, str, str]]:
     out = set()
     for verb, group, resource, ns, resource_names in grants(docs, REPAIR_SA, NS):
-        assert ns in (LH_NS, NS), f"{verb} {resource}: granted in {ns or 'the whole cluster'}"
         assert len(resource_names) <= 1, f"{verb} {resource}: one name at most, as the code asks"
-        out.add((verb, group, resource, "lh" if ns == LH_NS else "own", "".join(resource_names)))
+        assert ns in (LH_NS, NS, REWRITER_NS), f"{verb} {resource}: granted in {ns or 'the whole cluster'}"
+        out.add((verb, group, resource, {LH_NS: "lh", NS: "own", REWRITER_NS: "pods"}[ns], "".join(resource_names)))
     return out
 
 
@@ -377,7 +383,7 @@ def test_the_repairs_preflight_passes_under_the_chart_rbac() -> None:
     docs = render()
     for p in Runner.PERMISSIONS:
         verb, group, resource, where, name = p
-        ns = LH_NS if where == "lh" else NS
+        ns = {"lh": LH_NS, "pods": REWRITER_NS}.get(where, NS)
         assert allows(docs, REPAIR_SA, NS, verb, group, resource, ns, name), p
     assert allows(docs, REPAIR_SA, NS, "create", "authorization.k8s.io", "selfsubjectaccessreviews", "")
     assert not [r for d in render() if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]
@@ -385,14 +391,17 @@ def test_the_repairs_preflight_passes_under_the_chart_rbac() -> None:
     # And the evaluation can say no: nothing of the webhook's, no Secrets, nothing cluster-wide.
     for verb, group, resource, ns in (("get", "", "secrets", NS), ("patch", "admissionregistration.k8s.io",
                                       "mutatingwebhookconfigurations", ""), ("delete", "longhorn.io", "nodes", LH_NS),
-                                      ("list", "", "pods", LH_NS), ("watch", "bimguard.io", "diskrewrites", NS)):
+                                      ("list", "", "pods", LH_NS), ("list", "", "pods", NS),
+                                      ("watch", "bimguard.io", "diskrewrites", NS)):
         assert not allows(docs, REPAIR_SA, NS, verb, group, resource, ns), (verb, resource)
 
 
 def test_the_lease_the_chart_names_is_the_codes() -> None:
     args = [a for a in the_container(get(render(), "Job", f"{RELEASE}-bimguard-uninstall"))["args"]
             if a.startswith("--lease=")]
-    assert args == [f"--lease={DEFAULT_LEASE_NAME}", f"--lease={LEASE_NAME}"]
+    assert args == [f"--lease={CONTROLLER_LEASE}", f"--lease={LEASE_NAME}"]
+    webhook = next(d for d in render() if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert build_parser().parse_args(webhook["args"]).lease_name == CONTROLLER_LEASE
 
 
 def test_the_scan_is_granted_exactly_the_lists_it_makes() -> None:
@@ -409,8 +418,9 @@ def test_the_uninstall_hook_is_granted_by_name() -> None:
         ("delete", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", (mwc,)),
         ("patch", "apps", "deployments", NS, (f"{RELEASE}-bimguard",)),
         ("delete", "batch", "jobs", NS, (HOOK,)),
-        ("list", "", "pods", NS, ()), ("delete", "", "pods", NS, ()),
-        ("delete", "coordination.k8s.io", "leases", NS, (DEFAULT_LEASE_NAME, LEASE_NAME)),
+        ("list", "", "pods", NS, ()),  # waits for the webhook's and the hook Job's pods to go
+        ("list", "", "pods", REWRITER_NS, ()), ("delete", "", "pods", REWRITER_NS, ()),
+        ("delete", "coordination.k8s.io", "leases", NS, (CONTROLLER_LEASE, LEASE_NAME)),
         ("delete", "", "secrets", NS, (f"{RELEASE}-bimguard-tls",)),
         ("list", "bimguard.io", "diskrewrites", NS, ()), ("delete", "bimguard.io", "diskrewrites", NS, ()),
         ("list", "bimguard.io", "prefixclaims", NS, ()), ("delete", "bimguard.io", "prefixclaims", NS, ()),
@@ -429,7 +439,7 @@ def test_every_identity_is_bound_to_its_own_roles_only() -> None:
         component = b["metadata"]["labels"]["app.kubernetes.io/component"]
         sa = {"webhook": f"{RELEASE}-bimguard", "repair": REPAIR_SA, "scan": SCAN_SA, "uninstall": UNINSTALL_SA}[component]
         assert subject["name"] == sa, b["metadata"]["name"]
-    assert not grants(docs, DEFAULT_SERVICE_ACCOUNT, NS)  # the rewriter pods: none at all
+    assert not grants(docs, REWRITER_SA, REWRITER_NS)  # the rewriter pods: none at all
 
 
 # -- the uninstall hook -----------------------------------------------------------------------------------------
@@ -460,7 +470,8 @@ def test_the_uninstall_hook_names_what_the_chart_and_the_code_create(values: dic
     selector = dict(term.split("=") for term in args.webhook_selector.split(","))
     assert selector == deployment["spec"]["selector"]["matchLabels"]
     assert args.job == [HOOK]
-    assert args.lease == [DEFAULT_LEASE_NAME, LEASE_NAME]
+    assert args.lease == [CONTROLLER_LEASE, LEASE_NAME]
+    assert args.pod_namespace == REWRITER_NS
     assert args.secret == ([] if values else [f"{RELEASE}-bimguard-tls"])
     assert not args.delete_records
     assert job["spec"]["activeDeadlineSeconds"] == args.wait + 60
@@ -468,7 +479,8 @@ def test_the_uninstall_hook_names_what_the_chart_and_the_code_create(values: dic
     key, value = args.pod_selector.split("=")
     record = {"metadata": {"name": "r-x", "uid": "u"}, "spec": {"node": "n", "disk": "d", "diskName": "d", "diskPath": "/p",
                                                                 "oldUUID": "a", "newUUID": "b"}}
-    for pod in (rewriter_pod(record, attempt=1, namespace=NS, image="i"), inspector_pod(record, attempt=1, namespace=NS, image="i")):
+    for pod in (rewriter_pod(record, attempt=1, namespace=REWRITER_NS, image="i"),
+                inspector_pod(record, attempt=1, namespace=REWRITER_NS, image="i")):
         assert pod["metadata"]["labels"][key] == value
     # ... and not the Jobs' own pods.
     for doc in runs(render(ALL_OPTIONS)):

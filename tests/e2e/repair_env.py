@@ -1,5 +1,6 @@
 """An emulated cluster for the repair's end-to-end tests: API server, simulated Longhorn, kubelet,
-bimguard's CRDs and namespace, and `bimguard repair` run as a real process against it."""
+bimguard's CRDs and namespaces, and `bimguard repair` run as a real process against it, its
+on-node pods in a namespace of their own (REWRITER_NS), as the chart runs it."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "charts" / "bimguard" / "crds"
 BIN = Path(sys.executable).parent
 NS = "bimguard"
+REWRITER_NS = "bimguard-rewriter"
 LH_NS = "longhorn-system"
 RW = "bimguard.io/v1alpha1/diskrewrites"
 JOB_USER = "system:serviceaccount:bimguard:bimguard-repair"
@@ -52,7 +54,8 @@ class Env:
         another signal instead (SIGTERM: what Kubernetes sends when the Job's pod is deleted)."""
         env = {**os.environ, "KUBECONFIG": str(self.job_kubeconfig), "BIMGUARD_REPAIR_IDENTITY": identity}
         proc = await asyncio.create_subprocess_exec(
-            str(BIN / "bimguard"), "repair", "--namespace", NS, "--poll-interval", "0.2", "--pod-start-timeout", "10",
+            str(BIN / "bimguard"), "repair", "--namespace", NS, "--rewriter-namespace", REWRITER_NS,
+            "--poll-interval", "0.2", "--pod-start-timeout", "10",
             "--pod-deadline", "10", "--lease-duration", "6", *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
         writes = 0
@@ -124,6 +127,7 @@ async def repair_env(tmp_path: Path, *, nodes: int = 8, seed: int = 1, time_scal
             for crd in sorted(CRDS.glob("*.yaml")):
                 await client.ApiextensionsV1Api(ac).create_custom_resource_definition(yaml.safe_load(crd.read_text()))
             await client.CoreV1Api(ac).create_namespace({"metadata": {"name": NS}})
+            await client.CoreV1Api(ac).create_namespace({"metadata": {"name": REWRITER_NS}})
         finally:
             await ac.close()
         calls: set[tuple[str, str, str, str, str]] = set()
@@ -133,7 +137,8 @@ async def repair_env(tmp_path: Path, *, nodes: int = 8, seed: int = 1, time_scal
                 where, _, query = path.partition("?")
                 a = request_attributes(method, where, dict(parse_qsl(query)), {"username": user})
                 resource = f"{a.resource}/{a.subresource}" if a.subresource else a.resource
-                calls.add((a.verb, a.group, resource, {LH_NS: "lh", NS: "own"}.get(a.namespace, a.namespace), a.name))
+                where = {LH_NS: "lh", NS: "own", REWRITER_NS: "pods"}.get(a.namespace, a.namespace)
+                calls.add((a.verb, a.group, resource, where, a.name))
 
         api.request_listeners.append(note)
         yield Env(api, cluster, kubeconfig, history, tmp_path, job_kubeconfig)

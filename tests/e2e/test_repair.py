@@ -16,7 +16,7 @@ from bimguard.repair import steps
 from bimguard.sim.longhorn import disks as lh_disks
 from bimguard.sim.longhorn.node_status import get_condition
 from bimguard.sim.scenarios import Group, plant
-from tests.e2e.repair_env import NS, Env, repair_env
+from tests.e2e.repair_env import NS, REWRITER_NS, Env, repair_env
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "repair-report.schema.json").read_text())
 UPGRADED = ["empty", "empty", "three-way", "data", "data", "detached", "stuck-replica", "stuck-image", "cannot-move",
@@ -182,14 +182,15 @@ async def test_refusals_are_one_line_exit_2_and_change_nothing(tmp_path: Path) -
         code, _, err = await env.repair("--apply")
         assert code == 2 and "missing permission: update nodes.longhorn.io in longhorn-system" in one_line(err)
         api.allow()
-        # Pod Security refusing the privileged hostPath pod: one line up front, not a rollback per disk.
-        ns = store.get("v1/namespaces", None, "bimguard")
+        # Pod Security refusing the privileged hostPath pod (its namespace enforces restricted by
+        # mistake): one line up front, not a rollback per disk.
+        ns = store.get("v1/namespaces", None, REWRITER_NS)
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "restricted"
         store.update("v1/namespaces", ns)
         code, _, err = await env.repair("--apply")
         line = one_line(err)
         assert code == 2 and "refuses the on-node rewriter pod" in line and "PodSecurity" in line
-        assert not env.records() and not store.list("v1/pods", "bimguard")[0]  # nothing was done
+        assert not env.records() and not store.list("v1/pods", NS)[0] and not store.list("v1/pods", REWRITER_NS)[0]
         # Longhorn v1.9.2 and later name BIMs after the whole UUID: nothing to do.
         v = store.get("longhorn.io/v1beta2/settings", "longhorn-system", "current-longhorn-version")
         v["value"] = "v1.9.2"

@@ -77,3 +77,20 @@ def test_disk_name_with_odd_characters_is_one_argument() -> None:
 def test_refuses_incomplete_records(missing: str) -> None:
     with pytest.raises(ValueError, match=missing):
         rewriter_pod(_record(**{missing: ""}), attempt=1, namespace="ns", image="bimguard:t")
+
+
+def test_in_its_own_namespace_with_the_chart_settings() -> None:
+    """In the rewriter namespace (not the record's): no ownerReference, which Kubernetes' garbage
+    collector would take for a missing owner and delete the pod for; the pull secrets, priority
+    class and tolerations it is given."""
+    rec = _record()
+    pod = rewriter_pod(rec, attempt=1, namespace="bimguard-rewriter", image="i", image_pull_secrets=["regcred"],
+                       priority_class_name="system-node-critical",
+                       tolerations=[{"key": "storage", "operator": "Exists", "effect": "NoExecute"}])
+    assert pod["metadata"]["namespace"] == "bimguard-rewriter"
+    assert "ownerReferences" not in pod["metadata"]
+    spec = pod["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["tolerations"] == [{"key": "storage", "operator": "Exists", "effect": "NoExecute"}]
+    assert "imagePullSecrets" not in rewriter_pod(rec, attempt=1, namespace="bimguard", image="i")["spec"]

@@ -170,7 +170,10 @@ async def test_apply_the_whole_rendered_chart(kubectl: Kubectl, sim_api: ApiServ
     await kubectl.run("create", "namespace", "bimguard-system")
     with helm.Chart.load(chart_dir) as chart:
         rendered = chart.render({}, name="bg", namespace="bimguard-system", is_install=True)
-    manifest = "\n---\n".join(text for name, text in sorted(rendered.items()) if name.endswith((".yaml", ".yml")) and text.strip())
+    docs = [text for name, text in sorted(rendered.items()) if name.endswith((".yaml", ".yml")) and text.strip()]
+    # `helm template` prints Namespaces first (Helm's InstallOrder), so kubectl creates the rewriter
+    # namespace before what goes in it.
+    manifest = "\n---\n".join(sorted(docs, key=lambda text: "\nkind: Namespace\n" not in text))
     _, out, err = await kubectl.run("apply", "-f", "-", stdin=manifest)
     kinds = {d["kind"] for d in yaml.safe_load_all(manifest) if d}
     assert {"Deployment", "MutatingWebhookConfiguration", "ServiceAccount"} <= kinds

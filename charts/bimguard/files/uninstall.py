@@ -11,12 +11,13 @@ remove in the wrong order:
 2. the webhook itself (its Deployment scaled to 0, then its pods waited for), so that nothing
    re-creates what follows;
 3. the last repair hook Job (Helm never deletes hook resources on uninstall) and its pod;
-4. the on-node rewriter/inspector pods, once they have finished (a rewrite in flight is let
-   finish, up to --wait seconds in all);
+4. the on-node rewriter/inspector pods in --pod-namespace (the rewriter namespace), once they
+   have finished (a rewrite in flight is let finish, up to --wait seconds in all);
 5. the self-managed CA/serving-certificate Secret and the Leases (leader election, repair);
 6. only with --delete-records: the DiskRewrite records (the audit trail) and PrefixClaims.
 
-Everything is deleted by name or by label in the release namespace; a 404 is success. An API
+Everything is deleted by name or by label in the release namespace (the on-node pods in theirs);
+a 404 is success. An API
 error other than 404 fails the hook (and so `helm uninstall`): the log says which call; the
 operator can fix it or run `helm uninstall --no-hooks` and clean up by hand (chart README).
 Exit codes: 0 done, 1 an API call failed, 2 bad arguments.
@@ -115,8 +116,9 @@ async def run(args: argparse.Namespace, api: Api) -> None:
         await api.delete(f"/apis/batch/v1/namespaces/{ns}/jobs/{quote(job)}", f"job/{job}", propagation="Background")
         await wait_gone(api, ns, f"job-name={job}", f"pods of job {job}", deadline)
     # 4. On-node pods: let a running rewrite finish (its pod has an activeDeadlineSeconds), then delete.
+    pod_ns = args.pod_namespace or ns
     while True:
-        pods = await api.pods(ns, args.pod_selector)
+        pods = await api.pods(pod_ns, args.pod_selector)
         busy = [p for p in pods if ((p.get("status") or {}).get("phase") or "Pending") in ("Pending", "Running")
                 and not p["metadata"].get("deletionTimestamp")]
         if not busy or time.monotonic() >= deadline:
@@ -125,7 +127,7 @@ async def run(args: argparse.Namespace, api: Api) -> None:
     for p in pods:
         name = p["metadata"]["name"]
         phase = (p.get("status") or {}).get("phase") or "Pending"
-        await api.delete(f"/api/v1/namespaces/{ns}/pods/{quote(name)}", f"pod/{name}", propagation="Background")
+        await api.delete(f"/api/v1/namespaces/{pod_ns}/pods/{quote(name)}", f"pod/{name}", propagation="Background")
         if phase in ("Pending", "Running"):
             log("note", f"pod/{name}", f"was still {phase} after the wait")
     # 5. What the release made at run time.
@@ -151,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--deployment", required=True)
     p.add_argument("--webhook-selector", required=True, help="label selector of the webhook's pods")
     p.add_argument("--pod-selector", required=True, help="label selector of the on-node pods")
+    p.add_argument("--pod-namespace", default="", help="namespace of the on-node pods (default --namespace)")
     p.add_argument("--job", action="append", default=[], help="a hook Job to delete (repeatable)")
     p.add_argument("--secret", action="append", default=[], help="a Secret to delete (repeatable)")
     p.add_argument("--lease", action="append", default=[], help="a Lease to delete (repeatable)")

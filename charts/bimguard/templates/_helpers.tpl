@@ -1,10 +1,9 @@
 {{/*
-Names shared by several templates. The names the webhook is told on its command line (its
-Service, TLS Secret, webhook configuration) are defined here once, so RBAC resourceNames and the
-process agree. The Lease and the rewriter ServiceAccount have no flag (yet): they carry the
-names the code uses by default (webhook/leader.py DEFAULT_LEASE_NAME, webhook/rewriter_pod.py
-DEFAULT_SERVICE_ACCOUNT); both are namespaced, so releases in different namespaces never clash.
-tests/chart checks all of these against the code.
+Names shared by several templates. Every name the webhook is told on its command line (its
+Service, TLS Secret, webhook configuration, leader-election Lease, the rewriter namespace and
+ServiceAccount) is defined here once, so RBAC resourceNames and the process agree, and each
+carries the release's fullname, so two releases in one namespace never clash
+(tests/chart/test_chart.py renders two). tests/chart checks all of these against the code.
 */}}
 
 {{- define "bimguard.name" -}}
@@ -49,12 +48,56 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: webhook
 {{- end }}
 
+{{/*
+The webhook pods' labels: podLabels first, then the selector labels over them, so that no value
+can change a label the Deployment, the Service and the PodDisruptionBudget select by (a
+Deployment whose template does not match its selector is refused; a Service that selects other
+pods sends reviews elsewhere).
+*/}}
+{{- define "bimguard.podLabels" -}}
+{{- $labels := merge (include "bimguard.selectorLabels" . | fromYaml) (deepCopy .Values.podLabels) }}
+{{- toYaml $labels }}
+{{- end }}
+
 {{- define "bimguard.serviceAccountName" -}}
 {{ include "bimguard.fullname" . }}
 {{- end }}
 
 {{- define "bimguard.rewriterServiceAccountName" -}}
-bimguard-rewriter
+{{ include "bimguard.fullname" . | trunc 54 | trimSuffix "-" }}-rewriter
+{{- end }}
+
+{{/* The on-node pods' namespace: never the release namespace (that one enforces `restricted`). */}}
+{{- define "bimguard.rewriterNamespace" -}}
+{{- $name := .Values.rewriter.namespace.name }}
+{{- if not $name }}
+{{- $name = printf "%s-%s" .Release.Namespace (include "bimguard.fullname" .) | trimPrefix "-" | trunc 54 | trimSuffix "-" | printf "%s-rewriter" }}
+{{- end }}
+{{- if eq $name .Release.Namespace }}
+{{- fail "rewriter.namespace.name must not be the release namespace: the rewriter pods need Pod Security level privileged, the webhook's namespace should enforce restricted" }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/* The rewriter pods' priority class: their own value, else the webhook's. */}}
+{{- define "bimguard.rewriterPriorityClassName" -}}
+{{- .Values.rewriter.priorityClassName | default .Values.priorityClassName }}
+{{- end }}
+
+{{/* The ValidatingAdmissionPolicy that pins the rewriter pods' shape (and its Binding). */}}
+{{- define "bimguard.rewriterPolicyName" -}}
+{{ include "bimguard.webhookConfigurationName" . | trunc 237 | trimSuffix "-" }}-rewriter-pods
+{{- end }}
+
+{{/*
+Whether the cluster serves admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy: GA (and
+on) in Kubernetes 1.30 (kubernetes/kubernetes CHANGELOG-1.30; KEP-3488). `.Capabilities` is the
+cluster's on install/upgrade and `--kube-version`/`--api-versions` (else Helm's defaults) for
+`helm template`.
+*/}}
+{{- define "bimguard.supportsAdmissionPolicy" -}}
+{{- if or (semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version)
+          (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") }}true{{ end }}
 {{- end }}
 
 {{- define "bimguard.serviceName" -}}
@@ -71,7 +114,11 @@ bimguard-rewriter
 {{- end }}
 
 {{- define "bimguard.leaseName" -}}
-bimguard-controller
+{{ include "bimguard.fullname" . | trunc 52 | trimSuffix "-" }}-controller
+{{- end }}
+
+{{- define "bimguard.metricsServiceName" -}}
+{{ include "bimguard.fullname" . | trunc 55 | trimSuffix "-" }}-metrics
 {{- end }}
 
 {{- define "bimguard.tlsSecretName" -}}
@@ -134,4 +181,19 @@ cluster's version on install/upgrade and `--kube-version` (else Helm's default) 
 
 {{- define "bimguard.supportsMatchConditions" -}}
 {{- if semverCompare ">=1.28.0-0" .Capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
+
+{{/*
+Where and how the on-node pods run: the same flags for the webhook (--rewriter-service-account)
+and the repair (--service-account, its own name for it), see jobs/args.py.
+*/}}
+{{- define "bimguard.rewriterArgs" -}}
+- --rewriter-namespace={{ include "bimguard.rewriterNamespace" . }}
+{{- range .Values.imagePullSecrets }}
+- --rewriter-image-pull-secret={{ .name }}
+{{- end }}
+{{- with include "bimguard.rewriterPriorityClassName" . }}
+- --rewriter-priority-class={{ . }}
+{{- end }}
+- {{ printf "--rewriter-tolerations=%s" (toJson .Values.rewriter.tolerations) | quote }}
 {{- end }}

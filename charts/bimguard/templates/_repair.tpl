@@ -169,10 +169,11 @@ template:
       - --apply
       - --namespace={{ $root.Release.Namespace }}
       - --longhorn-namespace={{ $root.Values.longhorn.namespace }}
-      # The on-node rewriter and inspector pods run this same image, as the rewriter's
-      # ServiceAccount (no token, no permissions).
+      # The on-node rewriter and inspector pods run this same image, in their own namespace, as
+      # the rewriter's ServiceAccount (no token, no permissions).
       - --image={{ include "bimguard.image" $root }}
       - --service-account={{ include "bimguard.rewriterServiceAccountName" $root }}
+      {{- include "bimguard.rewriterArgs" $root | nindent 6 }}
       - --timeout={{ .timeout }}
       - --max-parallel={{ $r.maxParallel }}
       - --log-format=json
