@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -44,3 +45,16 @@ def test_scan_benchmark_dump_is_scanned_to_the_groups_its_jq_filter_counts(tmp_p
     report = json.loads(scan.stdout)
     assert stats["nodes"] == 3000 and report["disks"]["total"] == stats["disks"]
     assert len(report["collisions"]) == sum(1 for n in prefixes.values() if n > 1) > 0
+
+
+def test_repair_benchmark_check_repairs_every_disk_and_prints_each_figure() -> None:
+    """The repair benchmark's three runs (mixed, empty on two cluster sizes) on tiny clusters: the
+    Job repairs every planted group and each figure of the table is computed from the emulator."""
+    out = subprocess.run([sys.executable, "bench/repair_bench.py", "--check"], cwd=REPO, check=False,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "repair_bench --check: 4 disks repaired in 3 runs" in out.stdout
+    for figure in ("empty victims: Job start -> Done, periods (mixed)", "writes per empty victim (empty-big)",
+                   "reads per empty victim, 6 / 4 nodes", "disks evicting at once, max (mixed)"):
+        assert figure in out.stdout, out.stdout
+    assert re.search(r"^replicas rebuilt / plan's count \(mixed\) +1 / 1 ", out.stdout, re.MULTILINE), out.stdout
