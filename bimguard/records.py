@@ -49,6 +49,18 @@ def labels(node: str) -> dict[str, str]:
     return out
 
 
+def valid_disk_path(path: str) -> bool:
+    """Whether a record may hold this disk path: the CRD's `spec.diskPath` (absolute, at most 4096
+    characters, no empty, "." or ".." segment, one trailing slash allowed; charts/bimguard/crds/
+    diskrewrites.bimguard.io.yaml) checked segment by segment, without the pattern's backtracking."""
+    if not path.startswith("/") or len(path) > 4096:
+        return False
+    segments = path[1:].split("/")
+    if len(segments) > 1 and segments[-1] == "":
+        segments.pop()
+    return all(s not in ("", ".", "..") for s in segments)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

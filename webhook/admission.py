@@ -125,6 +125,13 @@ class Admission:
                 taken_here.add(disk.prefix)
                 continue
             self.metrics.collisions.inc()
+            if not records.valid_disk_path(disk.disk_path):
+                # The API server refuses a record with such a path (the CRD's pattern), and no
+                # rewriter pod may mount it: allowed as it is, counted; the repair Job reports it.
+                self.metrics.skipped.labels("invalid_disk_path").inc()
+                log.warning("disk %s/%s collides but its path %r cannot be rewritten; allowed unchanged", disk.node,
+                            disk.disk, disk.disk_path, extra={"uid": req.uid})
+                continue
             if decision.verdict == "block":
                 self.metrics.blocked.inc()
                 self.metrics.reviews.outcomes["blocked"] += 1

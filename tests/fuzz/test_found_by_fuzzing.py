@@ -164,3 +164,35 @@ def test_a_backing_image_key_that_is_not_a_uuid_is_no_stuck_copy(tmp_path, capsy
     doc = json.loads(out)
     jsonschema.validate(doc, SCHEMA)
     assert (code, err, doc["symptoms"]) == (0, "", [])
+
+
+@pytest.mark.parametrize("path", ["", "relative/dir", "/", "/mnt//x", "/mnt/./x", "/mnt/../etc"])
+def test_a_colliding_disk_whose_path_a_record_cannot_hold_is_allowed_without_a_traceback(
+        hook: ServedWebhook, path: str) -> None:
+    """The DiskRewrite CRD requires an absolute diskPath without empty, "." or ".." segments; a
+    first-recorded colliding disk without such a path (no spec entry, an odd status) made the
+    record's create fail with 422: an internal error with a traceback. It is now allowed unchanged
+    and counted under its own reason."""
+    doc = first_record()
+    for obj in (doc["request"]["object"], doc["request"]["oldObject"]):
+        obj["spec"]["disks"].pop("disk-nvme2", None)
+    doc["request"]["object"]["status"]["diskStatus"]["disk-nvme2"]["diskPath"] = path
+    before = hook.metric("bimguard_admission_skipped_total", reason="invalid_disk_path")
+    resp = post(hook, doc)
+    assert "patch" not in resp
+    assert hook.metric("bimguard_admission_skipped_total", reason="invalid_disk_path") == before + 1
+
+
+@pytest.mark.parametrize("path,ok", [("/var/lib/longhorn/", True), ("/mnt/nvme1", True), ("/a/.../b", True),
+                                     ("/a/.b", True), ("/", False), ("", False), ("a/b", False), ("/a//b", False),
+                                     ("/a/./b", False), ("/a/../b", False), ("/a//", False), ("/" + "a" * 4096, False)])
+def test_valid_disk_path_agrees_with_the_crd_pattern(path: str, ok: bool) -> None:
+    import re
+
+    import yaml
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "charts/bimguard/crds/diskrewrites.bimguard.io.yaml")
+                         .read_text())
+    prop = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["diskPath"]
+    by_pattern = len(path) <= prop["maxLength"] and re.fullmatch(prop["pattern"].strip("^$"), path) is not None
+    assert records.valid_disk_path(path) == by_pattern == ok
