@@ -58,6 +58,35 @@ async def api_client(kubeconfig: str | None = None, context: str | None = None) 
     return client.ApiClient(configuration=cfg)
 
 
+@dataclass
+class RequestCount:
+    """What a client sent to the API server: reads (GET), writes (anything that can change a
+    stored object) and checks (access reviews and dry runs, which change nothing)."""
+
+    reads: int = 0
+    writes: int = 0
+    checks: int = 0
+
+
+def count_requests(api: client.ApiClient) -> RequestCount:
+    """Count every request `api` sends from now on, whichever code sends it."""
+    count = RequestCount()
+    send = api.rest_client.request
+
+    async def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        query = dict(kwargs.get("query_params") or ())
+        if method in ("GET", "HEAD"):
+            count.reads += 1
+        elif "/apis/authorization.k8s.io/" in url or query.get("dryRun"):
+            count.checks += 1
+        else:
+            count.writes += 1
+        return await send(method, url, *args, **kwargs)
+
+    api.rest_client.request = counted  # type: ignore[method-assign]
+    return count
+
+
 def _config_error(err: Exception, paths: str | None, context: str | None) -> config.ConfigException:
     """kubernetes_asyncio's loader errors as kubectl words them, naming the file or the context."""
     text = str(err).splitlines()[0] if str(err) else type(err).__name__

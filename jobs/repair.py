@@ -164,13 +164,14 @@ async def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.only and not victims:
             raise _Error(f"--only {' '.join(args.only)} matches no disk the plan would regenerate")
         return _print_plan(args, out, plan_lines(findings, victims, args.evict, None), len(victims), _unread(findings))
-    from bimguard.kube import api_client
+    from bimguard.kube import api_client, count_requests
     from bimguard.rewrite.engine import Settings
 
     try:
         client = await api_client(args.kubeconfig, args.context)
     except Exception as exc:  # the loader raises anything on a broken file
         raise _Error(f"cannot reach the cluster: {_one_line(exc)}") from None
+    calls = count_requests(client)
     started = time.monotonic()
     progress = _Progress(err, args.log_format, started)
     settings = Settings(pod_start_timeout=args.pod_start_timeout, service_account=args.service_account,
@@ -203,6 +204,7 @@ async def _main(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         report = await runner.apply(world, victims)  # also continues what a killed run left
         report.elapsed = time.monotonic() - started
         _judge_backing_images(report, await runner.snapshot())
+        report.reads, report.writes, report.checks = calls.reads, calls.writes, calls.checks
     except RepairError as exc:
         raise _Error(str(exc)) from None
     finally:
@@ -293,7 +295,7 @@ def _print_report(args: argparse.Namespace, out: TextIO, report: Any) -> int:
             "longhorn": {"version": report.longhorn.version if report.longhorn else None},
             "disks": [asdict(o) for o in report.outcomes], "skipped": report.skipped,
             "backingImages": {"recovered": report.recovered, "stillStuck": report.still_stuck},
-            "api": {"reads": report.reads, "writes": report.writes}, "elapsedSeconds": round(report.elapsed, 1),
+            "api": {"reads": report.reads, "writes": report.writes, "checks": report.checks}, "elapsedSeconds": round(report.elapsed, 1),
         }
         print(json.dumps(doc, indent=2), file=out)
         return EXIT_OK if unfinished and args.exit_zero_on_unfinished else code

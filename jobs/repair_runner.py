@@ -11,6 +11,7 @@ itself is the shared rewrite engine's (bimguard.rewrite.engine).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -119,8 +120,9 @@ class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # victims not started (node not Ready, ...)
     nothing_to_do: str = ""  # why, when there is nothing to do
-    reads: int = 0
+    reads: int = 0  # every request the run sent (bimguard.kube.count_requests)
     writes: int = 0
+    checks: int = 0  # access reviews and dry runs
     elapsed: float = 0.0
     stuck_before: list[str] = field(default_factory=list)  # backing images with stuck copies before the run
     recovered: list[str] = field(default_factory=list)  # ... whose stuck copies are gone after it
@@ -168,14 +170,12 @@ class Runner:
         ns = self.opts.longhorn_namespace
         lists = await asyncio.gather(*(self.kube.items(r, ns) for r in LONGHORN.values()),
                                      self.kube.items(PODS, self.engine.pod_namespace, f"{LABEL_MANAGED_BY}=bimguard"))
-        self.report.reads += len(lists)
         by = dict(zip(list(LONGHORN) + ["pods"], lists))
         return World.from_lists(nodes=by["nodes"], replicas=by["replicas"], backing_images=by["backingimages"],
                                 bims=by["backingimagemanagers"], data_sources=by["backingimagedatasources"],
                                 orphans=by["orphans"], volumes=by["volumes"], settings=by["settings"], pods=by["pods"])
 
     async def _records(self) -> dict[str, dict[str, Any]]:
-        self.report.reads += 1
         return {r["metadata"]["name"]: r for r in await self.kube.items(REWRITES, self.opts.namespace)
                 if (r.get("spec") or {}).get("origin") == "job"}
 
@@ -289,7 +289,6 @@ class Runner:
             return "" if allowed else f"{verb} {resource}{'.' + group if group else ''}{' ' + name if name else ''} in {ns}"
 
         results = await asyncio.gather(*(ask(*p) for p in self.PERMISSIONS))
-        self.report.reads += len(results)
         return [r for r in results if r]
 
     # ------------------------------------------------------------------ the Lease
@@ -318,7 +317,6 @@ class Runner:
     async def _ensure_records(self, world: World, victims: list[Victim]) -> dict[str, dict[str, Any]]:
         recs = await self._records()
         claims = {c["metadata"]["name"]: c for c in await self.kube.items(CLAIMS, self.opts.namespace)}
-        self.report.reads += 1
         index = ClusterIndex()
         for plural in ("nodes", "replicas", "backingimages", "backingimagemanagers"):
             index.replace_all(plural, list(getattr(world, {"nodes": "nodes", "replicas": "replicas",
@@ -358,7 +356,6 @@ class Runner:
             try:
                 await self.kube.create(CLAIMS, self.opts.namespace, records.claim_manifest(
                     prefix=new[:4], namespace=self.opts.namespace, node=v_node, disk=v_disk, uuid=new, record=name))
-                self.report.writes += 1
                 occupied.add(new[:4])
                 return new
             except AlreadyExists:
@@ -381,7 +378,6 @@ class Runner:
                       "evictionRequested": bool(dspec.get("evictionRequested"))})
         try:
             rec = await self.kube.create(REWRITES, self.opts.namespace, manifest)
-            self.report.writes += 1
         except AlreadyExists:
             rec = await self.kube.get(REWRITES, self.opts.namespace, name)
         self._show(rec, steps.PENDING, f"recorded; new UUID {rec['spec']['newUUID']} claimed")
@@ -396,7 +392,6 @@ class Runner:
             body = dict(rec)
             body["spec"] = {**spec, "newUUID": new}
             rec = await self.kube.replace(REWRITES, self.opts.namespace, body)
-            self.report.writes += 1
         # The earlier run restored what it set (or crashed before): what is still set stays
         # recorded as set by the Job, what is back to its value is forgotten.
         dspec = world.disk_spec(spec["node"], spec["disk"]) or {}
@@ -432,6 +427,9 @@ class Runner:
                 try:
                     busy |= await self._execute(recs[name], action, world)
                     failures = 0
+                    if action.kind == "set-flag" and action.field == "evictionRequested" and action.value:
+                        # the later records of this pass count it against --max-parallel
+                        ctx = dataclasses.replace(ctx, evicting=ctx.evicting + 1)
                 except Conflict:
                     busy = True  # someone wrote in between: decided again on the next pass
                 except _LostLease:
@@ -479,8 +477,10 @@ class Runner:
                         if ((r.get("status") or {}).get("phase") or steps.PENDING) in (steps.PENDING, steps.PREPARING)]
         unschedulable = all(not (world.disk_spec(*v) or {}).get("allowScheduling") for v in before_drain
                             if world.node_ready(v[0]))
-        evicting = sum(1 for r in active if ((r.get("status") or {}).get("setFlags") or {}).get("evictionRequested")
-                       and (r.get("status") or {}).get("phase") == steps.DRAINING)
+        # A disk counts against --max-parallel from the Job's evictionRequested until the Job puts it back
+        # (after the identity change), which is what anyone watching the Longhorn Nodes sees.
+        evicting = sum(1 for r in recs.values() if ((r.get("status") or {}).get("setFlags") or {}).get("evictionRequested")
+                       and (world.disk_spec(r["spec"]["node"], r["spec"]["disk"]) or {}).get("evictionRequested"))
         s = self.opts.settings
         left = self._deadline - time.monotonic()
         return steps.Context(
@@ -570,7 +570,6 @@ class Runner:
             self._act()
             try:
                 await self.kube.replace(LH_NODES, self.opts.longhorn_namespace, node)
-                self.report.writes += 1
                 return
             except (Conflict, Forbidden):
                 await asyncio.sleep(min(1.0, self.opts.poll))
@@ -582,7 +581,6 @@ class Runner:
         try:
             await self.kube.delete(LONGHORN["replicas"], self.opts.longhorn_namespace, name_of(r),
                                    resource_version=r["metadata"].get("resourceVersion"))
-            self.report.writes += 1
         except (NotFound, Conflict):
             pass  # gone already, or changed since: judged again next pass
         except KubeError as exc:  # Longhorn's validator refused (it never should for these)
@@ -602,7 +600,6 @@ class Runner:
         self._act()
         try:
             await self.kube.replace(res, self.opts.longhorn_namespace, bi)
-            self.report.writes += 1
         except Conflict:
             pass
 
@@ -624,7 +621,6 @@ class Runner:
                     rec, attempt=attempt, namespace=self.engine.pod_namespace, image=self.opts.image,
                     service_account=s.service_account, priority_class_name=s.priority_class_name,
                     image_pull_secrets=s.image_pull_secrets, tolerations=s.tolerations))
-                self.report.writes += 1
             except AlreadyExists:
                 pass
             return True
@@ -671,12 +667,10 @@ class Runner:
         self._act()
         try:
             await self.kube.json_patch_status(LH_NODES, self.opts.longhorn_namespace, spec["node"], ops)
-            self.report.writes += 1
         except Invalid as exc:  # a test failed: something changed since this pass read it
             await self._step(rec, steps.DRAINING, f"the status changed meanwhile ({exc.message[:120]}); looking again")
             return True
         await self.engine.begin(rec, f"stored status holds {spec['newUUID']}; rewriting the cfg")
-        self.report.writes += 2
         self._show(rec, steps.REWRITING, f"status {spec['oldUUID']} -> {spec['newUUID']}; rewriter pod started")
         return True
 
@@ -697,7 +691,6 @@ class Runner:
     async def _write(self, rec: dict[str, Any], **fields: Any) -> dict[str, Any]:
         fields = {k: v for k, v in fields.items() if k != "phase" or v}
         updated = await self.engine.write_status(rec, **fields)
-        self.report.writes += 1
         if fields.get("step"):
             self._show(updated, (updated.get("status") or {}).get("phase") or steps.PENDING, fields["step"])
         return updated

@@ -320,10 +320,13 @@ def decide(rec: Mapping[str, Any], world: World, ctx: Context) -> Action:
         stall = stall_reason(world, node, old)
         return pending(f"draining: {left}" + (f"; {stall}" if stall else "")) if stall else \
             wait(f"draining: {left}", phase=DRAINING)
-    # 6. the identity change
-    if not st.get("finalInspection"):
+    # 6. the identity change. A disk that was never evicted has had scheduling off since before its
+    # inspection: Longhorn schedules no replica and replenishes no copy onto it, so nothing can have
+    # arrived since and that inspection stands. An evicted disk is looked at again once drained.
+    evicted = bool(set_flags.get("evictionRequested") or dspec.get("evictionRequested"))
+    if evicted and not st.get("finalInspection"):
         return Action("inspect", "check the disk is empty before its UUID changes", phase=DRAINING)
-    extra = leftovers(world, node, old, st["finalInspection"])
+    extra = leftovers(world, node, old, st["finalInspection"]) if evicted else []
     if extra:
         return block(f"directories left on the drained disk ({', '.join(extra[:5])}): not changing its UUID")
     if not ctx.time_for_rewrite:

@@ -153,12 +153,18 @@ def test_leftovers_orphans_clones_and_shared_filesystems_block() -> None:
     assert steps.decide(record(**INSPECTED), world(data_sources=[source]), steps.Context()).kind == "block"
 
 
-def test_identity_change_after_both_inspections_and_only_with_time_left() -> None:
-    a = steps.decide(record(**INSPECTED), world(), steps.Context())
-    assert a.kind == "inspect"
+def test_identity_change_after_the_inspections_and_only_with_time_left() -> None:
+    # never evicted: scheduling has been off since before the one inspection, which stands
+    assert steps.decide(record(**INSPECTED), world(), steps.Context()).kind == "rewrite"
+    assert steps.decide(record(**INSPECTED), world(), steps.Context(time_for_rewrite=False)).kind == "pending"
+    # evicted (by the Job, or by an operator): looked at again once drained
+    drained = world({"evict": True})
+    for rec in (record(**INSPECTED, setFlags={"evictionRequested": True}), record(**INSPECTED)):
+        assert steps.decide(rec, drained, steps.Context()).kind == "inspect"
     both = {**INSPECTED, "finalInspection": {"replicas": [], "backingImages": []}}
-    assert steps.decide(record(**both), world(), steps.Context()).kind == "rewrite"
-    assert steps.decide(record(**both), world(), steps.Context(time_for_rewrite=False)).kind == "pending"
+    assert steps.decide(record(**both), drained, steps.Context()).kind == "rewrite"
+    left = {**INSPECTED, "finalInspection": {"replicas": ["pvc-x-1234abcd"], "backingImages": []}}
+    assert steps.decide(record(**left), drained, steps.Context()).kind == "block"
 
 
 def test_status_already_new_continues_the_rewrite_and_a_third_uuid_blocks() -> None:

@@ -44,6 +44,7 @@ class Env:
     root: Path
     job_kubeconfig: Path
     runs: list[tuple[int, str, str]] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=dict)
 
     async def repair(self, *args: str, timeout: float = 90.0, identity: str = "e2e", kill_after_writes: int = 0,
                      kill_after_seconds: float = 0.0, stop_signal: int = signal.SIGKILL) -> tuple[int, str, str]:
@@ -69,6 +70,15 @@ class Env:
                 if writes == kill_after_writes and proc.returncode is None:
                     proc.send_signal(stop_signal)
 
+        sent = {"reads": 0, "writes": 0, "checks": 0}
+
+        def tally(method: str, path: str, status: int, user: str) -> None:
+            if user == JOB_USER:
+                kind = ("reads" if method in ("GET", "HEAD") else
+                        "checks" if "/authorization.k8s.io/" in path or "dryRun=" in path else "writes")
+                sent[kind] += 1
+
+        self.api.request_listeners.append(tally)
         if kill_after_writes:
             self.api.request_listeners.append(count)
         timer = asyncio.get_running_loop().call_later(kill_after_seconds, proc.send_signal, stop_signal) if kill_after_seconds else None
@@ -77,8 +87,10 @@ class Env:
         finally:
             if timer is not None:
                 timer.cancel()
+            self.api.request_listeners.remove(tally)
             if kill_after_writes:
                 self.api.request_listeners.remove(count)
+        self.sent = sent  # what the API server saw of this run, by kind
         result = (proc.returncode or 0, out.decode(), err.decode())
         self.runs.append(result)
         return result

@@ -277,6 +277,26 @@ async def test_a_claim_left_between_claiming_and_recording_is_taken_up(tmp_path:
         assert await env.cluster.disk_uuid(node, disk) == left
 
 
+async def test_max_parallel_bounds_the_disks_evicting_at_once(tmp_path: Path) -> None:
+    """--max-parallel 1 with three disks to drain: at no point of the emulator's history do two
+    disks have evictionRequested, even when all three reach the step in the same pass."""
+    async with repair_env(tmp_path, nodes=8, seed=43) as env:
+        await plant(env.cluster, ["data", "data", "data"])
+        code, out, err = await env.repair("--apply", "--evict", "--max-parallel", "1", "-o", "json")
+        assert code == 0, err[-2000:]
+        evicting: dict[str, set[str]] = {}
+        most = 0
+        for ch in env.history.of("nodes"):
+            disks = (ch.obj.get("spec") or {}).get("disks") or {}
+            evicting[ch.name] = {d for d, spec in disks.items() if spec.get("evictionRequested")}
+            most = max(most, sum(len(v) for v in evicting.values()))
+        assert most == 1
+        doc = json.loads(out)
+        assert [d["phase"] for d in doc["disks"]] == ["Done"] * 3
+        assert doc["api"] == env.sent  # the report counts every request, as the API server saw them
+        assert_nothing_lost(env)
+
+
 async def test_sigterm_releases_the_lease_and_a_rerun_finishes(tmp_path: Path) -> None:
     """SIGTERM (the Job's pod deleted, a Helm hook timing out) mid-way: one line, exit 143, the
     Lease given back at once (empty holder) rather than held until it expires, and the next run
