@@ -32,7 +32,8 @@ Public API:
 Every request is first authorized (authz.py, as filters/authorization.go does before any handler):
 allowed unless a test denied it with `deny(...)`, then 403 in kube-apiserver's words
 (`pods is forbidden: User "..." cannot create resource "pods" in API group "" in the namespace "x"`);
-`authorization.k8s.io/v1` self/subject/local access reviews answer from the same list (`kubectl auth can-i`).
+`authorization.k8s.io/v1` self/subject/local access reviews answer from the same list (`kubectl auth can-i`);
+`authentication.k8s.io/v1` TokenReviews know the tokens `add_user` registered.
 The write path runs in kube-apiserver's order (handlers/create.go, update.go, patch.go ->
 registry/store.go): decode + prune unknown fields (Warning headers, or 400 under
 `fieldValidation=Strict`) + schema defaults -> mutating admission (oldObject = the stored object) -> prune the
@@ -283,6 +284,10 @@ class ApiServer:
         review = authz.review_path(parts)
         if review is not None:
             return await self._access_review(request, *review)
+        if parts == ["apis", "authentication.k8s.io", "v1", "tokenreviews"]:
+            if request.method != "POST":
+                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            return _json(authz.token_review(await self._body(request), self.users), 201)
         if request.method == "GET":
             static = self._static(parts)
             if static is not None:

@@ -40,7 +40,11 @@ Access reviews (`pkg/registry/authorization/*/rest.go`, validation from
 - `subjectaccessreviews`: for `spec.user`/`spec.groups`;
 - `namespaces/<ns>/localsubjectaccessreviews`: like subjectaccessreviews, the resource namespace must
   equal the review's.
-Non-resource attributes are always allowed. The group is listed in discovery (`/apis`,
+And `tokenreviews` (authentication.k8s.io/v1, `pkg/registry/authentication/tokenreview`): a token
+`ApiServer.add_user` knows is authenticated as that user, any other is not (the emulator's own
+requests accept any token as the admin; a TokenReview is stricter, as a real authenticator is).
+Non-resource attributes are allowed unless a denial names their path (`deny("get", "/metrics")`,
+as an RBAC ClusterRole's nonResourceURLs would not grant it). The group is listed in discovery (`/apis`,
 `/apis/authorization.k8s.io[/v1]`) so kubectl finds it.
 
 Not emulated: RBAC objects are stored but never consulted; `selfsubjectrulesreviews` (`kubectl
@@ -120,6 +124,10 @@ class Denial:
 
     def matches(self, attrs: Attributes) -> bool:
         if not attrs.resource_request:
+            # A denial whose resource is a path ("/metrics") names a non-resource URL.
+            return (self.resource.startswith("/") and self.resource == attrs.path and self.verb in ("*", attrs.verb)
+                    and (self.user is None or self.user == attrs.username))
+        if self.resource.startswith("/"):
             return False
         if self.user is not None and self.user != attrs.username:
             return False
@@ -144,7 +152,7 @@ class Authorizer:
 
     def deny(self, verb: str, resource: str, *, group: str = "", namespace: str | None = None,
              subresource: str = "", user: str | None = None, reason: str = "") -> Denial:
-        if "/" in resource:
+        if "/" in resource and not resource.startswith("/"):  # "/metrics" is a non-resource URL
             if subresource:
                 raise ValueError(f"resource {resource!r} already names a subresource")
             resource, subresource = resource.split("/", 1)
@@ -410,3 +418,24 @@ def review(authorizer: Authorizer, plural: str, namespace: str | None, body: Any
     if plural == "localsubjectaccessreviews":
         out_meta["namespace"] = namespace
     return {"kind": kind, "apiVersion": GROUP_VERSION, "metadata": out_meta, "spec": spec, "status": status}
+
+
+AUTHN_GROUP_VERSION = "authentication.k8s.io/v1"
+
+
+def token_review(body: Any, users: Mapping[str, Mapping[str, Any]]) -> dict:
+    """A TokenReview's answer: authenticated as the user `add_user` gave the token, else not."""
+    if not isinstance(body, dict) or body.get("kind") not in (None, "TokenReview"):
+        raise bad_request("not a TokenReview")
+    spec = body.get("spec") or {}
+    token = str(spec.get("token") or "")
+    if not token:
+        raise ApiError(422, "Invalid", 'TokenReview.authentication.k8s.io "" is invalid: spec.token: Required value',
+                       {"kind": "TokenReview", "group": "authentication.k8s.io"})
+    user = users.get(token)
+    status: dict[str, Any] = {"authenticated": False}
+    if user is not None:
+        status = {"authenticated": True, "user": {k: v for k, v in user.items() if k in ("username", "uid", "groups", "extra")},
+                  "audiences": list(spec.get("audiences") or [])}
+    return {"kind": "TokenReview", "apiVersion": AUTHN_GROUP_VERSION, "metadata": {"creationTimestamp": None},
+            "spec": spec, "status": status}
