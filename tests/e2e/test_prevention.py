@@ -236,14 +236,16 @@ def sample(metrics: Any, name: str, **labels: str) -> float:
 #   160 disks (8 bursts): 32 s at load 4;  120 disks (6 bursts): 27 s at load 7;
 #   200 disks on the idle machine (as CI runs it): 30 s.
 # The rewrite controller drives records one after the other (about 2.5-3 rewrites a second
-# here), so the time grows with the number of rewrites. BIMGUARD_E2E_BURSTS=8 runs 160 on a busy machine.
-BURSTS = int(os.environ.get("BIMGUARD_E2E_BURSTS", "10"))
+# here), so the time grows with the number of rewrites. The suite runs 4 bursts (80 disks), so
+# its time stays well inside the timeout on a loaded machine (docs/reliability.md); the 200-disk
+# run is the benchmark: BIMGUARD_E2E_BURSTS=10 pytest -s -k bursts tests/e2e/test_prevention.py.
+BURSTS = int(os.environ.get("BIMGUARD_E2E_BURSTS", "4"))
 PER_BURST, BURST_NODES = 20, 10
 
 
-@pytest.mark.timeout(60 + 25 * BURSTS)
+@pytest.mark.timeout(60 + 25 * max(BURSTS, 10))  # not scaled down with the default: a loaded machine
 async def test_bursts_of_colliding_disks_on_two_replicas_end_unique_ready_and_agreeing(tmp_path: Path) -> None:
-    """BURSTS x 20 new disks (200 by default) over 10 nodes,
+    """BURSTS x 20 new disks (80 by default, 200 as the benchmark) over 10 nodes,
     every one forced onto a prefix that is already taken: copied from a Ready disk, or shared by a pair within the burst (the pair on two
     nodes, so two longhorn-managers write at the same moment; several disks of one node may also
     arrive in one status write). Two webhook replicas, each with its own elector and controller.

