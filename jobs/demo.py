@@ -40,7 +40,9 @@ from bimguard.sim.serve import install_bimguard, simulated_cluster
 from bimguard.sources.live import read_live
 from jobs import report, signals
 from jobs.args import non_negative_int, positive_float, positive_int
+from webhook import scope
 
+STATUS_WRITES = "longhorn.io/nodes/status UPDATE"  # how the emulator's admission counts them
 BACKING_IMAGE = "demo-image"
 # bimguard's own CRDs, as the chart installs them (the demo runs from a checkout).
 
@@ -244,6 +246,7 @@ async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig:
     namespace, service, mwc_name = "bimguard", "bimguard", "bimguard"
     say.step("Installing bimguard's admission webhook as the Helm chart does: its CRDs, 2 replicas of "
              "`bimguard webhook`, and a MutatingWebhookConfiguration on nodes/status (failurePolicy Ignore)")
+    admitted_before = api.admission.counts.copy()
     await install_bimguard(str(kubeconfig), namespace=namespace, service=service, mwc_name=mwc_name)
     api_client = await kube.api_client(str(kubeconfig))
     kube = Kube(api_client)
@@ -297,6 +300,11 @@ async def _prevent(args: argparse.Namespace, api: Any, cluster: Any, kubeconfig:
                        f"{rec['metadata']['name']} Done; disk Ready")
             if cfg != status or status[:4] == uuid_a[:4]:
                 raise RuntimeError(f"{node_b}/{disk_b} was not protected")
+        counts = api.admission.counts - admitted_before
+        writes = counts[(STATUS_WRITES, "requests")]
+        sent = counts[(STATUS_WRITES, f"sent {scope.WEBHOOK_NAME}")]
+        say.detail(f"Longhorn Node status writes since bimguard was installed: {writes}; sent to its webhook: {sent} "
+                   f"(its matchConditions let through only writes that first-record a disk's UUID)")
         say.step("Every new disk's BIM can be created: a backing image with a copy on each of them")
         await cluster.create_backing_image("demo-image-guarded", min_copies=1, disks_=[(n, d) for n, d, _, _ in added])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,8 @@ def test_demo_finds_exactly_the_planted_pairs():
     assert r.stdout.count("COLLISION ") >= 2 and "STUCK backing-image copies: 2" in r.stdout
     # Prevention: the guarded disks were rewritten at admission, their cfg agrees, their BIMs exist.
     assert r.stdout.count("cfg agrees; record") == 2 and "DISAGREES" not in r.stdout
+    sent = re.search(r"status writes since bimguard was installed: (\d+); sent to its webhook: (\d+)", r.stdout)
+    assert sent and int(sent[1]) >= int(sent[2]) >= 2  # each guarded disk's first record went to the webhook
     assert r.stdout.count("; copy ready") >= 4
     assert "collision group(s), all from before the webhook" in r.stdout
     # The repair, with the webhook still running: both pairs regenerated, one drained first.
