@@ -87,7 +87,9 @@ def claim_manifest(*, prefix: str, namespace: str, node: str, disk: str, uuid: s
         "kind": "PrefixClaim",
         "metadata": {"name": prefix, "namespace": namespace,
                      "labels": labels(node)},
-        "spec": {"node": node, "disk": disk, "uuid": uuid, "record": record},
+        # Lower case: the CRD's pattern for spec.uuid; a disk's UUID may be recorded in upper case
+        # (kept so in status and records), and claims compare case-insensitively (claim_owner).
+        "spec": {"node": node, "disk": disk, "uuid": uuid.lower(), "record": record},
     }
 
 

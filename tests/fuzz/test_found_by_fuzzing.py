@@ -196,3 +196,19 @@ def test_valid_disk_path_agrees_with_the_crd_pattern(path: str, ok: bool) -> Non
     prop = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["diskPath"]
     by_pattern = len(path) <= prop["maxLength"] and re.fullmatch(prop["pattern"].strip("^$"), path) is not None
     assert records.valid_disk_path(path) == by_pattern == ok
+
+
+@pytest.mark.parametrize("collides", [True, False])
+def test_an_upper_case_uuid_gets_a_claim_the_api_server_accepts(hook: ServedWebhook, collides: bool) -> None:
+    """Since the webhook keeps a UUID as Longhorn recorded it, an upper-case one went into the
+    PrefixClaim's spec.uuid, which the CRD's pattern requires in lower case: 422, an internal error
+    with a traceback, and no prevention for that disk. The claim now holds it in lower case."""
+    doc = first_record()
+    entry = doc["request"]["object"]["status"]["diskStatus"]["disk-nvme2"]
+    upper = (entry["diskUUID"] if collides else str(uuidlib.uuid4())).upper()
+    entry["diskUUID"] = upper
+    resp = post(hook, doc)
+    assert ("patch" in resp) is collides
+    if not collides:
+        claim = next(c for c in hook.run(_list(hook, CLAIMS)) if c["metadata"]["name"] == upper[:4].lower())
+        assert claim["spec"]["uuid"] == upper.lower()
