@@ -536,3 +536,40 @@ def test_rewriter_service_account_has_no_token_and_no_permissions() -> None:
     name = rewriter["metadata"]["name"]
     assert not [b for b in docs if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
                 and any(s["name"] == name for s in b["subjects"])]
+
+
+# -- metrics and the optional NetworkPolicy --------------------------------------------------------------
+
+def test_metrics_tls_and_authorization() -> None:
+    plain = build_parser().parse_args(container(render())["args"])
+    assert not plain.metrics_tls and not plain.metrics_authorization
+    assert not [d for d in render() if d["kind"] == "ClusterRole" and "metrics-reader" in d["metadata"]["name"]]
+    docs = render({"metrics": {"tls": True, "authorization": True}})
+    args = build_parser().parse_args(container(docs)["args"])
+    assert args.metrics_tls and args.metrics_authorization
+    (reader,) = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-metrics-reader")]
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    # Bound to nobody by the chart: the operator binds it to the scraper.
+    assert not [b for b in docs if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and b["roleRef"]["name"] == reader["metadata"]["name"]]
+
+
+def test_the_network_policy_is_off_by_default_and_admits_what_its_values_say() -> None:
+    assert not [d for d in render() if d["kind"] == "NetworkPolicy"]
+    with pytest.raises(helm.HelmError, match="apiServerCIDRs"):
+        render({"networkPolicy": {"enabled": True}})
+    with pytest.raises(helm.HelmError):
+        render({"networkPolicy": {"enabled": True, "apiServerCIDRs": ["not-a-cidr"]}})
+    docs = render({"networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.10/32", "fd00::1/128"],
+                                     "metricsNamespaceSelector": {"matchLabels": {"name": "monitoring"}}}})
+    (np,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    spec = np["spec"]
+    assert spec["podSelector"]["matchLabels"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress"]  # egress to the API server is not restricted
+    webhook_rule, metrics_rule = spec["ingress"]
+    assert webhook_rule == {"from": [{"ipBlock": {"cidr": "10.0.0.10/32"}}, {"ipBlock": {"cidr": "fd00::1/128"}}],
+                            "ports": [{"port": "https", "protocol": "TCP"}]}
+    assert metrics_rule == {"from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+                            "ports": [{"port": "metrics", "protocol": "TCP"}]}
+    names = {p["name"] for p in container(docs)["ports"]}
+    assert {"https", "metrics"} <= names
