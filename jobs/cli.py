@@ -180,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 2
+        if isinstance(err, ModuleNotFoundError) and (err.name or "").startswith("bimguard.sim"):
+            # The container image leaves the cluster emulator out (Dockerfile): demo and sim are
+            # for a workstation.
+            print(f"{prog}: the cluster emulator is not installed here (the container image leaves it out); "
+                  f"`pip install bimguard` on a workstation runs `{prog} demo` and `{prog} sim serve`", file=sys.stderr)
+            return EXIT_ERROR
         detail = str(err).splitlines()[0] if str(err) else ""
         print(f"{prog}: internal error: {type(err).__name__}{': ' + detail if detail else ''} "
               f"(a bug: please report it with the command line)", file=sys.stderr)
