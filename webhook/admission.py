@@ -2,7 +2,16 @@
 
 The decision is pure (`bimguard.decision`); this module carries out its effects in the order the
 invariants demand: claim the disk's prefix, decide, then for a rewrite create the record (and the
-claim of the new prefix) before answering with the patch. Any failure, and the 2 s deadline,
+claim of the new prefix) before answering with the patch.
+
+A review is only a request body: anyone who reaches the webhook's port can post one. So before
+any durable effect (claim, record, Event) the review is checked against the stored Longhorn Node
+(`verify_reviews`, on in the webhook process): its oldObject's resourceVersion must be the stored
+one -- kube-apiserver hands the webhook the object as stored, so a real review matches -- and each
+first-recorded disk must be in the stored spec.disks with the same path and have no UUID in the
+stored status yet. And a node never holds more than MAX_CLAIMS_PER_DISK claims per disk of its
+spec. A forged review is then answered (allowed) and changes nothing; its response patch, if any,
+reaches no object, since only kube-apiserver applies patches (docs/security.md). Any failure, and the 2 s deadline,
 mean "allow without a patch" and a counted reason (DESIGN invariant 1): the repair Job is the
 backstop.
 """
@@ -34,6 +43,8 @@ CLAIM_GRACE_SECONDS = 300.0
 ALLOCATION_ATTEMPTS = 8
 # Records per (node, disk, old UUID): the first name, then "-2", "-3"... for re-recorded disks.
 MAX_RECORD_ATTEMPTS = 10
+# Claims a node may hold per disk in its stored spec: its own prefix and, during a rewrite, the new one.
+MAX_CLAIMS_PER_DISK = 2
 
 
 class Skip(Exception):
@@ -54,8 +65,12 @@ class Rewritten:
 
 class Admission:
     def __init__(self, index: ClusterIndex, api: RecordsApi, metrics: Metrics, *, ready: Any,
-                 deadline: float = 2.0, rng: random.Random | None = None) -> None:
+                 deadline: float = 2.0, rng: random.Random | None = None, verify_reviews: bool = False) -> None:
+        """`verify_reviews`: check each review against the stored Node before any durable effect
+        (the module docstring). The webhook process always does (webhook/main.py); tests that post
+        hand-made reviews about Nodes that are not stored leave it off."""
         self.index = index
+        self.verify_reviews = verify_reviews
         self.api = api
         self.metrics = metrics
         self._ready = ready  # () -> str | None: why the index cannot be trusted yet
@@ -109,6 +124,8 @@ class Admission:
             self.metrics.full_hash.set(1)
             raise Skip("full_hash_bim_names")
         dry_run = bool(req.dryRun)
+        if self.verify_reviews and not dry_run:  # a dry run has no durable effect to guard
+            disks = await self._verified(req, node, disks)
         node_uid = (req.object.metadata.uid if req.object and req.object.metadata else "") or ""
         patch: list[dict[str, Any]] = []
         warnings: list[str] = []
@@ -159,6 +176,35 @@ class Admission:
                                   f"{done.new_uuid}. Its stale replica directories will show up as orphans: check "
                                   "them before deleting, and keep orphan-auto-deletion off until then")
         return wire.allowed(req.uid, patch=patch, warnings=warnings, audit=audit)
+
+    async def _verified(self, req: wire.RequestIn, node: str, disks: list[NewDisk]) -> list[NewDisk]:
+        """The disks of a review that matches the stored Node (module docstring); Skip otherwise."""
+        stored = await self.api.get_node(node)
+        old_meta = req.oldObject.metadata if req.oldObject and req.oldObject.metadata else None
+        old_rv = (old_meta.resourceVersion if old_meta else "") or ""
+        meta = (stored or {}).get("metadata") or {}
+        if stored is None or not old_rv or str(meta.get("resourceVersion") or "") != old_rv or (
+                old_meta is not None and old_meta.uid and old_meta.uid != meta.get("uid")):
+            raise Skip("unverified_review")  # logged and counted by handle()
+        spec_disks = ((stored.get("spec") or {}).get("disks") or {})
+        status = ((stored.get("status") or {}).get("diskStatus") or {})
+        kept = [d for d in disks if isinstance(spec_disks.get(d.disk), dict)
+                and str(spec_disks[d.disk].get("path") or "") == d.disk_path
+                and not ((status.get(d.disk) or {}).get("diskUUID"))]
+        if not kept:
+            raise Skip("unverified_disk")
+        if len(kept) < len(disks):
+            log.warning("review of node %s first-records disks its stored spec does not have (or already recorded): "
+                        "%s; those are left alone", node, ", ".join(sorted({d.disk for d in disks} - {d.disk for d in kept})),
+                        extra={"uid": req.uid})
+            self.metrics.skipped.labels("unverified_disk").inc()
+        # Claims the node holds, as the index sees them, but for this review's own disks and UUIDs (a
+        # retried review finds its claims there).
+        own = {(d.disk, d.uuid.lower()) for d in kept}
+        held = sum(1 for owner in self.index.claims.values() if owner[0] == node and (owner[1], owner[2]) not in own)
+        if held >= MAX_CLAIMS_PER_DISK * len(spec_disks):
+            raise Skip("claim_limit")
+        return kept
 
     async def _claim(self, disk: NewDisk, dry_run: bool) -> ClaimedByOther | None:
         """Claim the disk's prefix; who else holds it, if anyone still does."""

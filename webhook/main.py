@@ -119,8 +119,9 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event, api_client: clie
 
     for plural, ok in informers.synced.items():
         metrics.synced.labels(plural).set(1 if ok else 0)
+    # Every review is checked against the stored Node before any durable effect (webhook/admission.py).
     admission = Admission(index, RecordsApi(api_client, args.namespace, args.longhorn_namespace), metrics,
-                          ready=not_ready)
+                          ready=not_ready, verify_reviews=True)
     access = None
     if args.metrics_authorization:
         from webhook.scrape_access import ScrapeAccess

@@ -1,4 +1,5 @@
-"""Durable writes of the admission path: PrefixClaims, DiskRewrite records, Events.
+"""Durable writes of the admission path: PrefixClaims, DiskRewrite records, Events (and the one
+read they are checked against first: the stored Longhorn Node).
 
 Every call goes to the API server (never a cache): a claim's create is the linearizable step
 that makes prefix allocation safe across replicas, and a record must exist before any UUID
@@ -17,6 +18,7 @@ from bimguard.kube import EVENTS, AlreadyExists, Conflict, Kube, NotFound, Resou
 
 CLAIMS = Resource(records.GROUP, records.VERSION, records.CLAIMS)
 REWRITES = Resource(records.GROUP, records.VERSION, records.REWRITES)
+NODES = Resource("longhorn.io", "v1beta2", "nodes")
 
 __all__ = ["RecordsApi", "AlreadyExists", "Conflict"]
 
@@ -70,6 +72,11 @@ class RecordsApi:
             created["status"] = {"phase": phase, "attempts": 0, "message": message, "startedAt": now,
                                  "updatedAt": now}
             await self.kube.replace_status(REWRITES, self.namespace, created)
+
+    # -- the Longhorn Node a review is about --------------------------------------------------
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        """The stored Longhorn Node (a quorum read, never a cache): what a review is checked against."""
+        return await self.kube.get_or_none(NODES, self.longhorn_namespace, name)
 
     # -- events -----------------------------------------------------------------------------
     async def node_event(self, node: str, node_uid: str, *, warning: bool, reason: str, message: str) -> None:

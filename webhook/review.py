@@ -61,6 +61,7 @@ class NodeStatusIn(_W):
 class MetaIn(_W):
     name: str | None = ""
     uid: str | None = ""
+    resourceVersion: str | None = ""  # oldObject's: checked against the stored Node (webhook/admission.py)
 
 
 class NodeIn(_W):

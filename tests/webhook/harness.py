@@ -85,7 +85,10 @@ class Replica:
         await self.api_client.close()
 
 
-async def start_replica(kubeconfig: Path, *, deadline: float = 2.0, wait_ready: bool = True) -> Replica:
+async def start_replica(kubeconfig: Path, *, deadline: float = 2.0, wait_ready: bool = True,
+                        verify_reviews: bool = True) -> Replica:
+    """`verify_reviews` as in the webhook process; tests that post hand-made reviews about Nodes the
+    API server does not store turn it off (tests/webhook/test_forged_reviews.py tests the check)."""
     import asyncio
 
     api_client = await api_client_from(str(kubeconfig))
@@ -99,7 +102,7 @@ async def start_replica(kubeconfig: Path, *, deadline: float = 2.0, wait_ready: 
         return None if informers.ready else "index not synced"
 
     admission = Admission(index, RecordsApi(api_client, NAMESPACE, LONGHORN_NS), metrics, ready=not_ready,
-                          deadline=deadline)
+                          deadline=deadline, verify_reviews=verify_reviews)
     server = WebhookServer(admission, certs, metrics, not_ready=not_ready, host="127.0.0.1", port=0,
                            metrics_port=0, shutdown_delay=0)
     informers.start()

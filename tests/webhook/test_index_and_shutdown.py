@@ -29,7 +29,7 @@ async def test_index_resyncs_after_dropped_watches_and_compaction(api, tmp_path:
     api.bookmark_interval = 0.2
     api.kubeconfig(tmp_path / "k")
     await prepare(tmp_path / "k")
-    r = await start_replica(tmp_path / "k")
+    r = await start_replica(tmp_path / "k", verify_reviews=False)  # hand-made reviews (tests.webhook.test_reviews)
     try:
         kube = Kube(r.api_client)
         await kube.create(BIMS, LONGHORN_NS, bim("aaa1"))
@@ -51,7 +51,7 @@ async def test_index_resyncs_after_dropped_watches_and_compaction(api, tmp_path:
 async def test_shutdown_drops_readiness_first_and_finishes_in_flight_reviews(api, tmp_path: Path, sample):
     api.kubeconfig(tmp_path / "k")
     await prepare(tmp_path / "k")
-    r = await start_replica(tmp_path / "k")
+    r = await start_replica(tmp_path / "k", verify_reviews=False)  # hand-made reviews (tests.webhook.test_reviews)
     await occupy(r)
     ctx = ssl.create_default_context(cadata=r.certs.ca_bundle_pem.decode())
     base = f"https://127.0.0.1:{r.server.bound_port}"
