@@ -2,7 +2,9 @@
 
 The decision is pure (`bimguard.decision`); this module carries out its effects in the order the
 invariants demand: claim the disk's prefix, decide, then for a rewrite create the record (and the
-claim of the new prefix) before answering with the patch.
+claim of the new prefix) before answering with the patch. Any failure, and the 2 s deadline,
+mean "allow without a patch" and a counted reason (DESIGN invariant 1): the repair Job is the
+backstop.
 
 A review is only a request body: anyone who reaches the webhook's port can post one. So before
 any durable effect (claim, record, Event) the review is checked against the stored Longhorn Node
@@ -11,9 +13,7 @@ one -- kube-apiserver hands the webhook the object as stored, so a real review m
 first-recorded disk must be in the stored spec.disks with the same path and have no UUID in the
 stored status yet. And a node never holds more than MAX_CLAIMS_PER_DISK claims per disk of its
 spec. A forged review is then answered (allowed) and changes nothing; its response patch, if any,
-reaches no object, since only kube-apiserver applies patches (docs/security.md). Any failure, and the 2 s deadline,
-mean "allow without a patch" and a counted reason (DESIGN invariant 1): the repair Job is the
-backstop.
+reaches no object, since only kube-apiserver applies patches (docs/security.md).
 """
 
 from __future__ import annotations
