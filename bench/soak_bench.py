@@ -194,7 +194,7 @@ class Generator:
 
     def __init__(self, endpoints: list[Replica], ctx: ssl.SSLContext, per_connection: int,
                  max_connections: int) -> None:
-        self.endpoints = endpoints  # changed by the rollout: new connections go to these
+        self.endpoints = endpoints  # changed by the rollout: new connections go to these only
         self.ctx = ctx
         self.per_connection = per_connection
         self.max_connections = max_connections
@@ -210,10 +210,12 @@ class Generator:
         async with self._freed:
             while True:
                 while self.idle:
+                    # A kept-alive connection stays pinned to its replica after the endpoints change
+                    # (conntrack keeps it there), until that replica closes it at shutdown.
                     conn = self.idle.pop()
-                    if conn[0] in self.endpoints and not conn[2].is_closing():
+                    if not conn[2].is_closing() and not conn[1].at_eof():
                         return conn
-                    self._close(conn[2])  # to a replica no longer in the endpoints, or closed by the server
+                    self._close(conn[2])  # closed by the server
                 if self.open < self.max_connections:
                     self.open += 1
                     break
@@ -277,7 +279,8 @@ class Generator:
                         st.retries += 1
                     continue  # Go's transport replays such a request on a new connection
                 if record:
-                    st.errors[f"connection: {type(err).__name__}"] += 1
+                    where = "an answer had begun" if got_bytes else ("a fresh connection" if not used else "replayed")
+                    st.errors[f"connection: {type(err).__name__} ({where})"] += 1
                 return
             if record:
                 st.lat.append((due - t0, time.monotonic() - due))
@@ -289,7 +292,7 @@ class Generator:
                     st.ok += 1
                     if rewrite and b'"patch"' in payload:
                         st.rewrites_patched += 1
-            if used + 1 >= self.per_connection or b"connection: close" in head.lower() or rep not in self.endpoints:
+            if used + 1 >= self.per_connection or b"connection: close" in head.lower():
                 writer.close()
                 await self._release(None)
             else:
@@ -559,7 +562,9 @@ def run(args: argparse.Namespace, tmp: Path, children: list[wb.Child]) -> int:
             continue
         start = [x for x in rep.samples if x[0] < 0][:1]
         loaded = [x for x in rep.samples if 0 <= x[0] <= args.duration]
-        warm = [x for x in loaded if x[0] >= args.warmup][:1] or loaded[:1]
+        # a replica started mid-run (a rollout) warms up from its own start
+        since = max(args.warmup, loaded[0][0] + args.warmup) if loaded else args.warmup
+        warm = [x for x in loaded if x[0] >= since][:1] or loaded[:1]
         end = loaded[-1:]
         drained = [x for x in rep.samples if x[0] > args.duration][-1:]
 

@@ -84,6 +84,15 @@ def disk_uuids(draw: st.DrawFn) -> str | None:
     return draw(st.text(max_size=40))  # not a Longhorn UUID
 
 
+# Mostly paths a disk can have (a record can hold them: absolute, no empty, "." or ".." segment),
+# sometimes not (the webhook then leaves the disk alone, counted).
+disk_paths = st.one_of(
+    st.sampled_from(["/var/lib/longhorn/", "/mnt/nvme1", "/mnt/disk 2", "/mnt/ünïcode/~x", "/a/.../b", "/" + "d" * 200]),
+    st.builds(lambda parts: "/" + "/".join(parts), st.lists(st.text(st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
+                                                                   min_size=3, max_size=12), min_size=1, max_size=4)),
+    st.sampled_from(["", "relative/path", "/", "/mnt//x", "/mnt/./x", "/mnt/../etc"]),
+    st.text(max_size=30),
+)
 disk_types = st.sampled_from(["filesystem", "", "block", None, "FileSystem", "v2", "filesystem "])
 conditions = st.one_of(
     st.just([{"type": "Ready", "status": "True", "reason": "", "message": "", "lastProbeTime": "",
@@ -113,7 +122,7 @@ def _obj(**fields: Any) -> dict[str, Any]:
 @st.composite
 def disk_status(draw: st.DrawFn) -> dict[str, Any]:
     entry = _obj(diskUUID=draw(disk_uuids()), diskType=draw(disk_types), diskName=draw(_optional(disk_names)),
-                 diskPath=draw(_optional(st.text(max_size=40))), conditions=draw(st.just(_ABSENT) | conditions),
+                 diskPath=draw(_optional(disk_paths)), conditions=draw(st.just(_ABSENT) | conditions),
                  scheduledReplica=draw(st.just(_ABSENT) | scheduled))
     if draw(st.booleans()):
         entry.update(diskDriver="", filesystemType="ext2/ext3", storageAvailable=88185241600,
@@ -129,9 +138,12 @@ def longhorn_nodes(draw: st.DrawFn, name: str, disks: list[str], max_extra: int)
     if draw(st.integers(0, 9)) == 0:
         return None
     status_disks = {d: draw(disk_status()) for d in disks if draw(st.integers(0, 5))}
-    spec_disks = {d: _obj(path=draw(_optional(st.text(max_size=30))), diskType=draw(disk_types),
+    spec_disks = {d: _obj(path=draw(_optional(disk_paths)), diskType=draw(disk_types),
                           allowScheduling=True, tags=draw(st.lists(st.text(max_size=5), max_size=2)))
                   for d in disks if draw(st.integers(0, 3))}
+    for d, entry in status_disks.items():  # mostly as Longhorn writes it: status echoes the spec's path
+        if d in spec_disks and "path" in spec_disks[d] and draw(st.integers(0, 4)):
+            entry["diskPath"] = spec_disks[d]["path"]
     meta = _obj(name=name if draw(st.integers(0, 9)) else draw(_optional(st.just(name))),
                 namespace="longhorn-system", uid=draw(_optional(st.just(_uuid(draw(st.integers(0, 2**128 - 1)))))),
                 resourceVersion="1240577", finalizers=["longhorn.io"])

@@ -35,11 +35,14 @@ def first_record(node: str | None = None, disk: str = "disk-nvme2", drop_conditi
     if drop_conditions:
         del entry["conditions"]
     req["object"]["status"]["diskStatus"][disk] = entry
+    for obj in (req["object"], req["oldObject"]):  # the spec entry under the same name
+        obj["spec"]["disks"][disk] = obj["spec"]["disks"].pop("disk-nvme2")
     return doc
 
 
 def post(hook: ServedWebhook, doc: dict) -> dict:
-    body = json.dumps(doc).encode()
+    """POST the review as kube-apiserver would send it: its oldObject is the stored Node."""
+    doc, body = hook.as_stored(doc, json.dumps(doc).encode())
     status, ctype, data = hook.post(body)
     assert check_answer(doc, body, WELL_FORMED, status, ctype, data) == []
     assert hook.problems_logged() == []
@@ -175,7 +178,7 @@ def test_a_colliding_disk_whose_path_a_record_cannot_hold_is_allowed_without_a_t
     and counted under its own reason."""
     doc = first_record()
     for obj in (doc["request"]["object"], doc["request"]["oldObject"]):
-        obj["spec"]["disks"].pop("disk-nvme2", None)
+        obj["spec"]["disks"]["disk-nvme2"]["path"] = path
     doc["request"]["object"]["status"]["diskStatus"]["disk-nvme2"]["diskPath"] = path
     before = hook.metric("bimguard_admission_skipped_total", reason="invalid_disk_path")
     resp = post(hook, doc)

@@ -178,6 +178,54 @@ class ServedWebhook:
                     raise
         raise AssertionError("unreachable")
 
+    def as_stored(self, doc: Any, body: bytes) -> tuple[Any, bytes]:
+        """Store the review's oldObject as the Longhorn Node in the API server and make the review
+        name the stored resourceVersion and uid, as kube-apiserver's reviews do (its oldObject is
+        the stored object): the webhook checks a review against the stored Node before any durable
+        effect, so only such reviews reach claims, records and patches. An oldObject the API server
+        refuses (its schema) is left unstored: that review is answered all the same."""
+        req = doc.get("request") if isinstance(doc, dict) else None
+        old = req.get("oldObject") if isinstance(req, dict) else None
+        meta = old.get("metadata") if isinstance(old, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(name, str) or not name or name == HELD_NODE:
+            return doc, body
+        got = self.run(self._store_node(old))
+        if got is None:
+            return doc, body
+        rv, uid = got
+        for key, new in (("resourceVersion", rv), ("uid", uid)):
+            was = meta.get(key)
+            if isinstance(was, str) and was and was != new:
+                body = body.replace(json.dumps(was).encode(), json.dumps(new).encode())
+                for obj in (req.get("object"), old):
+                    if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) and obj["metadata"].get(key) == was:
+                        obj["metadata"][key] = new
+        return doc, body
+
+    async def _store_node(self, old: dict[str, Any]) -> tuple[str, str] | None:
+        from bimguard.sim.store import ApiError
+
+        assert self.api is not None
+        store = self.api.store
+        obj = json.loads(json.dumps(old))
+        meta = obj["metadata"]
+        for key in ("resourceVersion", "uid", "managedFields", "creationTimestamp", "generation"):
+            meta.pop(key, None)
+        meta["namespace"] = LONGHORN_NS
+        try:
+            try:
+                current = store.get(NODES, LONGHORN_NS, meta["name"])
+            except ApiError:
+                current = store.create(NODES, {k: v for k, v in obj.items() if k != "status"})
+            else:
+                meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+                current = store.update(NODES, {k: v for k, v in obj.items() if k != "status"})
+            current = store.update(NODES, {**current, "status": obj.get("status") or {}}, subresource="status")
+        except (ApiError, TypeError, ValueError, KeyError, AttributeError):
+            return None
+        return current["metadata"]["resourceVersion"], current["metadata"]["uid"]
+
     def reset(self) -> None:
         """Forget every PrefixClaim and DiskRewrite (a long run would otherwise fill the prefix
         space with the claims of generated disks)."""
