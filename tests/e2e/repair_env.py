@@ -116,6 +116,10 @@ class Env:
         return self.api.store.list(f"longhorn.io/v1beta2/{plural}", LH_NS)[0]
 
 
+def env_runs(env: Env) -> list[tuple[int, str, str]]:
+    return env.runs
+
+
 @contextlib.asynccontextmanager
 async def repair_env(tmp_path: Path, *, nodes: int = 8, seed: int = 1, time_scale: float = 0.01,
                      longhorn_version: str = "v1.7.2") -> AsyncIterator[Env]:
@@ -153,12 +157,19 @@ async def repair_env(tmp_path: Path, *, nodes: int = 8, seed: int = 1, time_scal
                 calls.add((a.verb, a.group, resource, where, a.name))
 
         api.request_listeners.append(note)
-        yield Env(api, cluster, kubeconfig, history, tmp_path, job_kubeconfig)
+        yielded = Env(api, cluster, kubeconfig, history, tmp_path, job_kubeconfig)
+        yield yielded
         # Every request the runs sent is one Runner.PERMISSIONS lists (what its preflight asks and the
         # chart grants); access reviews need no grant (system:basic-user).
         unlisted = sorted(c for c in calls if c[1] != "authorization.k8s.io" and not any(
             p[:4] == c[:4] and p[4] in ("", c[4]) for p in Runner.PERMISSIONS))
         assert unlisted == [], f"requests the repair sent that Runner.PERMISSIONS does not list: {unlisted}"
+        # No key material and no token in anything a run printed, progress lines and errors alike
+        # (the in-process loggers: tests/e2e/conftest.py).
+        from tests.e2e.conftest import leaks
+
+        printed = [found for _, out, err in env_runs(yielded) for found in leaks(out + err, {"repair-token", "sim-token"})]
+        assert printed == [], printed
     finally:
         history.close()
         await cluster.stop()
