@@ -13,9 +13,9 @@ The generator is open loop (request i is due at t0 + i/rate whatever earlier one
 from the due time), over verified TLS (CA, the Service's DNS name), round robin over the replicas'
 endpoints; a connection is closed by the client after --requests-per-connection reviews, so TLS
 handshakes go on all the time (kube-apiserver keeps connections much longer). A request that fails
-on a reused connection before any byte of an answer arrived is sent again once on a new connection,
-as Go's HTTP transport in kube-apiserver does for a request whose body it can replay; those
-retries are counted apart from errors.
+on a reused connection before any byte of an answer arrived is sent again, as Go's HTTP transport
+in kube-apiserver does for a request whose body it can replay (again while that is so); those
+replays are counted apart from errors.
 
 Every second, per replica: RSS, open file descriptors, established TCP connections on its port
 (/proc), and asyncio tasks (a bench-only debug port of the replica process). Reported: errors by
@@ -249,7 +249,10 @@ class Generator:
         if record:
             st.sent += 1
             st.rewrites_sent += rewrite
-        for attempt in (1, 2):
+        # Go's transport replays a request that failed on a reused connection before anything came
+        # back, again and again while that is so (net/http transport.go roundTrip/shouldRetryRequest);
+        # each attempt may take another kept-alive connection the dying replica has just closed.
+        for attempt in range(1, self.max_connections + 3):
             try:
                 conn = await self._connect()
             except _Failed as f:
@@ -274,10 +277,10 @@ class Generator:
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError) as err:
                 writer.close()
                 await self._release(None)
-                if used and not got_bytes and attempt == 1:
+                if used and not got_bytes:
                     if record:
                         st.retries += 1
-                    continue  # Go's transport replays such a request on a new connection
+                    continue
                 if record:
                     where = "an answer had begun" if got_bytes else ("a fresh connection" if not used else "replayed")
                     st.errors[f"connection: {type(err).__name__} ({where})"] += 1
