@@ -345,7 +345,12 @@ def _restoring(world: World, ctx: Context, rec: Mapping[str, Any]) -> Action:
     restore = _restore(world, node, disk, st.get("setFlags") or {}, spec)
     if restore is not None:
         return restore
-    names = [name_of(bi) for bi in world.spec_copies(old)] + [name_of(r) for r in world.replicas_naming(old)]
+    if any(d.uuid == old.lower() and (d.node, d.name) != (node, disk) for d in world.v1_disks()):
+        # A clone: the old UUID is still the other disk's, and so are the replicas and copies that
+        # name it (Longhorn may even have rebuilt a replica there meanwhile); only this node's count.
+        names = [name_of(r) for r in world.replicas_naming(old) if (r.get("spec") or {}).get("nodeID") == node]
+    else:
+        names = [name_of(bi) for bi in world.spec_copies(old)] + [name_of(r) for r in world.replicas_naming(old)]
     if names:
         return wait(f"{', '.join(sorted(names))} still name the old UUID")
     if ctx.bim_image:

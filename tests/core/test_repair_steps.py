@@ -211,3 +211,19 @@ def test_decide_never_mutates_its_inputs() -> None:
     before = (copy.deepcopy(rec), copy.deepcopy(dict(w.nodes)))
     steps.decide(rec, w, steps.Context())
     assert (rec, dict(w.nodes)) == before
+
+
+def test_a_clone_is_verified_on_its_own_node_only() -> None:
+    """After a clone's identity change the old UUID is still the other disk's: replicas Longhorn
+    rebuilt there name it legitimately; only one left on the clone's own node keeps it waiting."""
+    rec = record("Restoring")
+    nodes = [node("w1", {"keeper": {"uuid": OLD}}), node("w2", {"victim": {"uuid": NEW, "allow": True}})]
+    on_keeper = World.from_lists(nodes=nodes, replicas=[replica("vol-r-aaaaaaaa", "w1", OLD, healthy=True)])
+    assert steps.decide(rec, on_keeper, steps.Context()).kind == "done"
+    on_clone = World.from_lists(nodes=nodes, replicas=[replica("vol-r-bbbbbbbb", "w2", OLD, healthy=True)])
+    a = steps.decide(rec, on_clone, steps.Context())
+    assert a.kind == "wait" and "vol-r-bbbbbbbb still name the old UUID" in a.detail
+    # not a clone (no other disk has the old UUID): anything naming it anywhere keeps it waiting
+    alone = World.from_lists(nodes=[node("w1", {"keeper": {"uuid": KEEP}}), nodes[1]],
+                             replicas=[replica("vol-r-aaaaaaaa", "w1", OLD, healthy=True)])
+    assert steps.decide(rec, alone, steps.Context()).kind == "wait"
