@@ -215,3 +215,14 @@ def test_an_upper_case_uuid_gets_a_claim_the_api_server_accepts(hook: ServedWebh
     if not collides:
         claim = next(c for c in hook.run(_list(hook, CLAIMS)) if c["metadata"]["name"] == upper[:4].lower())
         assert claim["spec"]["uuid"] == upper.lower()
+
+
+def test_the_harness_stores_a_review_whose_node_uid_is_also_its_request_uid(hook: ServedWebhook) -> None:
+    """Found by the bench in the harness, not the server: hypothesis drew the same UUID for the
+    request's uid and the Node's; rewriting the Node's uid in the body rewrote the request's too."""
+    doc = first_record("worker-8")
+    same = doc["request"]["uid"]
+    for obj in (doc["request"]["object"], doc["request"]["oldObject"]):
+        obj["metadata"]["uid"] = same
+    resp = post(hook, doc)
+    assert resp["uid"] == same and resp.get("patchType") == "JSONPatch"

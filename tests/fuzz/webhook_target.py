@@ -194,13 +194,22 @@ class ServedWebhook:
         if got is None:
             return doc, body
         rv, uid = got
+        reencode = False
         for key, new in (("resourceVersion", rv), ("uid", uid)):
             was = meta.get(key)
             if isinstance(was, str) and was and was != new:
-                body = body.replace(json.dumps(was).encode(), json.dumps(new).encode())
+                token = json.dumps(was).encode()
+                here = 0
                 for obj in (req.get("object"), old):
                     if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) and obj["metadata"].get(key) == was:
                         obj["metadata"][key] = new
+                        here += 1
+                if body.count(token) == here:  # only where the metadata has it: keep the body's encoding
+                    body = body.replace(token, json.dumps(new).encode())
+                else:  # the same string elsewhere too (hypothesis reuses values): encode anew
+                    reencode = True
+        if reencode:
+            body = json.dumps(doc, ensure_ascii=False).encode()
         return doc, body
 
     async def _store_node(self, old: dict[str, Any]) -> tuple[str, str] | None:
