@@ -206,7 +206,39 @@ def well_formed_documents(draw: st.DrawFn, max_disks: int = 6, max_extra: int = 
                operation=op, userInfo={"username": "system:serviceaccount:longhorn-system:longhorn-service-account"},
                object=new, oldObject=_derive_old(draw, new), dryRun=draw(_optional(st.booleans())),
                options={"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1"})
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req}
+    doc = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req}
+    if draw(st.integers(0, 3)) == 0:
+        _first_record_of_a_taken_prefix(draw, doc, name)
+    return doc
+
+
+def _first_record_of_a_taken_prefix(draw: st.DrawFn, doc: dict[str, Any], name: str) -> None:
+    """Make one disk of the review a clean first record whose prefix a known disk holds (what
+    longhorn-manager sends for a new disk that collides), so the sample reaches claims, records
+    and patches often; the rest of the review stays as drawn."""
+    req = doc["request"]
+    req.update(resource=dict(RESOURCES[0][0]), subResource="status", operation="UPDATE", name=name, dryRun=False)
+    path = draw(st.sampled_from(["/mnt/new-disk", "/var/lib/longhorn-2/", "/mnt/ünï code", "/mnt/a~b"]))
+    disk = draw(disk_names)
+    new = req.get("object") if isinstance(req.get("object"), dict) else None
+    if new is None:
+        new = req["object"] = {"apiVersion": "longhorn.io/v1beta2", "kind": "Node",
+                               "metadata": {"name": name, "namespace": LH_NS, "resourceVersion": "1240577"}}
+    new["metadata"] = {**(new.get("metadata") if isinstance(new.get("metadata"), dict) else {}), "name": name,
+                       "resourceVersion": "1240577"}
+    old = json.loads(json.dumps(new))
+    for obj in (new, old):
+        spec = obj["spec"] = obj["spec"] if isinstance(obj.get("spec"), dict) else {}
+        spec["disks"] = spec["disks"] if isinstance(spec.get("disks"), dict) else {}
+        spec["disks"][disk] = {"path": path, "diskType": "filesystem", "allowScheduling": True, "tags": []}
+        status = obj["status"] = obj["status"] if isinstance(obj.get("status"), dict) else {}
+        status["diskStatus"] = status["diskStatus"] if isinstance(status.get("diskStatus"), dict) else {}
+    old["status"]["diskStatus"].pop(disk, None)
+    held = draw(st.sampled_from(HELD_UUIDS))
+    new["status"]["diskStatus"][disk] = {"diskUUID": held[:4] + _uuid(draw(st.integers(0, 2**128 - 1)))[4:],
+                                         "diskType": "filesystem", "diskName": disk, "diskPath": path,
+                                         "conditions": draw(conditions), "scheduledReplica": {}}
+    req["oldObject"] = old
 
 
 LH_NS = "longhorn-system"
