@@ -20,7 +20,7 @@ from bimguard.sim.apiserver import ApiServer
 
 #: What key material looks like in text: PEM armour, and the base64 DER openings of EC (SEC 1),
 #: PKCS#8 and PKCS#1 RSA private keys.
-KEY_MATERIAL = re.compile(r"-----BEGIN|PRIVATE KEY|MHcCAQEE|MIGHAgEA|MIIEvQIBADAN|MIIEpAIBAAK|MIIJQwIBADAN")
+KEY_MATERIAL = re.compile(r"-----BEGIN|PRIVATE KEY|MHcCAQEE|MIGHAgEA|MII[A-Za-z0-9+/]{3}IBA(?:DAN|AK)")
 
 
 def leaks(text: str, tokens: set[str]) -> list[str]:
@@ -44,8 +44,9 @@ def no_secret_in_any_log_line(caplog: pytest.LogCaptureFixture, monkeypatch: pyt
 
     monkeypatch.setattr(ApiServer, "add_user", noting_add_user)
     monkeypatch.setattr(ApiServer, "kubeconfig", noting_kubeconfig)
-    caplog.set_level(logging.DEBUG, logger="bimguard")
+    # set_level also sets the capturing handler's level: the emulator's INFO first, DEBUG last.
     caplog.set_level(logging.INFO, logger="bimguard.sim")  # the emulator's chatter, not the product's
+    caplog.set_level(logging.DEBUG, logger="bimguard")
     yield tokens
     bad = []
     for record in caplog.records:
