@@ -24,7 +24,11 @@ from bimguard.sim.longhorn.kube import LonghornClient, Obj
 
 log = logging.getLogger("bimguard.sim.longhorn.informer")
 
-VERIFY_TIMEOUT = 2.0  # real seconds to wait for the cache to catch up with our own write
+# How long a manager waits for its cache to show its own write, then carries on regardless: lm
+# datastore verifyUpdate/verifyCreation, VerificationRetryCounts 20 x VerificationRetryInterval
+# 100 ms (`datastore/longhorn.go:40-43,3797-3830 @v1.7.2`). A cache lagging longer (a starved
+# machine) lets a controller act twice on the same state, in Longhorn as here.
+VERIFY_TIMEOUT = 2.0
 
 
 def _rv(obj: Obj | None) -> int:
