@@ -159,15 +159,26 @@ def _write(doc: dict[str, Any], fmt: str, out: TextIO) -> None:
     out.flush()
 
 
+# Characters that end a line for str.splitlines() or a terminal, and other control characters:
+# an error message quotes names, kinds and apiVersions from the input, which may hold any of them.
+_LINE_BREAKING = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_LINE_BREAKING.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text: str) -> str:
+    """`text` with every line-breaking or control character escaped, so an error stays one line."""
+    return text.translate(_LINE_BREAKING)
+
+
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         inv, source = _load(args)
     except InputError as e:
-        print(f"bimguard scan: {e}", file=err)
+        print(f"bimguard scan: {one_line(str(e))}", file=err)
         return EXIT_INPUT
     if inv.nodes == 0:
         # One line, like every other error (README "Exit codes"): it names the first skipped object.
-        print(f"bimguard scan: {nothing_usable(inv, source)}", file=err)
+        print(f"bimguard scan: {one_line(nothing_usable(inv, source))}", file=err)
         return EXIT_INPUT
     doc = report.to_json(analyze(inv), source)
     code = report.exit_code(doc)

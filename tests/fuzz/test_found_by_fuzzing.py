@@ -226,3 +226,22 @@ def test_the_harness_stores_a_review_whose_node_uid_is_also_its_request_uid(hook
         obj["metadata"]["uid"] = same
     resp = post(hook, doc)
     assert resp["uid"] == same and resp.get("patchType") == "JSONPatch"
+
+
+@pytest.mark.parametrize("odd", ["\x0c", "\n", "\x0b", "\x1e", "\u2028", "\x85"])
+def test_an_error_quoting_the_input_stays_one_line(tmp_path, capsys, odd: str) -> None:
+    """The 'no nodes.longhorn.io' message quotes the kinds and apiVersions the input holds, and the
+    'every Node skipped' one a Node's name: a form feed, newline, vertical tab, record separator,
+    U+2028 or NEL there split the error over two lines (str.splitlines, a terminal)."""
+    dump = tmp_path / "d.json"
+    dump.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": f"x{odd}y/v1", "kind": f"Odd{odd}Kind", "metadata": {"name": "a"}}]}))
+    code, out, err = scan_in_process(["--from-dump", str(dump)], capsys)
+    assert (code, out) == (2, "")
+    assert "(x\\x" in one_line(err) or "(x\\u2028y/v1)" in one_line(err)
+    dump.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "longhorn.io/v1beta2", "kind": "Node", "metadata": {"name": f"n{odd}1"},
+         "status": {"diskStatus": "broken"}}]}))
+    code, out, err = scan_in_process(["--from-dump", str(dump)], capsys)
+    assert (code, out) == (2, "")
+    assert "first Node n\\x" in one_line(err) or "first Node n\\u2028" in one_line(err)
