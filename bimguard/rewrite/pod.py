@@ -4,10 +4,11 @@ and the repair's read-only inspector, which share one shape. Pure.
 It runs `bimguard rewrite-cfg` (the compare-and-swap of `longhorn-disk.cfg`, DESIGN invariant 4)
 with exactly one hostPath volume: the disk directory, `type: Directory`, so a path that is not
 (or no longer) a directory keeps the pod Pending instead of creating an empty directory where the
-disk should be (BRIEF §1.6).
+disk should be (docs/design.md, invariant 4: a missing cfg is never created).
 
 Why it runs as root and why it needs no capability at all: Longhorn (a privileged root process)
-creates the disk directory and writes the cfg as root with mode 0644 (BRIEF §1.1). The rewrite
+creates the disk directory and writes the cfg as root with mode 0644 (`generateFilesystemTypeDiskConfig`,
+controller/monitor/disk_utils.go:133-165 @v1.7.2). The rewrite
 creates a temporary file in that directory, renames it over the cfg and fsyncs the directory:
 that needs write and search permission on the directory and nothing on the old file. Root owns
 the directory (mode 0755 or stricter for the owner), and the owner's permission bits apply to
