@@ -211,7 +211,12 @@ class Runner:
         await self._acquire_lease()
         try:
             await self._preflight(world, victims)
-            recs = await self._ensure_records(world, victims)
+            while True:
+                try:
+                    recs = await self._ensure_records(world, victims)  # idempotent: a retry finds what it made
+                    break
+                except _LostLease:
+                    await self._retake_lease()
             await self._passes(recs)
         finally:
             await self._release_lease()
@@ -308,6 +313,15 @@ class Runner:
     async def _release_lease(self) -> None:
         if self._elector is not None:
             await self._elector.stop()
+
+    async def _retake_lease(self) -> None:
+        """Renewals ran late (an overloaded API server): carry on only if the Lease is still ours to
+        take, else stop; every step so far is recorded, and a re-run continues from there."""
+        if self._elector is None or not await self._elector.renew_now():
+            holder = (self._elector.holder if self._elector else "") or "another repair"
+            raise RepairError(f"lost the repair Lease {self.opts.namespace}/{LEASE_NAME} to {holder}; stopping "
+                              "(a re-run continues from the records)")
+        log.warning("the repair Lease was not renewed in time; taken back, continuing")
 
     def _act(self) -> None:
         if self._elector is not None and not self._elector.is_leader:
@@ -429,10 +443,13 @@ class Runner:
                     # the later records of this pass count it against --max-parallel
                     ctx = dataclasses.replace(ctx, evicting=ctx.evicting + 1)
             busy = False
-            for result in await self._execute_all(recs, decided, world):
+            results = await self._execute_all(recs, decided, world)
+            if any(isinstance(r, _LostLease) for r in results):
+                await self._retake_lease()  # the steps cut short are decided again on the next pass
+            for result in results:
                 if isinstance(result, _LostLease):
-                    raise RepairError("lost the repair Lease (another repair took over?); stopping") from None
-                if isinstance(result, Conflict):
+                    busy = True
+                elif isinstance(result, Conflict):
                     busy = True  # someone wrote in between: decided again on the next pass
                 elif isinstance(result, KubeError):
                     failures = self._transient(result, failures)

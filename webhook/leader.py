@@ -124,6 +124,25 @@ class LeaderElector:
                 if self.release_on_stop:
                     await self._release()
 
+    async def renew_now(self) -> bool:
+        """One acquire-or-renew now, outside the loop's rhythm: a holder whose renewals were late
+        (an overloaded API server) takes the lease back if no one else did meanwhile."""
+        for _ in range(5):  # a 409 from our own loop's renewal landing meanwhile is not a loss
+            attempt_started = time.monotonic()
+            try:
+                ok = await self.try_acquire_or_renew()
+            except Exception as exc:  # noqa: BLE001 - as in run(): the caller decides what a failure means
+                log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+                return False
+            if ok:
+                self._last_renew = attempt_started
+                if not self._leading:
+                    self._set_leading(True)
+                return True
+            if self.holder not in ("", self.identity):
+                return False  # someone else holds it
+        return False
+
     def start(self) -> asyncio.Task[None]:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self.run(), name=f"leader-{self.name}-{self.identity}")

@@ -297,6 +297,23 @@ async def test_max_parallel_bounds_the_disks_evicting_at_once(tmp_path: Path) ->
         assert_nothing_lost(env)
 
 
+async def test_late_lease_renewals_do_not_stop_a_run_nobody_else_took_over(tmp_path: Path) -> None:
+    """An overloaded API server answers the Lease's renewals after its renew deadline for a while:
+    the run stops acting (its steps are cut short), finds the Lease still its own to take, and
+    finishes; nothing is done twice."""
+    async with repair_env(tmp_path, nodes=6, seed=47) as env:
+        await plant(env.cluster, ["data", "empty"])
+        slow = env.api.faults.latency(2.5, verbs="update", resource="coordination.k8s.io/v1/leases")
+        asyncio.get_running_loop().call_later(6, env.api.faults.latencies.remove, slow)
+        code, out, err = await env.repair("--apply", "--evict", "--lease-duration", "3")
+        assert code == 0, err[-2000:]
+        assert "taken back, continuing" in err
+        assert sorted(r["status"]["phase"] for r in env.records()) == ["Done", "Done"]
+        changes = [(node, disk) for _, node, disk, _, _ in env.history.uuid_changes()]
+        assert sorted(changes) == sorted(set(changes)) and len(changes) == 2
+        assert_nothing_lost(env)
+
+
 async def test_sigterm_releases_the_lease_and_a_rerun_finishes(tmp_path: Path) -> None:
     """SIGTERM (the Job's pod deleted, a Helm hook timing out) mid-way: one line, exit 143, the
     Lease given back at once (empty holder) rather than held until it expires, and the next run
