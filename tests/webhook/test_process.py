@@ -143,7 +143,12 @@ def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
         assert any(new_uuid in (e.get("message") or "") for e in events["items"])
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         assert 'bimguard_admission_outcomes_total{outcome="rewritten"} 1.0' in metrics
-        assert 'bimguard_index_synced{resource="nodes"} 1.0' in metrics
+
+        def synced() -> bool:  # 0 while a watch relists (the emulator drops and compacts like kube-apiserver)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+            return 'bimguard_index_synced{resource="nodes"} 1.0' in text
+
+        wait(synced, 15, "the nodes index to report synced")
 
         hook.send_signal(signal.SIGTERM)
         out, _ = hook.communicate(timeout=30)
