@@ -144,7 +144,7 @@ def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         assert 'bimguard_admission_outcomes_total{outcome="rewritten"} 1.0' in metrics
 
-        def synced() -> bool:  # 0 while a watch relists (the emulator drops and compacts like kube-apiserver)
+        def synced() -> bool:  # refreshed once a second from the watches; 0 while one relists
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
             return 'bimguard_index_synced{resource="nodes"} 1.0' in text
 
