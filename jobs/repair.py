@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -238,17 +239,40 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Progress:
-    """A line per disk and phase on standard error (JSON lines with --log-format json)."""
+    """Progress on standard error: on a terminal, a live view (one row per disk, redrawn in place);
+    otherwise a line per disk and phase; JSON lines with --log-format json (a Job's logs)."""
 
     def __init__(self, err: TextIO, fmt: str, started: float) -> None:
         self.err, self.fmt, self.started = err, fmt, started
+        self.live = fmt == "text" and err.isatty()
+        self.rows: dict[str, tuple[float, str, str]] = {}  # disk -> (time, phase, detail), in first-seen order
+        self.drawn = 0  # rows of the live view on screen
 
     def line(self, disk: str, phase: str, detail: str) -> None:
         t = time.monotonic() - self.started
         if self.fmt == "json":
             print(json.dumps({"time": round(t, 3), "disk": disk, "phase": phase, "msg": detail}), file=self.err, flush=True)
+        elif self.live:
+            self.rows[disk] = (t, phase, detail)
+            self._redraw()
         else:
             print(f"[{t:7.1f}s] {disk:<40} {phase:<10} {detail}", file=self.err, flush=True)
+
+    def _redraw(self) -> None:
+        size = shutil.get_terminal_size((120, 40))
+        rows = list(self.rows.items())
+        hidden = max(0, len(rows) - (size.lines - 2))
+        if hidden:  # the disks most recently heard from, and how many more there are
+            rows = sorted(rows, key=lambda kv: kv[1][0])[hidden:]
+        lines = [f"[{t:7.1f}s] {disk:<40} {phase:<10} {detail}"[: size.columns - 1]
+                 for disk, (t, phase, detail) in rows]
+        if hidden:
+            lines.append(f"... and {hidden} more disk(s)")
+        # Back to the view's first row, clear to the end of the screen, draw it again.
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        self.err.write(up + "\x1b[J" + "\n".join(lines) + "\n")
+        self.err.flush()
+        self.drawn = len(lines)
 
 
 def _unread(findings: Any) -> list[str]:
