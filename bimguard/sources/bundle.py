@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 from bimguard.decode import InputError, decode_yaml
@@ -88,5 +89,8 @@ def read_bundle(path: str) -> Inventory:
                     raise InputError(f"{path}:{info.filename}: {info.file_size:,} bytes is too large for a resource list")
                 decode_yaml(zf.read(info), f"{path}:{info.filename}", inv, bundle=True)
             return inv
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+        raise InputError(f"{path}: unreadable zip: {err}") from None
+    except (NotImplementedError, RuntimeError) as err:  # zipfile's words for a version or compression
+        # method it cannot read, and for an encrypted member
         raise InputError(f"{path}: unreadable zip: {err}") from None

@@ -245,3 +245,32 @@ def test_an_error_quoting_the_input_stays_one_line(tmp_path, capsys, odd: str) -
     code, out, err = scan_in_process(["--from-dump", str(dump)], capsys)
     assert (code, out) == (2, "")
     assert "first Node n\\x" in one_line(err) or "first Node n\\u2028" in one_line(err)
+
+
+@pytest.mark.parametrize("damage", ["version", "encrypted", "deflate"])
+def test_a_zip_python_cannot_read_is_one_line(tmp_path, capsys, damage: str) -> None:
+    """A damaged zip whose central directory names extract version 22.3 made zipfile raise
+    NotImplementedError, which the bundle reader did not expect ("internal error"); an encrypted
+    member (RuntimeError) and corrupt deflate data (zlib.error) likewise."""
+    import zipfile
+
+    members = {f"sb/yamls/namespaced/longhorn-system/longhorn.io/v1beta2/{r}.yaml": "apiVersion: v1\nkind: List\nitems: []\n" * 20
+               for r in ("nodes", "replicas")}
+    path = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, text in members.items():
+            zf.writestr(name, text)
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    if damage == "version":
+        data[central + 6:central + 8] = (223).to_bytes(2, "little")
+    elif damage == "encrypted":
+        data[central + 8] |= 1
+    else:
+        local = data.index(b"PK\x03\x04")
+        start = local + 30 + int.from_bytes(data[local + 26:local + 28], "little")
+        data[start:start + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    code, out, err = scan_in_process(["--support-bundle", str(path)], capsys)
+    assert (code, out) == (2, "")
+    assert one_line(err).startswith(f"bimguard scan: {path}: unreadable zip: "), err
