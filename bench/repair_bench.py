@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What `bimguard repair --apply --evict` costs on a large emulated cluster: time to converge, API
-reads and writes per repaired disk, and replicas rebuilt (issue 9 §6). A benchmark, not a test:
+reads and writes per repaired disk, and replicas rebuilt. A benchmark, not a test:
 it prints figures against their targets (PASS/MISS) and exits non-zero only when a run did not
 repair every planted group.
 

@@ -1,7 +1,9 @@
 """The admission decision for a Longhorn Node status write. Pure: no I/O.
 
 longhorn-manager records a new disk's UUID in a `nodes/status` write in which the disk's entry
-usually does not exist in the old object yet (BRIEF §0.5), or exists with an empty diskUUID (the
+usually does not exist in the old object yet (until the disk monitor has read the disk, the sync
+returns before it touches diskStatus; then one sync creates the entry and records the UUID:
+controller/node_controller.go:450-455,657,745 @v1.7.2), or exists with an empty diskUUID (the
 disk was NotReady first). Those are the only disks bimguard ever considers ("first-recorded");
 every other status write is allowed untouched.
 
@@ -171,8 +173,9 @@ def json_pointer(*parts: str) -> str:
 def rewrite_patch(disk: str, new_uuid: str, conditions: Iterable[dict[str, Any]], message: str,
                   now: str) -> list[dict[str, Any]]:
     """JSON Patch: the new UUID, and Ready/Schedulable False so nothing schedules onto the disk
-    before its cfg agrees (BRIEF §12). Longhorn replaces these conditions with its own
-    DiskFilesystemChanged / DiskNotReady on its next sync (BRIEF §1.6): state lives in records."""
+    before its cfg agrees (the Prevention flow in docs/design.md). Longhorn replaces these
+    conditions with its own DiskFilesystemChanged / DiskNotReady on its next sync
+    (controller/node_controller.go:708-718,826 @v1.7.2): state lives in records."""
     conds = [dict(c) for c in conditions if isinstance(c, dict)]
     for kind in ("Ready", "Schedulable"):
         current = next((c for c in conds if c.get("type") == kind), None)

@@ -1,9 +1,11 @@
 """What lives on a disk, and the one rule that says whether its UUID may simply change.
 
-Objects refer to a disk by UUID (BRIEF §3), and cloned disks can share a whole UUID, so a disk's
+Objects refer to a disk by UUID (Longhorn selects Replicas and BIMs by a UUID label,
+datastore/longhorn.go:2328,3065 @v1.7.2), and cloned disks can share a whole UUID, so a disk's
 dependents are matched by node *and* UUID wherever the object names a node. Changing the UUID of
 a disk that still holds data orphans that data, which `orphan-auto-deletion` then deletes
-(BRIEF §0.8): `Dependents.holds_data` is the single place that decides (DESIGN invariant 3).
+(controller/node_controller.go:1584-1587 and orphan_controller.go:313-328 @v1.7.2):
+`Dependents.holds_data` is the single place that decides (docs/design.md, invariant 3).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class DependentsIndex:
         self._uuid_holders = Counter(d.uuid for d in disks if d.uuid)
         self._replicas: dict[tuple[str, str], list[str]] = defaultdict(list)
         for r in replicas:
-            # spec.diskID and the label can disagree briefly (BRIEF §5 "Drained"): count both.
+            # spec.diskID and the label can disagree (Longhorn re-derives the label only when it
+            # writes the Replica, datastore/longhorn.go:1475,1512 @v1.7.2): count both.
             for u in r.disk_uuids:
                 self._replicas[(r.node, u)].append(r.name)
         self._bims: dict[tuple[str, str], list[Bim]] = defaultdict(list)

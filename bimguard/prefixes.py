@@ -1,9 +1,10 @@
 """Occupied disk-UUID prefixes, and drawing a UUID whose prefix is free.
 
-There are 16^4 = 65,536 prefixes (a v4 UUID's first four characters are random hex, lm v1.7.2
-util/util.go:168). A new prefix is drawn uniformly from the free ones, so allocation succeeds
-while any prefix is free (DESIGN invariant 6) instead of retrying a fixed number of times as
-Longhorn v1.9.0 does (BRIEF §1.7).
+There are 16^4 = 65,536 prefixes (a v4 UUID's first four characters are random hex,
+util/util.go:168 @v1.7.2). A new prefix is drawn uniformly from the free ones, so allocation
+succeeds while any prefix is free (docs/design.md, invariant 6) instead of retrying a fixed number
+of times as Longhorn v1.9.0 does (20 draws, `generateUniqueFirstFourCharUUID`,
+controller/monitor/disk_utils.go:26,240-249 @v1.9.0).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Pure: names, phases and manifests. A record's name is derived from (node, disk, old UUID), so
 every retry of the same admission review (the API server calling twice, longhorn-manager's
-retry after a 409) lands on the same record and reuses its new UUID (DESIGN invariant 5).
+retry after a 409) lands on the same record and reuses its new UUID (docs/design.md, invariant 5).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CLAIMS = "prefixclaims"
 
 Phase = Literal["Pending", "Preparing", "Draining", "Rewriting", "Restoring", "Done", "Abandoned", "RolledBack",
                 "Blocked"]
-# Phases after which status and cfg agree and nothing more happens (DESIGN invariant 2).
+# Phases after which status and cfg agree and nothing more happens (docs/design.md, invariant 2).
 FINAL_PHASES: frozenset[str] = frozenset({"Done", "Abandoned", "RolledBack", "Blocked"})
 Origin = Literal["webhook", "job"]
 # A claim that names a record (the new prefix of a rewrite) is created moments before that record,

@@ -3,8 +3,8 @@
 The decision is pure (`bimguard.decision`); this module carries out its effects in the order the
 invariants demand: claim the disk's prefix, decide, then for a rewrite create the record (and the
 claim of the new prefix) before answering with the patch. Any failure, and the 2 s deadline,
-mean "allow without a patch" and a counted reason (DESIGN invariant 1): the repair Job is the
-backstop.
+mean "allow without a patch" and a counted reason (docs/design.md, invariant 1): the repair
+Job is the backstop.
 
 A review is only a request body: anyone who reaches the webhook's port can post one. So before
 any durable effect (claim, record, Event) the review is checked against the stored Longhorn Node
@@ -37,7 +37,7 @@ from webhook.scope import LONGHORN_NODE_STATUS as SCOPE
 log = logging.getLogger("bimguard.webhook.admission")
 
 # A claim whose disk is not recorded yet may belong to a status write still in flight on another
-# replica (the race DESIGN invariant 5 is about); only a claim older than this, of a disk that
+# replica (the race of docs/design.md, invariant 5); only a claim older than this, of a disk that
 # never showed up, may be taken over.
 CLAIM_GRACE_SECONDS = 300.0
 ALLOCATION_ATTEMPTS = 8
@@ -103,7 +103,7 @@ class Admission:
             self.metrics.skipped.labels("deadline").inc()
             log.error("allowed without a patch: the %.1f s deadline passed", self.deadline,
                       extra={"uid": req.uid, "node": node})
-        except Exception as err:  # never block Longhorn (DESIGN invariant 1)
+        except Exception as err:  # never block Longhorn (docs/design.md, invariant 1)
             self.metrics.skipped.labels("internal_error").inc()
             log.exception("allowed without a patch: %r", err, extra={"uid": req.uid, "node": node})
         return wire.allowed(req.uid)

@@ -3,9 +3,9 @@
 The admission webhook creates a DiskRewrite (phase unset = Pending, `spec.newUUID` set) and a
 PrefixClaim, then patches the recorded UUID in the Longhorn Node's status. That patch can still
 fail to land (409, a retried write, a timeout). This controller, running only in the leader
-replica, finishes the job (DESIGN "Prevention" flow, invariants 2, 4, 8) with the shared rewrite
-engine (bimguard.rewrite.engine, which also says how records are split between this controller
-and the repair Job):
+replica, finishes the job (the Prevention flow and invariants 2, 4 and 8 of docs/design.md) with
+the shared rewrite engine (bimguard.rewrite.engine, which also says how records are split between
+this controller and the repair Job):
 
     Pending    stored status holds newUUID? -> data check -> engine.begin (Rewriting + pod)
                still oldUUID (or gone, or a third value) after `pending_grace` -> Abandoned
@@ -257,7 +257,8 @@ class RewriteController:
             held = await self.engine.data_under_old_uuid(node, spec)
             if held:
                 # The disk was not new: Longhorn re-recorded a UUID that objects still refer to
-                # (a re-created Node or re-added disk, BRIEF §0.7). Changing it would orphan that
+                # (a re-created Node or re-added disk: Longhorn re-links Replicas and BIMs by UUID,
+                # controller/node_controller.go:831-864 @v1.7.2). Changing it would orphan that
                 # data (invariant 3); putting the old UUID back makes status == cfg again.
                 await self.engine.roll_back(rec, f"the disk holds data under {spec['oldUUID']} ({held}); not rewriting")
                 return
@@ -396,7 +397,10 @@ class RewriteController:
                 pass
 
     async def _uuids_in_use(self) -> set[str]:
-        """Every disk UUID a Longhorn object records or refers to (BRIEF §3)."""
+        """Every disk UUID a Longhorn object records or refers to: Node status.diskStatus[*].diskUUID,
+        BIM spec.diskUUID, BackingImage diskFileSpecMap / diskFileStatusMap keys, Replica spec.diskID
+        (k8s/pkg/apis/longhorn/v1beta2/ node.go:116, backingimagemanager.go:45, backingimage.go:53,87,
+        replica.go:59 @v1.7.2)."""
         ns = self.longhorn_namespace
         out: set[str] = set()
         for node in await self.kube.items(LH_NODES, ns):

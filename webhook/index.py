@@ -3,7 +3,8 @@
 Occupied prefixes are every disk's UUID (v1 and v2), every UUID still referenced by Longhorn
 objects (Replica spec.diskID / label, BackingImage map keys, BIM spec.diskUUID / label and the
 disk part of its name, BackingImageDataSource spec.diskUUID, Orphan parameters.DiskUUID: a disk
-that is briefly absent comes back with its old UUID and its data, BRIEF §3), and bimguard's own
+that is briefly absent comes back with its old UUID and its data, and Longhorn re-links Replicas
+and BIMs to it by that UUID, controller/node_controller.go:831-864 @v1.7.2), and bimguard's own
 PrefixClaims. Counts are kept per UUID (`PrefixIndex`); each object's last contribution is kept
 so that a MODIFIED or DELETED event can be undone exactly.
 

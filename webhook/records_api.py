@@ -3,7 +3,7 @@ read they are checked against first: the stored Longhorn Node).
 
 Every call goes to the API server (never a cache): a claim's create is the linearizable step
 that makes prefix allocation safe across replicas, and a record must exist before any UUID
-changes (DESIGN invariants 2 and 5).
+changes (docs/design.md, invariants 2 and 5).
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def disk_conditions(node: NodeIn | None, disk: str) -> list[dict[str, Any]]:
 
 def allowed(uid: str, *, patch: list[dict[str, Any]] | None = None, warnings: list[str] | None = None,
             audit: dict[str, str] | None = None) -> bytes:
-    """An allowing AdmissionReview response (bimguard never denies: DESIGN invariant 1)."""
+    """An allowing AdmissionReview response (bimguard never denies: docs/design.md, invariant 1)."""
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     if patch:
         response["patchType"] = "JSONPatch"

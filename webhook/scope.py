@@ -6,9 +6,13 @@ chart with real Helm and checks that they agree, and webhook/registration.py bui
 configuration from here.
 
 Longhorn's own node mutator/validator register `nodes` CREATE/UPDATE without subresources
-(lm v1.7.2 webhook/resources/node/mutator.go, validator.go `Resource()`); a rule for
-`nodes/status` does not overlap them (BRIEF §6). Status writes are where longhorn-manager first
-records a disk UUID (BRIEF §1.5), so that is the only place to intervene.
+(`Resource()`, webhook/resources/node/mutator.go:31-43 and validator.go:33-45 @v1.7.2; the rules
+are built from them in webhook/server/server.go:244 @v1.7.2). A webhook rule matches a subresource
+only when it names it (Kubernetes admissionregistration.k8s.io/v1 `RuleWithOperations.resources`:
+"'pods' means pods. 'pods/log' means the log subresource of pods"), so a rule for `nodes/status`
+does not overlap them. Status writes are where longhorn-manager first records a disk UUID
+(`UpdateNodeStatus`, a PUT of .../nodes/<name>/status, datastore/longhorn.go:2702 @v1.7.2), so
+that is the only place to intervene.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ LONGHORN_NODE_STATUS = Scope(
     path="/mutate",
 )
 
-# The webhook configuration's fixed settings (DESIGN invariant 1: never block Longhorn).
+# The webhook configuration's fixed settings (docs/design.md, invariant 1: never block Longhorn).
 WEBHOOK_NAME = "disk-uuid-prefix.bimguard.io"
 FAILURE_POLICY = "Ignore"
 SIDE_EFFECTS = "NoneOnDryRun"

@@ -1,10 +1,10 @@
 """The on-node pods: the rewriter (one short-lived pod per DiskRewrite attempt, on the disk's node)
 and the repair's read-only inspector, which share one shape. Pure.
 
-It runs `bimguard rewrite-cfg` (the compare-and-swap of `longhorn-disk.cfg`, DESIGN invariant 4)
-with exactly one hostPath volume: the disk directory, `type: Directory`, so a path that is not
-(or no longer) a directory keeps the pod Pending instead of creating an empty directory where the
-disk should be (docs/design.md, invariant 4: a missing cfg is never created).
+It runs `bimguard rewrite-cfg` (the compare-and-swap of `longhorn-disk.cfg`, docs/design.md,
+invariant 4) with exactly one hostPath volume: the disk directory, `type: Directory`, so a path
+that is not (or no longer) a directory keeps the pod Pending instead of creating an empty
+directory where the disk should be (docs/design.md, invariant 4: a missing cfg is never created).
 
 Why it runs as root and why it needs no capability at all: Longhorn (a privileged root process)
 creates the disk directory and writes the cfg as root with mode 0644 (`generateFilesystemTypeDiskConfig`,

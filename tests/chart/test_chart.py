@@ -157,7 +157,7 @@ def test_webhook_configuration_matches_the_declared_scope(values: dict[str, Any]
     assert hook["sideEffects"] == scope.SIDE_EFFECTS
     assert hook["timeoutSeconds"] == scope.TIMEOUT_SECONDS
     assert hook["admissionReviewVersions"] == list(scope.ADMISSION_REVIEW_VERSIONS)
-    assert hook["matchPolicy"] == "Equivalent"  # v1beta1 requests converted for us (docs/design.md)
+    assert hook["matchPolicy"] == "Equivalent"  # Longhorn v1.7/v1.8 serve nodes at v1beta1 too: converted for us
     assert hook["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "longhorn-system"}}
     assert "objectSelector" not in hook
     # Helm's default Kubernetes version has matchConditions: the scope's, character for character

@@ -1,4 +1,4 @@
-"""End to end: prevention against a simulated Longhorn v1.7.2 (DESIGN "Prevention" flow).
+"""End to end: prevention against a simulated Longhorn v1.7.2 (the Prevention flow of docs/design.md).
 
 Every test runs the real parts together: the emulated API server, simulated longhorn-managers
 writing real cfg files, real webhook replicas over verified TLS (tests.webhook.harness), each
@@ -392,9 +392,9 @@ async def add_colliding_disk(env: Env, node: str, disk: str, *, like: tuple[str,
 
 async def test_recreated_node_whose_colliding_disk_holds_data_is_blocked_not_rewritten(tmp_path: Path) -> None:
     """Two disks already collide before bimguard is installed and one holds replicas. Deleting
-    and re-creating the Longhorn Node makes Longhorn re-record the old UUIDs ("" -> X, BRIEF §0.7):
-    not a new disk. The webhook must leave it alone (invariant 3): a Blocked record, a Warning
-    Event, no patch, status == cfg, Ready."""
+    and re-creating the Longhorn Node makes Longhorn re-record the old UUIDs from the cfgs ("" -> X,
+    controller/node_controller.go:745 @v1.7.2): not a new disk. The webhook must leave it alone
+    (invariant 3): a Blocked record, a Warning Event, no patch, status == cfg, Ready."""
     async with running(tmp_path, nodes=2, seed=31) as env:
         c = env.cluster
         keeper = ("worker-1", c.disks_of("worker-1")[0])
@@ -597,7 +597,9 @@ async def move_on(c: SimCluster, node: str) -> None:
 
 
 def first_record_entry(disk: str, path: str, uuid: str) -> dict[str, Any]:
-    """The diskStatus entry longhorn-manager writes when it first records a disk (BRIEF §0.5)."""
+    """The diskStatus entry longhorn-manager writes when it first records a disk: created by
+    `alignDiskSpecAndStatus` and filled in the same sync (controller/node_controller.go:1663-1683,
+    745-748 @v1.7.2)."""
     return {"conditions": [], "diskDriver": "", "diskName": disk, "diskPath": path, "diskType": "filesystem",
             "diskUUID": uuid, "filesystemType": "", "instanceManagerName": "", "scheduledReplica": {},
             "storageAvailable": 0, "storageMaximum": 0, "storageScheduled": 0}

@@ -4,7 +4,7 @@ Each test runs the same real parts as tests/e2e/test_prevention.py (emulated API
 simulated Longhorn v1.7.2 writing real cfg files, a real webhook replica over verified TLS with
 its leader-elected controller, the simulated kubelet running the real `bimguard rewrite-cfg`), and
 judges the outcome from the stored state: status and cfg agree and Longhorn calls the disk Ready
-(DESIGN invariant 2), no data-holding disk is rewritten (invariant 3), no Event misleads.
+(docs/design.md, invariant 2), no data-holding disk is rewritten (invariant 3), no Event misleads.
 """
 
 from __future__ import annotations

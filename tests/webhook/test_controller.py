@@ -2,7 +2,8 @@
 with real cfg files, and the simulated kubelet running the real `bimguard rewrite-cfg` pods.
 
 Each test plays the webhook's part by hand (a DiskRewrite, a PrefixClaim, the status patch via
-`set_status_disk_uuid`) and then checks the DESIGN invariant 2 outcome: status and cfg agree.
+`set_status_disk_uuid`) and then checks the outcome docs/design.md's invariant 2 requires: status
+and cfg agree.
 """
 
 from __future__ import annotations
@@ -272,7 +273,8 @@ async def test_nothing_is_rolled_back_while_no_pod_can_tell_what_the_cfg_holds(e
 
 
 async def test_data_under_old_uuid_is_never_rewritten(env: Env) -> None:
-    # A re-recorded disk that still holds a replica (BRIEF §0.7): no pod, status back to old.
+    # A re-recorded disk that still holds a replica (Longhorn records the UUID the existing cfg holds,
+    # controller/node_controller.go:745 @v1.7.2): no pod, status back to old (docs/design.md, invariant 3).
     await env.cluster.create_volume("vol-1", [(NODE, DISK)])
     name, old, new = await env.make_record()
     await env.cluster.set_status_disk_uuid(NODE, DISK, new)

@@ -1,7 +1,7 @@
 """The whole prevention flow in the emulator: a simulated longhorn-manager records a colliding
 disk, the real webhook (over TLS) rewrites the status and writes the record, the leader-elected
 controller runs the real rewriter pod through the simulated kubelet, and Longhorn turns the disk
-Ready under a unique UUID, with status and cfg agreeing (DESIGN invariant 2)."""
+Ready under a unique UUID, with status and cfg agreeing (docs/design.md, invariant 2)."""
 
 from __future__ import annotations
 

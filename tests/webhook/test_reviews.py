@@ -75,7 +75,8 @@ async def cluster(tmp_path: Path):
 
 
 async def occupy(r, bim_prefix: str = "a3af") -> None:
-    """An existing BIM named after prefix a3af: the prefix is taken (BRIEF §4)."""
+    """An existing BIM named after prefix a3af: the prefix is taken (a BIM's name ends in its disk's
+    UUID prefix, `GetBackingImageManagerName`, types/types.go:385 @v1.7.2)."""
     kube = Kube(r.api_client)
     await kube.create(BIMS, LONGHORN_NS, {
         "apiVersion": "longhorn.io/v1beta2", "kind": "BackingImageManager",
@@ -222,7 +223,8 @@ async def test_a_disk_holding_data_is_blocked_with_an_event(cluster, sample):
     r = await replica()
     await occupy(r)
     kube = Kube(r.api_client)
-    # A re-created Node re-records an old UUID that replicas still use (BRIEF §0.7).
+    # A re-created Node re-records an old UUID that replicas still use (Longhorn records the UUID the
+    # existing cfg holds, controller/node_controller.go:745 @v1.7.2).
     await kube.create(REPLICAS, LONGHORN_NS, {
         "apiVersion": "longhorn.io/v1beta2", "kind": "Replica",
         "metadata": {"name": "pvc-1-r-aaaa", "labels": {"longhorndiskuuid": SAMPLE_UUID, "longhornnode": "worker-1"}},
@@ -326,7 +328,7 @@ async def test_past_the_deadline_the_review_is_allowed_unpatched(cluster, sample
 
 
 async def test_block_disks_are_never_rewritten(cluster, sample):
-    # DESIGN invariant 7: a v2 disk's UUID is its SPDK lvstore's; it counts as occupied, never changes.
+    # docs/design.md, invariant 7: a v2 disk's UUID is its SPDK lvstore's; it counts as occupied, never changes.
     api, replica = cluster
     r = await replica()
     await occupy(r)
