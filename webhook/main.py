@@ -174,15 +174,19 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event, api_client: clie
 
 
 class _Leadership:
-    """What only the elected replica does: drive DiskRewrite records, keep the caBundle current."""
+    """What only the elected replica does: drive DiskRewrite records, keep the caBundle current,
+    add matchConditions once the server has them (webhook/registration.py)."""
 
     def __init__(self, api_client: client.ApiClient, args: argparse.Namespace, certs: Any, metrics: Any) -> None:
         from webhook.certs import keep_ca_bundle
         from webhook.controller import RewriteController
         from webhook.leader import LeaderElector
+        from webhook.registration import keep_match_conditions
 
-        self._keep_ca_bundle = lambda: keep_ca_bundle(api_client, args.webhook_configuration, certs)
-        self._bundle_task: asyncio.Task[None] | None = None
+        self._loops = {"bimguard-ca-bundle": lambda: keep_ca_bundle(api_client, args.webhook_configuration, certs),
+                       "bimguard-match-conditions": lambda: keep_match_conditions(api_client,
+                                                                                  args.webhook_configuration)}
+        self._tasks: list[asyncio.Task[None]] = []
         self.on_started: list[Any] = []  # callables run when this replica starts leading
         self.elector = LeaderElector(api_client, args.namespace, args.lease_name, args.identity,
                                      on_started_leading=self._started, on_stopped_leading=self._stopped)
@@ -198,17 +202,17 @@ class _Leadership:
         return self.elector.is_leader
 
     def _started(self) -> None:
-        log.info("leading: driving rewrite records and the caBundle")
+        log.info("leading: driving rewrite records, the caBundle and matchConditions")
         self.controller.wake()
         for hook in self.on_started:
             hook()
-        if self._bundle_task is None or self._bundle_task.done():
-            self._bundle_task = asyncio.create_task(self._keep_ca_bundle(), name="bimguard-ca-bundle")
+        if all(t.done() for t in self._tasks):
+            self._tasks = [asyncio.create_task(loop(), name=name) for name, loop in self._loops.items()]
 
     def _stopped(self) -> None:
         log.info("no longer leading")
-        if self._bundle_task is not None:
-            self._bundle_task.cancel()
+        for t in self._tasks:
+            t.cancel()
 
     def start(self) -> None:
         self.elector.start()
@@ -217,9 +221,9 @@ class _Leadership:
     async def stop(self) -> None:
         await self.controller.stop()
         await self.elector.stop()
-        if self._bundle_task is not None:
-            self._bundle_task.cancel()
-            await asyncio.gather(self._bundle_task, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def rewriter_settings(args: argparse.Namespace) -> Any:

@@ -24,11 +24,18 @@ Kubernetes 1.28 and later (scope.MATCH_CONDITIONS_SINCE): `kube_version` is what
 builder assumes a current server and renders them; a version it cannot read gets the older form,
 which every server accepts (the webhook's own trigger decides either way; matchConditions only
 spare routine writes the round trip).
+
+A chart rendered for an older server has no matchConditions, and a later Kubernetes upgrade does
+not add them. The webhook's leader does (`keep_match_conditions`): when the server it talks to has
+them on by default and bimguard's webhook in the configuration has none, it adds the declared ones,
+never changing any that are there (an operator's edit, or a newer chart's, wins).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +43,8 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from webhook import scope
+
+log = logging.getLogger("bimguard.registration")
 
 _VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)")
 _NUMBER_RE = re.compile(r"^(\d+)")
@@ -106,3 +115,50 @@ async def for_server(api_client: client.ApiClient, **kwargs: Any) -> dict[str, A
     """The configuration for the server behind `api_client`: matchConditions when its `/version`
     says it has them on by default."""
     return mutating_webhook_configuration(kube_version=await server_version(api_client), **kwargs)
+
+
+async def ensure_match_conditions(api_client: client.ApiClient, mwc_name: str) -> bool:
+    """Add scope.MATCH_CONDITIONS to bimguard's webhook in the configuration when the server has
+    them on by default and the webhook has none. True if it patched. A JSON patch that tests the
+    resourceVersion it was computed from (a concurrent `helm upgrade` is never overwritten); a
+    failed test (422) or conflict (409) re-reads and recomputes."""
+    from webhook.certs import ApiFailure, _raw
+
+    if not supports_match_conditions(await server_version(api_client)):
+        return False
+    api = client.AdmissionregistrationV1Api(api_client)
+    want = [c.as_dict() for c in scope.MATCH_CONDITIONS]
+    for _ in range(10):
+        _, obj = await _raw(api.read_mutating_webhook_configuration(mwc_name, _preload_content=False))
+        rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}]
+        for i, hook in enumerate(obj.get("webhooks") or []):
+            if hook.get("name") == scope.WEBHOOK_NAME and not hook.get("matchConditions"):
+                ops.append({"op": "add", "path": f"/webhooks/{i}/matchConditions", "value": want})
+        if len(ops) == 1:
+            return False
+        try:
+            await _raw(api.patch_mutating_webhook_configuration(
+                mwc_name, ops, _content_type="application/json-patch+json", _preload_content=False))
+        except ApiFailure as e:
+            if e.status in (409, 422):
+                continue
+            raise
+        log.info("matchConditions added to MutatingWebhookConfiguration %s: the server has them on by default now",
+                 mwc_name)
+        return True
+    raise RuntimeError(f"MutatingWebhookConfiguration {mwc_name}: matchConditions patch kept conflicting")
+
+
+async def keep_match_conditions(api_client: client.ApiClient, mwc_name: str, interval: float = 600.0) -> None:
+    """The leader's loop: `ensure_match_conditions` every `interval` seconds until cancelled (a
+    Kubernetes upgrade is rare; the first check is at once). Failures are logged and retried."""
+    from webhook.certs import ApiFailure
+
+    while True:
+        try:
+            await ensure_match_conditions(api_client, mwc_name)
+        except Exception as e:  # noqa: BLE001 - the loop must survive; an API body may echo objects: status only
+            log.warning("cannot check matchConditions of MutatingWebhookConfiguration %s: %s", mwc_name,
+                        e if isinstance(e, (ApiFailure, RuntimeError)) else type(e).__name__)
+        await asyncio.sleep(interval)

@@ -302,7 +302,8 @@ class ApiServer:
     def _static(self, parts: list[str]) -> web.Response | None:
         gvs = self.store.registry.group_versions()
         if parts == ["version"]:
-            return _json({"major": "1", "minor": "32", "gitVersion": openapi.SERVER_VERSION, "gitCommit": "bimguard-sim",
+            major, minor = openapi.SERVER_VERSION.lstrip("v").split(".")[:2]
+            return _json({"major": major, "minor": minor, "gitVersion": openapi.SERVER_VERSION, "gitCommit": "bimguard-sim",
                           "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.4",
                           "compiler": "gc", "platform": "linux/amd64"})
         if parts in (["healthz"], ["readyz"], ["livez"]):

@@ -10,15 +10,14 @@ import json
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import helm_python as helm
 import pytest
 import yaml
+from helm_python import _native  # render options the Python wrapper does not expose
 
-helm = pytest.importorskip("helm_python")
-from helm_python import _native  # noqa: E402  (render options the Python wrapper does not expose)
-
-from bimguard.sim import openapi  # noqa: E402
-from bimguard.sim.apiserver import ApiServer  # noqa: E402
-from webhook import registration, scope  # noqa: E402
+from bimguard.sim import openapi
+from bimguard.sim.apiserver import ApiServer
+from webhook import registration, scope
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bimguard"
@@ -112,3 +111,42 @@ async def test_helm_install_and_the_registration_read_the_server_version(
     finally:
         await client.close()
     assert built["webhooks"][0].get("matchConditions") == hook.get("matchConditions")
+
+
+async def test_the_leader_adds_match_conditions_once_the_cluster_has_them(
+        api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed on 1.27 (the older form), the cluster upgraded to 1.30: `ensure_match_conditions`
+    adds the declared ones; it never touches an older server's configuration or an operator's own."""
+    from kubernetes_asyncio import client as k8s
+
+    from bimguard.kube import api_client
+
+    kubeconfig = tmp_path / "kubeconfig"
+    api.kubeconfig(kubeconfig)
+    kube = await api_client(str(kubeconfig))
+    mwcs = k8s.AdmissionregistrationV1Api(kube)
+
+    async def live() -> dict[str, Any]:
+        return kube.sanitize_for_serialization(await mwcs.read_mutating_webhook_configuration("x"))["webhooks"][0]
+
+    try:
+        monkeypatch.setattr(openapi, "SERVER_VERSION", "v1.27.9")
+        await mwcs.create_mutating_webhook_configuration(await registration.for_server(
+            kube, name="x", service="s", namespace=NS, longhorn_namespace="longhorn-system"))
+        assert "matchConditions" not in await live()
+        assert await registration.ensure_match_conditions(kube, "x") is False
+        assert "matchConditions" not in await live()
+
+        monkeypatch.setattr(openapi, "SERVER_VERSION", "v1.30.4")
+        assert await registration.ensure_match_conditions(kube, "x") is True
+        assert (await live())["matchConditions"] == [c.as_dict() for c in scope.MATCH_CONDITIONS]
+        assert await registration.ensure_match_conditions(kube, "x") is False  # nothing more to do
+
+        own = [{"name": "operator", "expression": "true"}]
+        await mwcs.patch_mutating_webhook_configuration(
+            "x", [{"op": "replace", "path": "/webhooks/0/matchConditions", "value": own}],
+            _content_type="application/json-patch+json")
+        assert await registration.ensure_match_conditions(kube, "x") is False
+        assert (await live())["matchConditions"] == own
+    finally:
+        await kube.close()

@@ -17,11 +17,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-import pytest
+import helm_python as helm
 import yaml
-
-helm = pytest.importorskip("helm_python")
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -78,7 +77,10 @@ def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
         kubectl(kubeconfig, "create", "namespace", NAMESPACE)
         crds = [str(p) for p in sorted((REPO / "charts/bimguard/crds").glob("*.yaml"))]
         kubectl(kubeconfig, "apply", *sum((["-f", c] for c in crds), []))
-        kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(mwc))
+        # As Helm renders it for a cluster older than 1.28 (no matchConditions), the cluster since upgraded.
+        old_form = {**mwc, "webhooks": [{k: v for k, v in h.items() if k != "matchConditions"} for h in mwc["webhooks"]]}
+        assert mwc["webhooks"][0]["matchConditions"] and "matchConditions" not in old_form["webhooks"][0]
+        kubectl(kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump(old_form))
         # The rewriter pods' namespace, ServiceAccount and ValidatingAdmissionPolicy, as the chart installs them:
         # the webhook's pods must pass the policy for the rewrite below to finish.
         rewriter = [d for d in docs if d["kind"] in ("Namespace", "ValidatingAdmissionPolicy",
@@ -99,6 +101,13 @@ def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
             return bool(live["webhooks"][0]["clientConfig"].get("caBundle"))
 
         wait(injected, 30, "the leader to inject the caBundle")
+
+        def conditions() -> Any:
+            live = json.loads(kubectl(kubeconfig, "get", "mutatingwebhookconfiguration", mwc["metadata"]["name"],
+                                      "-o", "json"))
+            return live["webhooks"][0].get("matchConditions")
+
+        assert wait(conditions, 30, "the leader to add matchConditions") == mwc["webhooks"][0]["matchConditions"]
 
         # A disk that arrives with an existing cfg sharing worker-1's prefix (moved from elsewhere).
         nodes = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "-n", "longhorn-system", "-o", "json"))
