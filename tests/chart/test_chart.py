@@ -13,14 +13,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 
-helm = pytest.importorskip("helm_python")
-
-from jobs.cli import build_parser  # noqa: E402
-from tests.chart.rbac import grants as granted  # noqa: E402
-from webhook import permissions, scope  # noqa: E402
+from jobs.cli import build_parser
+from tests.chart.rbac import grants as granted
+from webhook import permissions, scope
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bimguard"

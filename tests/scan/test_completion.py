@@ -21,6 +21,7 @@ def complete(script: str, *words: str) -> list[str]:
     return [w for w in out.stdout.splitlines() if w]
 
 
+# bash is the system's, not the test extra's: the script is for bash, and some systems lack it.
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_tab_offers_commands_flags_and_choices() -> None:
     script = subprocess.run([str(BIN / "bimguard"), "completion", "bash"], capture_output=True, text=True,

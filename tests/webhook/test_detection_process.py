@@ -15,12 +15,9 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.webhook.test_process import BIN, ENV, NAMESPACE, REPO, free_port, kubectl, rendered, wait
-
-pytest.importorskip("helm_python")
 
 
 def test_the_webhook_process_reports_an_existing_collision(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from bimguard.sim import admission as sim
 from bimguard.sim.admission import evaluate_match_conditions
+from tests import cel_cpp
 from tests.builders import disk_entry, node
 from webhook import scope
 from webhook.admission import Admission
@@ -45,13 +46,12 @@ UPPER = "ABCDEF01-4444-4444-8444-444444444444"
 
 _ENV = celpy.Environment()
 _PROGRAM = _ENV.program(_ENV.compile(scope.MATCH_CONDITION_EXPRESSION))
-try:  # cel-cpp, the C++ implementation (the `test` extra, where a wheel exists)
+_CPP = None
+if cel_cpp.REQUIRED:  # cel-cpp, the C++ implementation: in the `test` extra wherever it has a wheel
     from cel_expr_python import cel as celcpp
 
     _CPP_ENV = celcpp.NewEnv(variables={v: celcpp.Type.DYN for v in ("object", "oldObject", "request")})
     _CPP = _CPP_ENV.compile(scope.MATCH_CONDITION_EXPRESSION)
-except ImportError:  # pragma: no cover - platforms without a cel-expr-python wheel
-    _CPP = None
 
 
 # ------------------------------------------------------------------------------ the two sides
