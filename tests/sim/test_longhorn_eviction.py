@@ -87,6 +87,43 @@ async def test_evicted_replica_is_deleted_only_after_its_replacement_is_healthy(
         await c.stop()
 
 
+async def test_a_rebuild_that_outlasts_the_wait_keeps_the_evicted_replica_until_it_ends(api: ApiServer, tmp_path: Path) -> None:
+    """A rebuild may run for as long as long-grpc-timeout allows (24 h by default; lm
+    engine_controller.go:1859-1863,1949, types/setting.go:1266-1277): its replacement stays `WO`
+    without `healthyAt`, so the evicted replica is kept (volume_controller.go:1065-1133) and no
+    second replacement is made (560-588). Made short again, the rebuild that was running ends and
+    the eviction completes."""
+    history = History(api.store, "replicas")
+    c = SimCluster(api, tmp_path, nodes=3, disks_per_node=1, seed=44, time_scale=TS)
+    await c.start()
+    try:
+        await c.wait_until_ready(20)
+        d = {n: _first_disk(await c.get_node(n)) for n in c.node_names}
+        r1, _ = await c.create_volume("vol", [("worker-1", d["worker-1"]), ("worker-2", d["worker-2"])])
+        await c.wait_for(lambda: _healthy(c, "vol", ["worker-1", "worker-2"]), 20, "vol healthy")
+        c.set_rebuild_seconds(10**9)
+        await c.set_disk_flags("worker-1", d["worker-1"], allow_scheduling=False, eviction_requested=True)
+
+        async def rebuilding() -> bool:
+            engine = (await c.kube.list("engines", "longhornvolume=vol"))[0]
+            return "WO" in ((engine.get("status") or {}).get("replicaModeMap") or {}).values()
+
+        await c.wait_for(rebuilding, 20, "the replacement rebuilding")
+        await asyncio.sleep(100 * TS)  # ~100 Longhorn seconds (a loaded machine only makes it fewer)
+        reps = await _replicas(c, "vol")
+        assert r1 in {r["metadata"]["name"] for r in reps} and len(reps) == 3
+        assert [r["spec"].get("healthyAt") for r in reps if r["spec"]["nodeID"] == "worker-3"] == [""]
+        assert history.deletion_requested("replicas", r1) is None
+
+        c.set_rebuild_seconds(1)
+        await c.wait_for(lambda: _healthy(c, "vol", ["worker-2", "worker-3"]), 30, "the eviction completed")
+        added = [ch.name for ch in history.of("replicas") if ch.type == "ADDED"]
+        assert len(added) == 3  # the volume's two and one replacement: the one whose rebuild was slow
+    finally:
+        history.close()
+        await c.stop()
+
+
 async def test_detached_volume_is_attached_for_eviction_and_detached_after(api: ApiServer, tmp_path: Path) -> None:
     """lm volume_eviction_controller.go:161-210 (a volume-eviction-controller ticket while a replica
     is evicting), volume_controller.go:2247 (replacements only while attached)."""

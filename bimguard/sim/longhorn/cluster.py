@@ -746,6 +746,15 @@ class SimCluster:
     def all_log_lines(self) -> list[str]:
         return [line for m in self.managers.values() for line in m.log.lines]
 
+    def set_rebuild_seconds(self, seconds: float) -> None:
+        """How long (Longhorn seconds) the engine takes to rebuild a replica, from now on and for the
+        rebuilds already running (measured from their start): a long one is a rebuild that outlasts
+        a repair -- a big volume over a slow network; Longhorn bounds it only by the long-grpc-timeout
+        setting, 24 h by default (module docstring of volume_controller.py)."""
+        self.rebuild_seconds = seconds
+        for m in list(self.managers.values()):
+            m.loops["engine"].trigger()
+
     async def wake(self) -> None:
         """Poke every monitor and loop now (tests use this to skip waiting for a poll)."""
         for m in list(self.managers.values()):

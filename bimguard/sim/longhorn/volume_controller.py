@@ -28,7 +28,10 @@ keeps from Longhorn, because the repair relies on it:
 The engine is emulated by :meth:`VolumeControllers.sync_engine` (engine_controller.go:351-380,
 888-965, 1775-2027): it starts with the replicas of its address map ``RW``, rebuilds one added
 replica at a time (``WO`` for ``rebuild_seconds``, then ``RW``), drops replicas that left the map
-and reports a replica whose instance stopped as ``ERR``.
+and reports a replica whose instance stopped as ``ERR``. A rebuild is bounded in Longhorn only by
+the ``long-grpc-timeout`` setting (the engine's ``ReplicaAdd``, engine_controller.go:1859-1863,1949;
+86400 s by default, types/setting.go:1266-1277): ``SimCluster.set_rebuild_seconds`` makes rebuilds
+that outlast a repair's time (a big volume, a slow network), also those already running.
 
 Not emulated: migration, upgrades, data locality, auto-balance, auto-salvage, reuse of failed
 replicas (CheckAndReuseFailedReplica), restore/clone/backup, snapshots, share managers, frontends,
@@ -69,7 +72,9 @@ class VolumeControllers:
     def __init__(self, manager: "LonghornManager", rng: random.Random) -> None:
         self.m = manager
         self.rng = rng
-        self._rebuilds: dict[tuple[str, str], float] = {}  # (engine, replica) -> rebuild end (Longhorn s)
+        # (engine, replica) -> when its rebuild started (Longhorn s). It ends `cluster.rebuild_seconds`
+        # after that, read at every sync: a test may slow a rebuild down or speed it up while it runs.
+        self._rebuilds: dict[tuple[str, str], float] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -613,7 +618,8 @@ class VolumeControllers:
                     modes[rname] = vl.MODE_ERR
                     times[rname] = now
                     events.append(("Warning", "Faulted", f"Detected replica {rname} ({wanted[rname]}) in error"))
-            for key, done_at in list(self._rebuilds.items()):
+            for key, started in list(self._rebuilds.items()):
+                done_at = started + self.m.cluster.rebuild_seconds
                 if key[0] == ename and modes.get(key[1]) == vl.MODE_WO and clock.monotonic() >= done_at:
                     modes[key[1]] = vl.MODE_RW
                     times[key[1]] = now
@@ -624,7 +630,7 @@ class VolumeControllers:
                     if rname not in modes:
                         modes[rname] = vl.MODE_WO
                         times[rname] = now
-                        self._rebuilds[(ename, rname)] = clock.monotonic() + self.m.cluster.rebuild_seconds
+                        self._rebuilds[(ename, rname)] = clock.monotonic()
                         asyncio.get_running_loop().call_later(clock.real(self.m.cluster.rebuild_seconds) + 0.01,
                                                               self.m.loops["engine"].trigger)
                         events.append(("Normal", "Rebuilding", f"Detected rebuilding replica {rname} ({wanted[rname]})"))
