@@ -19,14 +19,16 @@ from tests.chart.test_repair_chart import ALL_OPTIONS as REPAIR_OPTIONS
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "bimguard"
 VERSIONS = [f"1.{minor}.0" for minor in range(25, 35)]
-# Kinds of other projects' CRDs (the Prometheus Operator): no Kubernetes schema to validate against.
-FOREIGN = {("monitoring.coreos.com/v1", "PrometheusRule")}
+# Kinds of other projects' CRDs (the Prometheus Operator's): no Kubernetes schema to validate against.
+FOREIGN = {("monitoring.coreos.com/v1", "PrometheusRule"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 EVERYTHING: dict[str, Any] = {
     **REPAIR_OPTIONS,
     "replicaCount": 3, "podLabels": {"team": "storage"}, "podAnnotations": {"example.com/a": "b"},
     "imagePullSecrets": [{"name": "regcred"}],
-    "metrics": {"tls": True, "authorization": True, "prometheusRule": {"enabled": True, "labels": {"release": "p"}}},
+    "metrics": {"tls": True, "authorization": True, "prometheusRule": {"enabled": True, "labels": {"release": "p"}},
+                "serviceMonitor": {"enabled": True, "labels": {"release": "p"}, "interval": "30s", "scrapeTimeout": "10s",
+                                   "tokenSecret": {"name": "prom-token", "key": "token"}}},
     "networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.0/24"], "metricsNamespaceSelector": {}},
 }
 FILES_TLS = {"tls": {"mode": "files", "secretName": "bimguard-cert", "certManager": {"injectCAFrom": "ns/cert"}}}
@@ -50,7 +52,9 @@ def strict_errors(doc: dict[str, Any], version: str) -> list[str]:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("values", [{}, EVERYTHING, FILES_TLS], ids=["defaults", "every-option", "files-tls"])
 def test_rendered_manifests_are_valid_in_strict_mode(version: str, values: dict[str, Any]) -> None:
-    docs = [d for d in render(values, version) if (d["apiVersion"], d["kind"]) not in FOREIGN]
+    rendered = render(values, version)
+    assert {(d["apiVersion"], d["kind"]) for d in rendered} & FOREIGN == (FOREIGN if values is EVERYTHING else set())
+    docs = [d for d in rendered if (d["apiVersion"], d["kind"]) not in FOREIGN]
     assert len(docs) > 10
     errors = [e for d in docs for e in strict_errors(d, version)]
     assert errors == []
