@@ -374,3 +374,48 @@ async def test_the_pre_delete_hook_removes_the_webhook_configuration_first(bare:
     assert kept == ([] if delete_records else ["r-1"])
     # Its RBAC allowed all of it, by name wherever Kubernetes allows it.
     assert audit.denied_by(docs, sa) == []
+
+
+def cert_manager_crd(kind: str) -> Manifest:
+    """A stand-in for cert-manager's CRD of `kind`: served, its objects kept as given."""
+    plural = kind.lower() + "s"
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.cert-manager.io"},
+            "spec": {"group": "cert-manager.io", "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+async def test_the_pre_delete_hook_removes_cert_managers_certificates_before_their_secrets(bare: Env) -> None:
+    """tls.mode certManager: cert-manager never deletes a Certificate's Secret and would issue a
+    deleted one again while the Certificate exists, so the hook deletes the chart's Certificates,
+    then their Secrets (the CA's key among them)."""
+    env = bare
+    docs = render({"tls": {"mode": "certManager"}, "uninstall": {"waitSeconds": 2}})
+    uninstall = find(docs, "Job", f"{RELEASE}-bimguard-uninstall")
+    await env.apply([cert_manager_crd("Issuer"), cert_manager_crd("Certificate")])
+    await env.apply([d for d in docs if d["kind"] != "CronJob" and d is not uninstall])
+    store = env.api.store
+    certificates = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Certificate")
+    assert certificates == [f"{RELEASE}-bimguard-ca", f"{RELEASE}-bimguard-serving"]
+    issued = sorted(d["spec"]["secretName"] for d in docs if d["kind"] == "Certificate")
+    assert issued == [f"{RELEASE}-bimguard-ca", f"{RELEASE}-bimguard-tls"]
+    for name in issued + ["somebody-elses"]:  # what cert-manager would have written
+        store.create("v1/secrets", {"metadata": {"name": name, "namespace": NS}, "data": {}})
+
+    template = uninstall["spec"]["template"]
+    sa = template["spec"]["serviceAccountName"]
+    audit = Audit(env.api, f"system:serviceaccount:{NS}:{sa}")
+    try:
+        pod = await env.run_pod(template, uninstall["metadata"]["name"])
+    finally:
+        audit.close()
+    assert pod["status"]["phase"] == "Succeeded", pod["logs"][-3000:]
+    deleted = [(a.resource, a.name) for a, status in audit.seen if a.verb == "delete" and status < 400
+               and a.resource in ("certificates", "secrets")]
+    assert deleted == [("certificates", f"{RELEASE}-bimguard-serving"), ("certificates", f"{RELEASE}-bimguard-ca"),
+                       ("secrets", f"{RELEASE}-bimguard-tls"), ("secrets", f"{RELEASE}-bimguard-ca")]
+    assert [c["metadata"]["name"] for c in store.list("cert-manager.io/v1/certificates", NS)[0]] == []
+    assert [s["metadata"]["name"] for s in store.list("v1/secrets", NS)[0]] == ["somebody-elses"]
+    assert audit.denied_by(docs, sa) == []

@@ -19,8 +19,11 @@ from tests.chart.test_repair_chart import ALL_OPTIONS as REPAIR_OPTIONS
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "bimguard"
 VERSIONS = [f"1.{minor}.0" for minor in range(25, 35)]
-# Kinds of other projects' CRDs (the Prometheus Operator's): no Kubernetes schema to validate against.
-FOREIGN = {("monitoring.coreos.com/v1", "PrometheusRule"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+# Kinds of other projects' CRDs (the Prometheus Operator's, cert-manager's): no Kubernetes schema to
+# validate against.
+MONITORING = {("monitoring.coreos.com/v1", "PrometheusRule"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CERT_MANAGER = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+FOREIGN = MONITORING | CERT_MANAGER
 
 EVERYTHING: dict[str, Any] = {
     **REPAIR_OPTIONS,
@@ -32,6 +35,12 @@ EVERYTHING: dict[str, Any] = {
     "networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.0/24"], "metricsNamespaceSelector": {}},
 }
 FILES_TLS = {"tls": {"mode": "files", "secretName": "bimguard-cert", "certManager": {"injectCAFrom": "ns/cert"}}}
+CERT_MANAGER_TLS = {"tls": {"mode": "certManager"}}  # the chart's own CA chain
+CERT_MANAGER_ISSUER = {"tls": {"mode": "certManager", "secretName": "webhook-cert",
+                               "certManager": {"issuerRef": {"name": "corp", "kind": "ClusterIssuer"}}}}
+# Which foreign kinds each variant renders.
+VARIANTS = {"defaults": ({}, set()), "every-option": (EVERYTHING, MONITORING), "files-tls": (FILES_TLS, set()),
+            "cert-manager": (CERT_MANAGER_TLS, CERT_MANAGER), "cert-manager-issuer": (CERT_MANAGER_ISSUER, {("cert-manager.io/v1", "Certificate")})}
 
 
 def render(values: dict[str, Any], version: str) -> list[dict[str, Any]]:
@@ -50,10 +59,11 @@ def strict_errors(doc: dict[str, Any], version: str) -> list[str]:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("values", [{}, EVERYTHING, FILES_TLS], ids=["defaults", "every-option", "files-tls"])
-def test_rendered_manifests_are_valid_in_strict_mode(version: str, values: dict[str, Any]) -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_manifests_are_valid_in_strict_mode(version: str, variant: str) -> None:
+    values, foreign = VARIANTS[variant]
     rendered = render(values, version)
-    assert {(d["apiVersion"], d["kind"]) for d in rendered} & FOREIGN == (FOREIGN if values is EVERYTHING else set())
+    assert {(d["apiVersion"], d["kind"]) for d in rendered} & FOREIGN == foreign
     docs = [d for d in rendered if (d["apiVersion"], d["kind"]) not in FOREIGN]
     assert len(docs) > 10
     errors = [e for d in docs for e in strict_errors(d, version)]

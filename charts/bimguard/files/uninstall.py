@@ -13,7 +13,9 @@ remove in the wrong order:
 3. the last repair hook Job (Helm never deletes hook resources on uninstall) and its pod;
 4. the on-node rewriter/inspector pods in --pod-namespace (the rewriter namespace), once they
    have finished (a rewrite in flight is let finish, up to --wait seconds in all);
-5. the self-managed CA/serving-certificate Secret and the Leases (leader election, repair);
+5. the TLS Secrets the release's certificates live in (the self-managed one; in certManager mode
+   the chart's cert-manager Certificates first, so that cert-manager does not issue them again,
+   then their Secrets) and the Leases (leader election, repair);
 6. only with --delete-records: the DiskRewrite records (the audit trail) and PrefixClaims.
 
 Everything is deleted by name or by label in the release namespace (the on-node pods in theirs);
@@ -130,7 +132,10 @@ async def run(args: argparse.Namespace, api: Api) -> None:
         await api.delete(f"/api/v1/namespaces/{pod_ns}/pods/{quote(name)}", f"pod/{name}", propagation="Background")
         if phase in ("Pending", "Running"):
             log("note", f"pod/{name}", f"was still {phase} after the wait")
-    # 5. What the release made at run time.
+    # 5. What the release made at run time. A Certificate goes before its Secret: cert-manager would
+    #    issue a deleted Secret again while its Certificate exists (Helm deletes that only later).
+    for cert in args.certificate:
+        await api.delete(f"/apis/cert-manager.io/v1/namespaces/{ns}/certificates/{quote(cert)}", f"certificate/{cert}")
     for secret in args.secret:
         await api.delete(f"/api/v1/namespaces/{ns}/secrets/{quote(secret)}", f"secret/{secret}")
     for lease in args.lease:
@@ -155,6 +160,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-selector", required=True, help="label selector of the on-node pods")
     p.add_argument("--pod-namespace", default="", help="namespace of the on-node pods (default --namespace)")
     p.add_argument("--job", action="append", default=[], help="a hook Job to delete (repeatable)")
+    p.add_argument("--certificate", action="append", default=[],
+                   help="a cert-manager Certificate to delete before the Secrets (repeatable)")
     p.add_argument("--secret", action="append", default=[], help="a Secret to delete (repeatable)")
     p.add_argument("--lease", action="append", default=[], help="a Lease to delete (repeatable)")
     p.add_argument("--delete-records", action="store_true")

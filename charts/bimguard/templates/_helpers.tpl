@@ -131,6 +131,43 @@ cluster's on install/upgrade and `--kube-version`/`--api-versions` (else Helm's 
 {{- end }}
 {{- end }}
 
+{{/*
+tls.mode certManager (templates/certmanager.yaml): the serving Certificate, whose Secret is
+tls.secretName (default <fullname>-tls) and whose CA cert-manager's CA injector writes into
+caBundle; and, without tls.certManager.issuerRef.name, the chart's own CA chain: a self-signed
+Issuer that signs the CA Certificate (Secret <fullname>-ca), and the CA Issuer that signs the
+serving Certificate.
+*/}}
+{{- define "bimguard.certManagerTLS" -}}
+{{- if eq .Values.tls.mode "certManager" }}true{{ end }}
+{{- end }}
+
+{{- define "bimguard.servingCertificateName" -}}
+{{ include "bimguard.fullname" . | trunc 55 | trimSuffix "-" }}-serving
+{{- end }}
+
+{{/* The chart's own CA chain: rendered in certManager mode when no issuer is given. */}}
+{{- define "bimguard.ownCA" -}}
+{{- if and (include "bimguard.certManagerTLS" .) (not .Values.tls.certManager.issuerRef.name) }}true{{ end }}
+{{- end }}
+
+{{- define "bimguard.selfSignedIssuerName" -}}
+{{ include "bimguard.fullname" . | trunc 52 | trimSuffix "-" }}-selfsigned
+{{- end }}
+
+{{- define "bimguard.caName" -}}
+{{ include "bimguard.fullname" . | trunc 60 | trimSuffix "-" }}-ca
+{{- end }}
+
+{{/* The Certificate cert-manager's CA injector reads: "<namespace>/<name>", or "" for none. */}}
+{{- define "bimguard.injectCAFrom" -}}
+{{- if include "bimguard.certManagerTLS" . }}
+{{- printf "%s/%s" .Release.Namespace (include "bimguard.servingCertificateName" .) }}
+{{- else }}
+{{- .Values.tls.certManager.injectCAFrom }}
+{{- end }}
+{{- end }}
+
 {{- define "bimguard.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
