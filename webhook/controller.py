@@ -29,12 +29,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from kubernetes_asyncio import client
 
 from bimguard import records
 from bimguard.kube import PODS, Conflict, Kube, KubeError, NotFound, Resource
+from bimguard.repair.steps import job_record_name
 from bimguard.rewrite.engine import (
     CLAIMS,
     LH_BACKING_IMAGES,
@@ -54,6 +55,33 @@ from bimguard.rewrite.pod import LABEL_ATTEMPT, LABEL_RECORD, SELECTOR
 
 log = logging.getLogger("bimguard.controller")
 COMPONENT = "bimguard-controller"
+
+
+def unfinished(recs: Iterable[dict[str, Any]], still_recorded: Callable[[str, str, str], bool],
+               phase: Callable[[dict[str, Any]], str] = phase_of) -> Counter[str]:
+    """The records that still wait for something, by phase: every record in a phase that is not
+    final (a rewrite or a repair under way), and the Blocked ones whose disk is still blocked: it
+    still records the UUID it was blocked with (`still_recorded(node, disk, uuid)`, the index), and
+    for a webhook's record, no repair record of the same disk and UUID has taken over (the Job's
+    record is counted by itself). Blocked records are kept as the audit trail after the disk was
+    repaired, removed or given another UUID; those, and Done, Abandoned and RolledBack, are history."""
+    recs = list(recs)
+    names = {r["metadata"]["name"] for r in recs}
+    out: Counter[str] = Counter()
+    for rec in recs:
+        p = phase(rec)
+        if p not in records.FINAL_PHASES:
+            out[p] += 1
+            continue
+        if p != "Blocked":
+            continue
+        spec = rec.get("spec") or {}
+        node, disk, old = str(spec.get("node") or ""), str(spec.get("disk") or ""), str(spec.get("oldUUID") or "")
+        if spec.get("origin") == "webhook" and job_record_name(node, disk, old) in names:
+            continue
+        if still_recorded(node, disk, old):
+            out[p] += 1
+    return out
 
 
 class Leadership(Protocol):
@@ -94,6 +122,7 @@ class RewriteController:
         self.on_pass = on_pass  # e.g. lambda counts: set the bimguard_rewrites{phase} gauge
         # Metrics for the server to export.
         self._phases: dict[str, str] = {}  # record -> phase, as of the last pass and our own writes
+        self._records: list[dict[str, Any]] = []  # the last pass's records
         self.transitions: Counter[str] = Counter()  # phase changes made by this process, by new phase
         self.errors = 0  # passes or records that failed with an unexpected error
         self._failing = ""  # the last failed pass's reason, logged once while it lasts
@@ -128,6 +157,11 @@ class RewriteController:
     def phase_counts(self) -> dict[str, int]:
         """Records per phase (a gauge for the server's metrics), as of the last pass."""
         return dict(Counter(self._phases.values()))
+
+    def unfinished(self, still_recorded: Callable[[str, str, str], bool]) -> Counter[str]:
+        """`unfinished` over the last pass's records, in the phases they have now."""
+        return unfinished(self._records, still_recorded,
+                          lambda rec: self._phases.get(rec["metadata"]["name"]) or phase_of(rec))
 
     def wake(self) -> None:
         """Run a pass now (e.g. from the elector's on_started_leading)."""
@@ -203,6 +237,7 @@ class RewriteController:
     # ------------------------------------------------------------------ one pass
     async def reconcile_once(self) -> None:
         recs = await self.kube.items(REWRITES, self.namespace)
+        self._records = recs
         self._phases = {r["metadata"]["name"]: phase_of(r) for r in recs}
         claims = {c["metadata"]["name"]: c for c in await self.kube.items(CLAIMS, self.namespace)}
         for rec in recs:

@@ -140,7 +140,7 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event, api_client: clie
     await server.start()
     log.info("serving admission reviews on :%d, metrics on :%d (%s%s)", server.bound_port, server.bound_metrics_port,
              "https" if args.metrics_tls else "http", ", bearer token required" if access else "")
-    leadership = None if args.no_controller else _Leadership(api_client, args, certs, metrics)
+    leadership = None if args.no_controller else _Leadership(api_client, args, certs, metrics, index)
     # Existing collision groups from the index: the gauge on every replica, Events from the leader.
     watch = CollisionWatch(index, metrics, kube.Kube(api_client) if leadership else None, args.longhorn_namespace,
                            ready=not_ready, leading=leadership.is_leader if leadership else (lambda: False))
@@ -177,7 +177,8 @@ class _Leadership:
     """What only the elected replica does: drive DiskRewrite records, keep the caBundle current,
     add matchConditions once the server has them (webhook/registration.py)."""
 
-    def __init__(self, api_client: client.ApiClient, args: argparse.Namespace, certs: Any, metrics: Any) -> None:
+    def __init__(self, api_client: client.ApiClient, args: argparse.Namespace, certs: Any, metrics: Any,
+                 index: Any) -> None:
         from webhook.certs import keep_ca_bundle
         from webhook.controller import RewriteController
         from webhook.leader import LeaderElector
@@ -191,9 +192,12 @@ class _Leadership:
         self.elector = LeaderElector(api_client, args.namespace, args.lease_name, args.identity,
                                      on_started_leading=self._started, on_stopped_leading=self._stopped)
 
+        self._metrics = metrics
+
         def gauge(counts: dict[str, int]) -> None:
-            for phase in ("Pending", "Rewriting", "Done", "Abandoned", "RolledBack", "Blocked"):
-                metrics.rewrites.labels(phase).set(counts.get(phase, 0))
+            # A Blocked record counts as unfinished while its disk still records the blocked UUID.
+            metrics.set_rewrites(counts, self.controller.unfinished(lambda node, disk, uuid:
+                                                                    index.disk(node, disk, uuid) is not None))
 
         self.controller = RewriteController(api_client, args.namespace, args.longhorn_namespace, args.rewriter_image,
                                             settings=rewriter_settings(args), leader=self.elector, on_pass=gauge)
@@ -211,6 +215,7 @@ class _Leadership:
 
     def _stopped(self) -> None:
         log.info("no longer leading")
+        self._metrics.clear_rewrites()  # the new leader exports them; a stale copy here would linger
         for t in self._tasks:
             t.cancel()
 

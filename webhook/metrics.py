@@ -8,17 +8,21 @@ specific to bimguard. Routine reviews update plain numbers (`ReviewSeries`) and 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Iterator
+from typing import Iterator, Mapping, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bimguard import records
 from bimguard.prefixes import PREFIX_SPACE
 from webhook.scope import LONGHORN_NODE_STATUS
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 OUTCOMES = ("unchanged", "rewritten", "blocked")
+PHASES = get_args(records.Phase)  # webhook and repair records alike
+# Where a record can wait: every phase that is not final, and Blocked (a disk left for the repair).
+UNFINISHED_PHASES = tuple(p for p in PHASES if p not in records.FINAL_PHASES) + ("Blocked",)
 
 
 class ReviewSeries(Collector):
@@ -79,7 +83,14 @@ class Metrics:
                                   "First-recorded disks whose prefix was already held.", registry=r)
         self.blocked = Counter("bimguard_blocked_disks_total",
                                "Colliding disks left to the repair Job because they hold data.", registry=r)
+        # Both exported by the leader only (it reads every record on each pass; cleared when it
+        # stops leading): alert on max() over the replicas.
         self.rewrites = Gauge("bimguard_rewrites", "DiskRewrite records by phase.", ["phase"], registry=r)
+        self.unfinished = Gauge(
+            "bimguard_rewrites_unfinished",
+            "DiskRewrite records still waiting, by phase: those in a phase that is not final, and Blocked ones "
+            "whose disk still records the blocked UUID and that no repair record has taken over.",
+            ["phase"], registry=r)
         self.occupancy = Gauge("bimguard_prefix_occupancy_ratio",
                                "Share of the 65,536 disk UUID prefixes in use or claimed.", registry=r)
         self.synced = Gauge("bimguard_index_synced", "1 when the resource's list+watch is synced.",
@@ -96,6 +107,17 @@ class Metrics:
             "Existing collision groups (v1 disks whose UUIDs share a BIM name prefix) by kind: prefix, "
             "duplicate-uuid (cloned disks). 0 on Longhorn that names BIMs by the whole UUID.",
             ["kind"], registry=r)
+
+    def set_rewrites(self, counts: Mapping[str, int], unfinished: Mapping[str, int]) -> None:
+        """Every phase, 0 where no record has it, so that a rule sees a series go to 0."""
+        for phase in PHASES:
+            self.rewrites.labels(phase).set(counts.get(phase, 0))
+        for phase in UNFINISHED_PHASES:
+            self.unfinished.labels(phase).set(unfinished.get(phase, 0))
+
+    def clear_rewrites(self) -> None:
+        self.rewrites.clear()
+        self.unfinished.clear()
 
     def set_occupancy(self, prefixes: int) -> None:
         self.occupancy.set(prefixes / PREFIX_SPACE)

@@ -36,12 +36,13 @@ def test_off_by_default() -> None:
 
 def test_every_rule_parses_and_selects_exported_series() -> None:
     [rule] = [d for d in rendered({"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "prom"},
-                                                                   "for": "5m"}}}) if d["kind"] == "PrometheusRule"]
+                                                                   "for": "5m", "unfinishedFor": "6h"}}})
+              if d["kind"] == "PrometheusRule"]
     assert rule["metadata"]["labels"]["release"] == "prom" and rule["metadata"]["namespace"] == "bimguard-system"
     rules = rule["spec"]["groups"][0]["rules"]
     assert [r["alert"] for r in rules] == ["BimguardCollisionGroups", "BimguardPreventionSkipped",
-                                          "BimguardCertificateExpiresSoon"]
-    assert rules[0]["for"] == "5m"
+                                          "BimguardRewritesUnfinished", "BimguardCertificateExpiresSoon"]
+    assert rules[0]["for"] == "5m" and rules[2]["for"] == "6h"
     known = exported()
     for r in rules:
         promql.parse(r["expr"])  # raises on invalid PromQL
@@ -50,6 +51,22 @@ def test_every_rule_parses_and_selects_exported_series() -> None:
         assert 'namespace="bimguard-system"' in r["expr"]
 
 
-def test_the_schema_refuses_a_duration_prometheus_would_not_parse() -> None:
-    with pytest.raises(Exception, match="for"):
-        rendered({"metrics": {"prometheusRule": {"enabled": True, "for": "ten minutes"}}})
+def test_the_unfinished_records_alert_names_every_phase_a_record_can_wait_in() -> None:
+    """Its series carries a `phase` for each phase a record can wait in (webhook/metrics.py), every
+    one exported from the first pass (0 when empty), and only the leader exports it: max by phase."""
+    [rule] = [d for d in rendered({"metrics": {"prometheusRule": {"enabled": True}}}) if d["kind"] == "PrometheusRule"]
+    [alert] = [r for r in rule["spec"]["groups"][0]["rules"] if r["alert"] == "BimguardRewritesUnfinished"]
+    assert alert["for"] == "3h"
+    assert alert["expr"].startswith("max by (phase) (bimguard_rewrites_unfinished{")
+    metrics = Metrics()
+    metrics.set_rewrites({}, {})
+    [family] = [f for f in metrics.registry.collect() if f.name == "bimguard_rewrites_unfinished"]
+    assert sorted(s.labels["phase"] for s in family.samples) == sorted(
+        ["Pending", "Preparing", "Draining", "Rewriting", "Restoring", "Blocked"])
+    assert {s.value for s in family.samples} == {0}
+
+
+@pytest.mark.parametrize("key", ["for", "unfinishedFor"])
+def test_the_schema_refuses_a_duration_prometheus_would_not_parse(key: str) -> None:
+    with pytest.raises(Exception, match=key):
+        rendered({"metrics": {"prometheusRule": {"enabled": True, key: "ten minutes"}}})
