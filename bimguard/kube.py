@@ -5,11 +5,13 @@ DiskRewrites and PrefixClaims), Pods, Events and Leases. Everything is requested
 `_preload_content=False` and decoded as JSON, so built-in kinds come back as the same dicts the
 API server sent (no generated model classes, no datetime conversion). API failures become
 `NotFound`, `Conflict` (409 on a resourceVersion precondition; a failed JSON Patch `test` is 422
-`Invalid`), `AlreadyExists`, `Forbidden` (403), or `KubeError` for the rest.
+`Invalid`), `AlreadyExists`, `Forbidden` (403), or `KubeError` for the rest. A request the API
+server throttled (429 with Retry-After) is sent again after the wait it names, as client-go does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -26,6 +28,12 @@ Obj = dict[str, Any]
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30  # seconds; a hung request must not stall a control loop forever
+# An API server refuses a request it did not serve -- API Priority and Fairness, or the max-in-flight
+# limit, under load -- with 429 and a Retry-After header (seconds), and client-go waits that long
+# and sends it again. So do we, a few times, each wait capped. A 5xx is not retried here: the write
+# may have been carried out, and the caller is the one that knows whether repeating it is safe.
+THROTTLED_RETRIES = 3
+MAX_RETRY_AFTER = 5.0
 
 
 async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -179,6 +187,18 @@ def _error(status: int, http_reason: Any, raw: Any) -> KubeError:
     return KubeError(status, reason, message)
 
 
+def retry_after(status: int, header: str | None) -> float | None:
+    """Seconds to wait before sending a throttled request again (429 with a Retry-After in whole
+    seconds, RFC 9110 §10.2.3), or None: not throttled, or no usable header."""
+    if status != 429 or not header:
+        return None
+    try:
+        seconds = int(header.strip())
+    except ValueError:
+        return None
+    return min(max(seconds, 0), MAX_RETRY_AFTER)
+
+
 class ServerClock:
     """The API server's clock, as its responses' `Date` headers tell it.
 
@@ -268,26 +288,33 @@ class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
         self.clock = ServerClock()
+        self.throttled = 0  # requests sent again after a 429 told us when
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
 
-    # Every call goes through here: one place for timeouts, decoding and error mapping.
+    # Every call goes through here: one place for timeouts, throttling, decoding and error mapping.
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
-        try:
-            resp = await fn(*args, _preload_content=False, **kwargs)
-        except ApiException as exc:
-            raise translate(exc) from None
-        self.clock.observe(resp.headers.get("Date"))
-        try:
-            raw = await resp.read()
-        finally:
-            resp.release()
-        # Without preloading, kubernetes_asyncio hands back error responses too.
-        if not 200 <= resp.status <= 299:
-            raise _error(resp.status, resp.reason, raw)
-        return json.loads(raw) if raw else {}
+        for attempt in range(THROTTLED_RETRIES + 1):
+            try:
+                resp = await fn(*args, _preload_content=False, **kwargs)
+            except ApiException as exc:
+                raise translate(exc) from None
+            self.clock.observe(resp.headers.get("Date"))
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            # Without preloading, kubernetes_asyncio hands back error responses too.
+            if 200 <= resp.status <= 299:
+                return json.loads(raw) if raw else {}
+            wait = retry_after(resp.status, resp.headers.get("Retry-After"))
+            if wait is None or attempt == THROTTLED_RETRIES:
+                raise _error(resp.status, resp.reason, raw)
+            self.throttled += 1
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _generic(self, res: Resource, verb: str) -> tuple[Any, tuple[Any, ...]]:
         """(bound method, leading args) for a verb; built-ins use their typed API objects."""

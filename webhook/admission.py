@@ -27,6 +27,7 @@ from typing import Any
 
 from bimguard import records
 from bimguard.decision import ClaimedByOther, Decision, NewDisk, decide, first_recorded, rewrite_patch
+from bimguard.kube import KubeError
 from bimguard.prefixes import PrefixSpaceExhausted, allocate_uuid
 from webhook import review as wire
 from webhook.index import ClusterIndex
@@ -103,6 +104,10 @@ class Admission:
             self.metrics.skipped.labels("deadline").inc()
             log.error("allowed without a patch: the %.1f s deadline passed", self.deadline,
                       extra={"uid": req.uid, "node": node})
+        except KubeError as err:  # a claim, record or read the API server failed or refused: its answer says it all
+            self.metrics.skipped.labels("api_error").inc()
+            log.error("allowed without a patch: the API server answered %s %s: %s", err.status, err.reason,
+                      err.message[:300], extra={"uid": req.uid, "node": node})
         except Exception as err:  # never block Longhorn (docs/design.md, invariant 1)
             self.metrics.skipped.labels("internal_error").inc()
             log.exception("allowed without a patch: %r", err, extra={"uid": req.uid, "node": node})

@@ -31,6 +31,7 @@ class ErrorRule:
     resource: ResourceKey | None
     subresource: str | None
     remaining: int | None  # None = unlimited
+    retry_after: int = 1  # a 429's Retry-After (seconds), as API Priority and Fairness sends it
 
 
 @dataclass
@@ -53,9 +54,12 @@ class Faults:
 
     def error_rate(self, rate: float, code: int = 500, *, verbs: str | list[str] | None = None,
                    resource: ResourceKey | str | None = None, subresource: str | None = None,
-                   count: int | None = None) -> ErrorRule:
-        """Fail matching requests with probability `rate` (1.0 = always; `count` caps how many)."""
-        rule = ErrorRule(rate, code, _verbs(verbs), ResourceKey.parse(resource) if resource else None, subresource, count)
+                   count: int | None = None, retry_after: int = 1) -> ErrorRule:
+        """Fail matching requests with probability `rate` (1.0 = always; `count` caps how many).
+        A 429 carries `Retry-After: <retry_after>` and `details.retryAfterSeconds`, as kube-apiserver's
+        throttling answers do; the request was not served."""
+        rule = ErrorRule(rate, code, _verbs(verbs), ResourceKey.parse(resource) if resource else None, subresource, count,
+                         retry_after)
         self.errors.append(rule)
         return rule
 
@@ -95,8 +99,8 @@ class Faults:
                     rule.remaining -= 1
                 self.injected += 1
                 reason, message = _ERROR_BODIES.get(rule.code, ("InternalError", f"injected fault {rule.code}"))
-                headers = {"Retry-After": "1"} if rule.code == 429 else None
-                details = {"retryAfterSeconds": 1} if rule.code == 429 else None
+                headers = {"Retry-After": str(rule.retry_after)} if rule.code == 429 else None
+                details = {"retryAfterSeconds": rule.retry_after} if rule.code == 429 else None
                 return ApiError(rule.code, reason, message, details, headers)
         return None
 
