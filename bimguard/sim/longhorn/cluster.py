@@ -454,6 +454,15 @@ class SimCluster:
         (``controller/node_controller.go:831-864 @v1.7.2``; longhorn/longhorn
         ``enhancements/20201106-disk-reconnection.md``). Issue #8021 uses this as a workaround.
         """
+        await self.restore_node(node, await self.delete_node(node, timeout))
+
+    async def delete_node(self, node: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Delete the Longhorn Node object (`kubectl delete nodes.longhorn.io <node>`; Longhorn's
+        validator has no DELETE rule, webhook/resources/node/validator.go:40-43 @v1.7.2) and wait
+        until its finalizer is dropped (node_controller.go:387). Its manager and kubelet keep
+        running, the disks, their cfg files and every object naming them stay; nothing creates
+        the Node again until `restore_node` (Longhorn itself only creates a missing Node, with just
+        the default disk, when its manager starts: app/daemon.go:324-335). Returns its spec."""
         assert self.kube is not None
         old = await self.kube.get("nodes", node)
         await self.kube.delete("nodes", node)
@@ -463,7 +472,13 @@ class SimCluster:
             return await self.kube.get_or_none("nodes", node) is None
 
         await self.wait_for(gone, timeout, f"node {node} deleted")
-        body = {"kind": "Node", "metadata": {"name": node, "finalizers": ["longhorn.io"]}, "spec": old["spec"]}
+        return dict(old["spec"])
+
+    async def restore_node(self, node: str, spec: dict[str, Any]) -> None:
+        """Create the Longhorn Node object again with `spec` (an operator putting back the one
+        they deleted): its manager records the UUIDs the cfg files hold ("" -> X)."""
+        assert self.kube is not None
+        body = {"kind": "Node", "metadata": {"name": node, "finalizers": ["longhorn.io"]}, "spec": spec}
         await self.kube.create("nodes", body)
         self._wake_all("nodes")
 
