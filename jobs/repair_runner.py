@@ -572,6 +572,10 @@ class Runner:
             return True  # its flags are restored on the next passes
         if kind == "rewrite":
             return await self._rewrite(rec, world)
+        if kind == "restatus":
+            rec = await self._write(rec, phase=action.phase, step=action.detail)
+            await self._status_to_new(rec, world, action.phase, "the cfg already holds it")
+            return True
         if kind == "follow-rewrite":
             if ((rec.get("status") or {}).get("phase")) != steps.REWRITING:
                 await self.engine.begin(rec, f"stored status holds {rec['spec']['newUUID']}; rewriting the cfg")
@@ -688,8 +692,19 @@ class Runner:
         return True
 
     async def _rewrite(self, rec: dict[str, Any], world: World) -> bool:
-        """The status half of the identity change: a JSON Patch that tests what the decision saw
-        (the old UUID; nothing scheduled on the disk) and sets the new UUID with the disk NotReady."""
+        """The status half of the identity change, then the rewriter pod for the cfg."""
+        spec = rec["spec"]
+        rec = await self._write(rec, phase=steps.DRAINING, step="changing the recorded UUID")
+        if not await self._status_to_new(rec, world, steps.DRAINING, "waiting for longhorn-disk.cfg to be rewritten"):
+            return True
+        await self.engine.begin(rec, f"stored status holds {spec['newUUID']}; rewriting the cfg")
+        self._show(rec, steps.REWRITING, f"status {spec['oldUUID']} -> {spec['newUUID']}; rewriter pod started")
+        return True
+
+    async def _status_to_new(self, rec: dict[str, Any], world: World, phase: str, then: str) -> bool:
+        """A JSON Patch on the Node's status that tests what the decision saw (the old UUID; nothing
+        scheduled on the disk) and sets the new UUID with the disk NotReady. False (and the step
+        noted) when a test failed: something changed since this pass read it."""
         spec = rec["spec"]
         entry = world.disk_status(spec["node"], spec["disk"]) or {}
         base = "/status/diskStatus/" + pointer_token(spec["disk"])
@@ -699,17 +714,14 @@ class Runner:
                 if key in entry:
                     ops.append({"op": "test", "path": f"{base}/{key}", "value": {}})
         message = (f"bimguard repair changes the UUID of disk {spec['disk']} from {spec['oldUUID']} to "
-                   f"{spec['newUUID']}; waiting for longhorn-disk.cfg to be rewritten (DiskRewrite {rec['metadata']['name']})")
+                   f"{spec['newUUID']}; {then} (DiskRewrite {rec['metadata']['name']})")
         ops += rewrite_patch(spec["disk"], spec["newUUID"], entry.get("conditions") or [], message, now_rfc3339())
-        rec = await self._write(rec, phase=steps.DRAINING, step="changing the recorded UUID")
         self._act()
         try:
             await self.kube.json_patch_status(LH_NODES, self.opts.longhorn_namespace, spec["node"], ops)
-        except Invalid as exc:  # a test failed: something changed since this pass read it
-            await self._step(rec, steps.DRAINING, f"the status changed meanwhile ({exc.message[:120]}); looking again")
-            return True
-        await self.engine.begin(rec, f"stored status holds {spec['newUUID']}; rewriting the cfg")
-        self._show(rec, steps.REWRITING, f"status {spec['oldUUID']} -> {spec['newUUID']}; rewriter pod started")
+        except Invalid as exc:
+            await self._step(rec, phase, f"the status changed meanwhile ({exc.message[:120]}); looking again")
+            return False
         return True
 
     async def _delete_pods(self, rec: dict[str, Any]) -> None:

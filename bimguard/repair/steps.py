@@ -211,6 +211,15 @@ def drained(world: World, ctx: Context, node: str, disk: str, uuid: str) -> str:
     return ""
 
 
+def cfg_differs(entry: Obj) -> bool:
+    """Longhorn's own word that the disk's cfg holds another UUID than the one recorded: NotReady,
+    DiskFilesystemChanged, "record diskUUID doesn't match the one on the disk"
+    (controller/node_controller.go:703-714 @v1.7.2)."""
+    ready = condition(entry.get("conditions"), "Ready")
+    return (ready.get("status") == "False" and ready.get("reason") == "DiskFilesystemChanged"
+            and "doesn't match the one on the disk" in str(ready.get("message") or ""))
+
+
 def stall_reason(world: World, node: str, uuid: str) -> str:
     """Longhorn's own reason an eviction does not progress: a volume's Scheduled condition."""
     for r in world.replicas_on(node, uuid):
@@ -340,6 +349,15 @@ def _restoring(world: World, ctx: Context, rec: Mapping[str, Any]) -> Action:
     entry = world.disk_status(node, disk)
     if entry is None:
         return wait("the disk is not in the node's status")
+    if (entry.get("diskUUID") or "") == old and cfg_differs(entry):
+        # The cfg holds the new UUID (this record's compare-and-swap said so before Restoring), yet
+        # Longhorn recorded the old one again: the Longhorn Node was deleted and created again
+        # after the swap, and its node controller records what its disk monitor last collected
+        # (node_controller.go:450-456,745 @v1.7.2), collected before the swap: polls fail while
+        # the Node is missing (controller/monitor/disk_monitor.go:98-101,132-136). Longhorn never
+        # corrects a recorded UUID, so the status half of the change is made again.
+        return Action("restatus", f"Longhorn recorded {old} again while the cfg holds {new}; recording {new} again",
+                      phase=RESTORING)
     if (entry.get("diskUUID") or "") != new or not world.disk_ready(node, disk):
         return wait(f"waiting for Longhorn to report the disk Ready with {new}")
     restore = _restore(world, node, disk, st.get("setFlags") or {}, spec)

@@ -197,6 +197,20 @@ def test_done_only_when_nothing_names_the_old_uuid() -> None:
     assert steps.decide(record("Restoring"), world({"uuid": NEW, "ready": False}), steps.Context()).kind == "wait"
 
 
+def test_the_old_uuid_recorded_again_over_the_swapped_cfg_is_recorded_new_again() -> None:
+    """Restoring (the cfg was swapped) but Longhorn recorded the old UUID again -- its Node object was
+    re-created from monitor data older than the swap -- and says the cfg does not match: the status
+    half of the change is made again. Any other NotReady reason is waited on, never acted on."""
+    mismatch = ("DiskFilesystemChanged", "Disk victim(/mnt/victim) on node w2 is not ready: record diskUUID "
+                                         "doesn't match the one on the disk ")
+    a = steps.decide(record("Restoring"), world({"uuid": OLD, "ready": False, "why": mismatch}), steps.Context())
+    assert (a.kind, a.phase) == ("restatus", "Restoring") and NEW in a.detail
+    missing = ("DiskFilesystemChanged", "Disk victim(/mnt/victim) on node w2 is not ready: cannot find disk config "
+                                        "file, maybe due to a mount error")
+    assert steps.decide(record("Restoring"), world({"uuid": OLD, "ready": False, "why": missing}), steps.Context()).kind == "wait"
+    assert steps.decide(record("Restoring"), world({"uuid": OLD}), steps.Context()).kind == "wait"
+
+
 def test_blocked_and_rolled_back_records_get_their_flags_back() -> None:
     for phase in ("Blocked", "RolledBack"):
         a = steps.decide(record(phase, setFlags={"allowScheduling": False}), world(), steps.Context())
