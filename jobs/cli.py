@@ -50,6 +50,10 @@ COMMANDS = (
             "Atomically replace the diskUUID in <path>/longhorn-disk.cfg, only if the file names the expected disk "
             "and holds the old UUID (or already the new one)."),
     Command(("completion",), "jobs.completion", "print a shell completion script (bash; zsh via bashcompinit)"),
+    Command(("check-webhook",), "jobs.check_webhook",
+            "check that the webhook answers over TLS verified with its configuration's caBundle (helm test)",
+            "POST a harmless AdmissionReview to the webhook as the API server would: at the address of its "
+            "MutatingWebhookConfiguration, over TLS verified with that configuration's caBundle.", "EPILOG"),
     Command(("inspect-disk",), "bimguard.inspect_disk", "list a disk directory's replicas/ and backing-images/ (runs on the node)",
             "Print the subdirectories of <path>/replicas and <path>/backing-images as one line of JSON; change nothing."),
 )

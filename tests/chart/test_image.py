@@ -309,7 +309,8 @@ def test_no_installer_is_left_in_the_final_stage(instructions: list[Instruction]
 
 
 @pytest.mark.parametrize("command", [["webhook", "--help"], ["repair", "--help"], ["scan", "--help"],
-                                     ["rewrite-cfg", "--help"], ["inspect-disk", "--help"], ["--help"]])
+                                     ["rewrite-cfg", "--help"], ["inspect-disk", "--help"], ["check-webhook", "--help"],
+                                     ["--help"]])
 def test_the_image_commands_run_without_the_emulator(command: list[str]) -> None:
     """What the image keeps works with bimguard.sim absent, as the Dockerfile removes it."""
     import subprocess
