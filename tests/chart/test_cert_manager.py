@@ -11,7 +11,6 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-import yaml
 
 from jobs.cli import build_parser
 from tests.chart.rbac import grants
@@ -150,19 +149,6 @@ def test_files_mode_keeps_its_cert_manager_annotation() -> None:
     values = {"tls": {"mode": "files", "secretName": "s", "certManager": {"injectCAFrom": f"{NAMESPACE}/mine"}}}
     mwc = one(render(values), "MutatingWebhookConfiguration")
     assert mwc["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": f"{NAMESPACE}/mine"}
-
-
-def test_every_tls_value_is_documented_in_the_readme() -> None:
-    readme = (CHART / "README.md").read_text()
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-
-    def leaves(value: Any, path: str) -> list[str]:
-        if isinstance(value, dict) and value:
-            return [p for k, v in value.items() for p in leaves(v, f"{path}.{k}")]
-        return [path]
-
-    for key in leaves(values["tls"], "tls") + leaves(values["metrics"], "metrics"):
-        assert f"`{key}`" in readme, f"{key} is not documented in charts/bimguard/README.md"
 
 
 @BOTH

@@ -101,7 +101,7 @@ def test_every_manifest_parses_and_is_named(values: dict[str, Any]) -> None:
                             "Role", "Role", "Role", "RoleBinding", "RoleBinding", "RoleBinding", "ClusterRole",
                             "ClusterRoleBinding", "MutatingWebhookConfiguration", "Namespace",
                             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
-    assert {component(d) for d in docs} == {"webhook", "rewriter", "repair", "uninstall"}
+    assert {component(d) for d in docs} == {"webhook", "rewriter", "repair", "uninstall", "test"}
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"]
         assert len(d["metadata"]["name"]) <= 63
@@ -124,6 +124,21 @@ def test_crds_ship_with_the_chart() -> None:
         names = sorted(yaml.safe_load(c["data"] if isinstance(c["data"], str) else bytes(c["data"]))["metadata"]["name"]
                        for c in chart.crds)
     assert names == ["diskrewrites.bimguard.io", "prefixclaims.bimguard.io"]
+
+
+def test_the_tls_metrics_and_test_values_are_documented_in_the_readme() -> None:
+    """Each leaf of these values is named in the chart README (the repair's and the uninstall's:
+    tests/chart/test_repair_chart.py)."""
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def leaves(value: Any, path: str) -> list[str]:
+        if isinstance(value, dict) and value:
+            return [p for k, v in value.items() for p in leaves(v, f"{path}.{k}")]
+        return [path]
+
+    for key in [leaf for top in ("tls", "metrics", "test") for leaf in leaves(values[top], top)]:
+        assert f"`{key}`" in readme, f"{key} is not documented in charts/bimguard/README.md"
 
 
 def test_bad_values_are_refused() -> None:
@@ -565,9 +580,21 @@ def test_the_network_policy_is_off_by_default_and_admits_what_its_values_say() -
     spec = np["spec"]
     assert spec["podSelector"]["matchLabels"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
     assert spec["policyTypes"] == ["Ingress"]  # egress to the API server is not restricted
-    webhook_rule, metrics_rule = spec["ingress"]
+    webhook_rule, test_rule, metrics_rule = spec["ingress"]
     assert webhook_rule == {"from": [{"ipBlock": {"cidr": "10.0.0.10/32"}}, {"ipBlock": {"cidr": "fd00::1/128"}}],
                             "ports": [{"port": "https", "protocol": "TCP"}]}
+    # `helm test`'s Pod, and only it, reaches the webhook port from inside the cluster.
+    (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
+    assert test_rule["ports"] == [{"port": "https", "protocol": "TCP"}]
+    (peer,) = test_rule["from"]
+    selector = peer["podSelector"]["matchLabels"]
+    assert selector.items() <= test_pod["metadata"]["labels"].items()
+    templates = [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "Job")] + [
+        d["spec"]["jobTemplate"]["spec"]["template"] for d in docs if d["kind"] == "CronJob"]
+    assert templates and not [t for t in templates if selector.items() <= t["metadata"].get("labels", {}).items()]
+    (np_without_test,) = [d for d in render({"networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.10/32"]},
+                                             "test": {"enabled": False}}) if d["kind"] == "NetworkPolicy"]
+    assert len(np_without_test["spec"]["ingress"]) == 2
     assert metrics_rule == {"from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
                             "ports": [{"port": "metrics", "protocol": "TCP"}]}
     names = {p["name"] for p in container(docs)["ports"]}

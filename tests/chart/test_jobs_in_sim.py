@@ -312,8 +312,9 @@ async def test_the_pre_delete_hook_removes_the_webhook_configuration_first(bare:
     docs = render({"uninstall": {"deleteRecords": delete_records, "waitSeconds": 3}})
     hook_job = find(docs, "Job", f"{RELEASE}-bimguard-repair")
     uninstall = find(docs, "Job", f"{RELEASE}-bimguard-uninstall")
-    # The emulator serves no CronJobs; the pre-delete Job is not there before Helm runs it.
-    await env.apply([d for d in docs if d["kind"] != "CronJob" and d is not uninstall])
+    # The emulator serves no CronJobs; the pre-delete Job is not there before Helm runs it, nor the
+    # test Pod before `helm test`.
+    await env.apply([d for d in docs if d["kind"] not in ("CronJob", "Pod") and d is not uninstall])
     mwc = find(docs, "MutatingWebhookConfiguration", f"{RELEASE}-bimguard-{NS}")["metadata"]["name"]
     assert exists(env.api, MWC, "", mwc)
     store = env.api.store
@@ -321,6 +322,10 @@ async def test_the_pre_delete_hook_removes_the_webhook_configuration_first(bare:
     store.create("v1/secrets", {"metadata": {"name": "somebody-elses", "namespace": NS}, "data": {}})
     for lease in (f"{RELEASE}-bimguard-controller", "bimguard-repair", "unrelated"):
         store.create("coordination.k8s.io/v1/leases", {"metadata": {"name": lease, "namespace": NS}, "spec": {}})
+    # The last `helm test` Pod, a hook resource Helm leaves behind.
+    test_pod = find(docs, "Pod", f"{RELEASE}-bimguard-test")
+    store.create("v1/pods", {"metadata": {"name": test_pod["metadata"]["name"], "namespace": NS,
+                                          "labels": test_pod["metadata"]["labels"]}, "spec": test_pod["spec"]})
     rewriter_ns = f"{NS}-{RELEASE}-bimguard-rewriter"  # the on-node pods' namespace
     for name, component, phase in (("r-1-rw1", "rewriter", "Succeeded"), ("r-2-rw1", "rewriter", "Running"),
                                    ("j-3-in1", "inspector", "Failed")):
@@ -364,6 +369,7 @@ async def test_the_pre_delete_hook_removes_the_webhook_configuration_first(bare:
     assert not exists(env.api, MWC, "", mwc)
     assert store.get("apps/v1/deployments", NS, f"{RELEASE}-bimguard")["spec"]["replicas"] == 0
     assert not exists(env.api, "batch/v1/jobs", NS, hook_job["metadata"]["name"])
+    assert not exists(env.api, "v1/pods", NS, test_pod["metadata"]["name"])
     assert not exists(env.api, "v1/secrets", NS, f"{RELEASE}-bimguard-tls")
     assert exists(env.api, "v1/secrets", NS, "somebody-elses")
     leases = sorted(l["metadata"]["name"] for l in store.list("coordination.k8s.io/v1/leases", NS)[0])
@@ -395,7 +401,7 @@ async def test_the_pre_delete_hook_removes_cert_managers_certificates_before_the
     docs = render({"tls": {"mode": "certManager"}, "uninstall": {"waitSeconds": 2}})
     uninstall = find(docs, "Job", f"{RELEASE}-bimguard-uninstall")
     await env.apply([cert_manager_crd("Issuer"), cert_manager_crd("Certificate")])
-    await env.apply([d for d in docs if d["kind"] != "CronJob" and d is not uninstall])
+    await env.apply([d for d in docs if d["kind"] not in ("CronJob", "Pod") and d is not uninstall])
     store = env.api.store
     certificates = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Certificate")
     assert certificates == [f"{RELEASE}-bimguard-ca", f"{RELEASE}-bimguard-serving"]

@@ -1,8 +1,9 @@
 """Pod Security Standards of every pod the chart and the code make, judged by the emulator's
 re-description of k8s.io/pod-security-admission (bimguard/sim/podsecurity.py):
 
-- the webhook's pods and every Job's pods (repair hook, scheduled scan and repair, manual runs,
-  uninstall) pass `restricted` (latest), with every option on: their namespace can enforce it;
+- the webhook's pods, every Job's pods (repair hook, scheduled scan and repair, manual runs,
+  uninstall) and the `helm test` Pod pass `restricted` (latest), with every option on: their
+  namespace can enforce it;
 - the on-node pods need `privileged` (root and a hostPath: `baseline` already refuses them), which
   is why they have a namespace of their own -- the only one the chart labels privileged.
 """
@@ -40,6 +41,8 @@ def pod_templates(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for d in docs:
         if d["kind"] == "Deployment" or d["kind"] == "Job":
             found[f"{d['kind']}/{d['metadata']['name']}"] = d["spec"]["template"]
+        elif d["kind"] == "Pod":  # the `helm test` Pod
+            found[f"Pod/{d['metadata']['name']}"] = {"metadata": d["metadata"], "spec": d["spec"]}
         elif d["kind"] == "CronJob":
             found[f"CronJob/{d['metadata']['name']}"] = d["spec"]["jobTemplate"]["spec"]["template"]
     return found
@@ -54,6 +57,7 @@ def violations(level: str, template: dict[str, Any]) -> str:
 def test_the_webhook_and_the_jobs_pass_restricted(values: dict[str, Any]) -> None:
     templates = pod_templates(values)
     assert any(k.startswith("Deployment/") for k in templates) and any(k.startswith("Job/") for k in templates)
+    assert f"Pod/{RELEASE}-bimguard-test" in templates
     for name, template in templates.items():
         assert violations(podsecurity.RESTRICTED, template) == "", name
 

@@ -61,7 +61,8 @@ ALL_OPTIONS: dict[str, Any] = {
     "imagePullSecrets": [{"name": "regcred"}],
 }
 SCAN_CRON = {"repair": {"cronJob": {"enabled": True, "mode": "scan"}}}
-NOTHING = {"repair": {"enabled": False, "manual": {"enabled": False}}, "uninstall": {"enabled": False}}
+NOTHING = {"repair": {"enabled": False, "manual": {"enabled": False}}, "uninstall": {"enabled": False},
+           "test": {"enabled": False}}
 
 Manifest = dict[str, Any]
 
@@ -419,6 +420,7 @@ def test_the_uninstall_hook_is_granted_by_name() -> None:
         ("patch", "apps", "deployments", NS, (f"{RELEASE}-bimguard",)),
         ("delete", "batch", "jobs", NS, (HOOK,)),
         ("list", "", "pods", NS, ()),  # waits for the webhook's and the hook Job's pods to go
+        ("delete", "", "pods", NS, (f"{RELEASE}-bimguard-test",)),  # the last `helm test` Pod
         ("list", "", "pods", REWRITER_NS, ()), ("delete", "", "pods", REWRITER_NS, ()),
         ("delete", "coordination.k8s.io", "leases", NS, (CONTROLLER_LEASE, LEASE_NAME)),
         ("delete", "", "secrets", NS, (f"{RELEASE}-bimguard-tls",)),
@@ -437,7 +439,8 @@ def test_every_identity_is_bound_to_its_own_roles_only() -> None:
         assert subject["name"] == b["roleRef"]["name"] or b["kind"] == "ClusterRoleBinding", b["metadata"]["name"]
         assert subject["namespace"] == NS
         component = b["metadata"]["labels"]["app.kubernetes.io/component"]
-        sa = {"webhook": f"{RELEASE}-bimguard", "repair": REPAIR_SA, "scan": SCAN_SA, "uninstall": UNINSTALL_SA}[component]
+        sa = {"webhook": f"{RELEASE}-bimguard", "repair": REPAIR_SA, "scan": SCAN_SA, "uninstall": UNINSTALL_SA,
+              "test": f"{RELEASE}-bimguard-test"}[component]
         assert subject["name"] == sa, b["metadata"]["name"]
     assert not grants(docs, REWRITER_SA, REWRITER_NS)  # the rewriter pods: none at all
 
@@ -470,6 +473,7 @@ def test_the_uninstall_hook_names_what_the_chart_and_the_code_create(values: dic
     selector = dict(term.split("=") for term in args.webhook_selector.split(","))
     assert selector == deployment["spec"]["selector"]["matchLabels"]
     assert args.job == [HOOK]
+    assert args.pod == [f"{RELEASE}-bimguard-test"]  # the `helm test` Pod, a hook resource too
     assert args.lease == [CONTROLLER_LEASE, LEASE_NAME]
     assert args.pod_namespace == REWRITER_NS
     assert args.secret == ([] if values else [f"{RELEASE}-bimguard-tls"])

@@ -10,7 +10,8 @@ remove in the wrong order:
    pods would go while the API server still calls them;
 2. the webhook itself (its Deployment scaled to 0, then its pods waited for), so that nothing
    re-creates what follows;
-3. the last repair hook Job (Helm never deletes hook resources on uninstall) and its pod;
+3. the last repair hook Job (Helm never deletes hook resources on uninstall) and its pod, and the
+   last `helm test` Pod;
 4. the on-node rewriter/inspector pods in --pod-namespace (the rewriter namespace), once they
    have finished (a rewrite in flight is let finish, up to --wait seconds in all);
 5. the TLS Secrets the release's certificates live in (the self-managed one; in certManager mode
@@ -117,6 +118,8 @@ async def run(args: argparse.Namespace, api: Api) -> None:
     for job in args.job:
         await api.delete(f"/apis/batch/v1/namespaces/{ns}/jobs/{quote(job)}", f"job/{job}", propagation="Background")
         await wait_gone(api, ns, f"job-name={job}", f"pods of job {job}", deadline)
+    for pod in args.pod:
+        await api.delete(f"/api/v1/namespaces/{ns}/pods/{quote(pod)}", f"pod/{pod}")
     # 4. On-node pods: let a running rewrite finish (its pod has an activeDeadlineSeconds), then delete.
     pod_ns = args.pod_namespace or ns
     while True:
@@ -160,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-selector", required=True, help="label selector of the on-node pods")
     p.add_argument("--pod-namespace", default="", help="namespace of the on-node pods (default --namespace)")
     p.add_argument("--job", action="append", default=[], help="a hook Job to delete (repeatable)")
+    p.add_argument("--pod", action="append", default=[], help="a hook Pod to delete (repeatable)")
     p.add_argument("--certificate", action="append", default=[],
                    help="a cert-manager Certificate to delete before the Secrets (repeatable)")
     p.add_argument("--secret", action="append", default=[], help="a Secret to delete (repeatable)")

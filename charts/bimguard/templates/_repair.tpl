@@ -24,6 +24,15 @@ the Jobs it makes (52 characters at most for the CronJob).
 {{ include "bimguard.webhookConfigurationName" . | trunc 243 | trimSuffix "-" }}-uninstall
 {{- end }}
 
+{{/* The `helm test` Pod and its identity (templates/tests/). */}}
+{{- define "bimguard.testName" -}}
+{{ include "bimguard.fullname" . | trunc 58 | trimSuffix "-" }}-test
+{{- end }}
+
+{{- define "bimguard.testClusterRoleName" -}}
+{{ include "bimguard.webhookConfigurationName" . | trunc 248 | trimSuffix "-" }}-test
+{{- end }}
+
 {{/* CronJobs: at most 52 characters. */}}
 {{- define "bimguard.cronJobName" -}}
 {{ include "bimguard.fullname" . | trunc 32 | trimSuffix "-" }}-{{ ternary "repair" "scan" (eq .Values.repair.cronJob.mode "repair") }}-scheduled
