@@ -37,8 +37,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bimguard.sim.apiserver import ApiServer
-from tests.chart.test_jobs_in_sim import Audit, Env, Manifest, exit_code, find, kubectl, render
+from tests.chart.test_jobs_in_sim import Env, Manifest, bare_env, exit_code, find, kubectl, render
 from tests.chart.test_prometheus_rule import exported
 from tests.webhook.test_process import free_port
 from webhook.certs import _cert_pem, _key_pem, issue_serving, new_ca
@@ -53,22 +52,9 @@ INSTALLED = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole"
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    api = ApiServer(namespace_seed=("default", LH_NS, NS))
-    await api.start()
-    kubeconfig = tmp_path / "kubeconfig"
-    api.kubeconfig(kubeconfig)
-    env = Env(api, None, kubeconfig, tmp_path)
-    try:
-        p = await kubectl(kubeconfig, "label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted")
-        assert p.returncode == 0, p.stderr
-        crds = Path(__file__).resolve().parents[2] / "charts" / "bimguard" / "crds"
-        for crd in sorted(crds.glob("*.yaml")):
-            p = await kubectl(kubeconfig, "apply", "-f", str(crd))
-            assert p.returncode == 0, p.stderr
+    """The emulated API server with the release namespace (enforcing `restricted`) and the CRDs."""
+    async with bare_env(tmp_path) as env:
         yield env
-    finally:
-        await env.close()
-        await api.stop()
 
 
 class Webhook:
@@ -145,13 +131,8 @@ async def helm_test(env: Env, docs: list[Manifest], webhook: Webhook) -> tuple[i
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     template = json.loads(json.dumps({"metadata": pod["metadata"], "spec": pod["spec"]}))
     template["spec"]["containers"][0]["args"].append(f"--address=127.0.0.1:{webhook.port}")
-    sa = template["spec"]["serviceAccountName"]
-    audit = Audit(env.api, f"system:serviceaccount:{NS}:{sa}")
-    try:
-        done = await env.run_pod(template, pod["metadata"]["name"], timeout=20)
-    finally:
-        audit.close()
-    assert audit.seen and audit.denied_by(docs, sa) == []
+    done, audit = await env.run_audited(template, pod["metadata"]["name"], timeout=20)
+    assert audit.seen and audit.denied_by(docs, template["spec"]["serviceAccountName"]) == []
     return exit_code(done), done["logs"].splitlines()
 
 

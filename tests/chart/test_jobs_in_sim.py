@@ -23,6 +23,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -118,7 +119,8 @@ class Env:
     async def run_pod(self, template: Manifest, job_name: str, *, timeout: float = 25.0) -> Manifest:
         """What the Job controller and the scheduler would do with `template` (a Job's
         spec.template): a Pod named after the Job, labelled with job-name, on CONTROL_NODE; run by
-        a kubelet whose pods authenticate as their ServiceAccount. Returns the finished Pod."""
+        a kubelet whose pods authenticate as their ServiceAccount, stopped once it is done (so that
+        the next pod meets one kubelet only). Returns the finished Pod."""
         sa = template["spec"]["serviceAccountName"]
         user = f"system:serviceaccount:{NS}:{sa}"
         token = secrets.token_hex(8)
@@ -136,17 +138,30 @@ class Env:
                "metadata": {"name": name, "namespace": NS, "labels": labels,
                             "annotations": template["metadata"].get("annotations", {})},
                "spec": {**template["spec"], "nodeName": CONTROL_NODE}}
-        p = await kubectl(self.kubeconfig, "create", "-f", "-", input=json.dumps(pod))
-        assert p.returncode == 0, p.stderr
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while loop.time() < end:
-            stored = self.api.store.get("v1/pods", NS, name)
-            if (stored.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                stored["logs"] = kubelet.logs(NS, name)
-                return stored
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"pod {name} did not finish in {timeout}s; logs:\n{kubelet.logs(NS, name)[-3000:]}")
+        try:
+            p = await kubectl(self.kubeconfig, "create", "-f", "-", input=json.dumps(pod))
+            assert p.returncode == 0, p.stderr
+            loop = asyncio.get_running_loop()
+            end = loop.time() + timeout
+            while loop.time() < end:
+                stored = self.api.store.get("v1/pods", NS, name)
+                if (stored.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    stored["logs"] = kubelet.logs(NS, name)
+                    return stored
+                await asyncio.sleep(0.2)
+            raise AssertionError(f"pod {name} did not finish in {timeout}s; logs:\n{kubelet.logs(NS, name)[-3000:]}")
+        finally:
+            self.kubelets.remove(kubelet)
+            await kubelet.stop()
+
+    async def run_audited(self, template: Manifest, job_name: str, *, timeout: float = 25.0) -> tuple[Manifest, Audit]:
+        """`run_pod`, recording every request its ServiceAccount makes meanwhile."""
+        sa = template["spec"]["serviceAccountName"]
+        audit = Audit(self.api, f"system:serviceaccount:{NS}:{sa}")
+        try:
+            return await self.run_pod(template, job_name, timeout=timeout), audit
+        finally:
+            audit.close()
 
     async def close(self) -> None:
         for k in self.kubelets:
@@ -198,6 +213,13 @@ async def longhorn(tmp_path: Path) -> AsyncIterator[Env]:
 @pytest.fixture
 async def bare(tmp_path: Path) -> AsyncIterator[Env]:
     """The emulated API server alone (no Longhorn), with the release namespace and the CRDs."""
+    async with bare_env(tmp_path) as env:
+        yield env
+
+
+@asynccontextmanager
+async def bare_env(tmp_path: Path) -> AsyncIterator[Env]:
+    """`bare`, for other test modules' fixtures."""
     api = ApiServer(namespace_seed=("default", LH_NS, NS))
     await api.start()
     kubeconfig = tmp_path / "kubeconfig"
@@ -243,11 +265,7 @@ async def test_the_hook_job_repairs_the_planted_collisions(longhorn: Env) -> Non
                  "acquireTime": micro_time(), "renewTime": micro_time(), "leaseTransitions": 0}})
 
     sa = template["spec"]["serviceAccountName"]
-    audit = Audit(env.api, f"system:serviceaccount:{NS}:{sa}")
-    try:
-        pod = await asyncio.wait_for(env.run_pod(template, job["metadata"]["name"]), 28)
-    finally:
-        audit.close()
+    pod, audit = await asyncio.wait_for(env.run_audited(template, job["metadata"]["name"]), 28)
     assert pod["status"]["phase"] == "Succeeded", pod["logs"][-3000:]
     assert exit_code(pod) == 0
 
@@ -287,11 +305,7 @@ async def test_the_scheduled_scan_reports_the_collisions(longhorn: Env) -> None:
     assert c["command"] == ["bimguard"] and c["args"][0] == "scan"
 
     sa = template["spec"]["serviceAccountName"]
-    audit = Audit(env.api, f"system:serviceaccount:{NS}:{sa}")
-    try:
-        pod = await env.run_pod(template, f"{cron['metadata']['name']}-29000000")
-    finally:
-        audit.close()
+    pod, audit = await env.run_audited(template, f"{cron['metadata']['name']}-29000000")
     # Exit 1: collisions to repair (a verdict: the Job fails, without retries, as a signal).
     assert exit_code(pod) == 1, pod["logs"][-3000:]
     assert groups[0].prefix in pod["logs"]
@@ -349,11 +363,7 @@ async def test_the_pre_delete_hook_removes_the_webhook_configuration_first(bare:
     template = uninstall["spec"]["template"]
     assert template["spec"]["containers"][0]["image"] == "ghcr.io/bimguard/bimguard:0.1.0"
     sa = template["spec"]["serviceAccountName"]
-    audit = Audit(env.api, f"system:serviceaccount:{NS}:{sa}")
-    try:
-        pod = await env.run_pod(template, uninstall["metadata"]["name"])
-    finally:
-        audit.close()
+    pod, audit = await env.run_audited(template, uninstall["metadata"]["name"])
     if finisher is not None:
         await finisher
     assert pod["status"]["phase"] == "Succeeded", pod["logs"][-3000:]
@@ -412,11 +422,7 @@ async def test_the_pre_delete_hook_removes_cert_managers_certificates_before_the
 
     template = uninstall["spec"]["template"]
     sa = template["spec"]["serviceAccountName"]
-    audit = Audit(env.api, f"system:serviceaccount:{NS}:{sa}")
-    try:
-        pod = await env.run_pod(template, uninstall["metadata"]["name"])
-    finally:
-        audit.close()
+    pod, audit = await env.run_audited(template, uninstall["metadata"]["name"])
     assert pod["status"]["phase"] == "Succeeded", pod["logs"][-3000:]
     deleted = [(a.resource, a.name) for a, status in audit.seen if a.verb == "delete" and status < 400
                and a.resource in ("certificates", "secrets")]
