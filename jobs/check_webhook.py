@@ -183,7 +183,7 @@ async def check(args: argparse.Namespace) -> str:
         e = kube.translate(exc)
         raise CheckError(f"cannot read mutatingwebhookconfiguration {args.webhook_configuration}: {e.status} "
                          f"{e.reason}: {_one_line(e.message)}") from None
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise CheckError(f"cannot reach the API server: {_one_line(exc)}") from None
     finally:
         await api.close()

@@ -102,6 +102,16 @@ def test_usage_and_configuration_errors_are_one_line_exit_2(capsys: pytest.Captu
     code, err = one_line_error(["--kubeconfig", str(tmp_path / "missing")], capsys)
     assert code == 2 and err == f"bimguard check-webhook: stat {tmp_path / 'missing'}: no such file or directory"
     assert "check-webhook" in build_parser().format_help()
+    closed = tmp_path / "closed.kubeconfig"  # an API server that is not there
+    closed.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{free_port()}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: c, context: {{cluster: c, user: u}}}}]
+current-context: c
+""")
+    code, err = one_line_error(["--kubeconfig", str(closed)], capsys)
+    assert code == 2 and err.startswith("bimguard check-webhook: cannot reach the API server: "), err
 
 
 @pytest.fixture
