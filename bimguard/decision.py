@@ -170,6 +170,15 @@ def json_pointer(*parts: str) -> str:
     return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+def cfg_differs(entry: dict[str, Any]) -> bool:
+    """Longhorn's own word that a disk's cfg holds another UUID than the one its status records:
+    NotReady, DiskFilesystemChanged, "record diskUUID doesn't match the one on the disk"
+    (controller/node_controller.go:703-714 @v1.7.2)."""
+    ready = next((c for c in entry.get("conditions") or [] if isinstance(c, dict) and c.get("type") == "Ready"), {})
+    return (ready.get("status") == "False" and ready.get("reason") == "DiskFilesystemChanged"
+            and "doesn't match the one on the disk" in str(ready.get("message") or ""))
+
+
 def rewrite_patch(disk: str, new_uuid: str, conditions: Iterable[dict[str, Any]], message: str,
                   now: str) -> list[dict[str, Any]]:
     """JSON Patch: the new UUID, and Ready/Schedulable False so nothing schedules onto the disk

@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterable, Protocol
 from kubernetes_asyncio import client
 
 from bimguard import records
-from bimguard.kube import PODS, Conflict, Kube, KubeError, NotFound, Resource
+from bimguard.decision import cfg_differs, json_pointer, rewrite_patch
+from bimguard.kube import PODS, Conflict, Invalid, Kube, KubeError, NotFound, Resource
 from bimguard.repair.steps import job_record_name
 from bimguard.rewrite.engine import (
     CLAIMS,
@@ -257,6 +258,7 @@ class RewriteController:
         if time.monotonic() - self._last_gc >= self.settings.gc_interval:
             self._last_gc = time.monotonic()
             await self._revert_stray_new_uuids(recs)
+            await self._record_new_again(recs)
             await self._collect_garbage(recs, claims)
         if self.on_pass is not None:
             try:
@@ -352,6 +354,41 @@ class RewriteController:
             if never_ran or (ready.get("status") == "False" and ready.get("reason") == "DiskFilesystemChanged"):
                 await self.engine.roll_back(rec, f"the stored status holds {spec['newUUID']} again although this record is "
                                            f"{phase_of(rec)} and the cfg does not (a re-recorded disk?)")
+
+    async def _record_new_again(self, recs: list[dict[str, Any]]) -> None:
+        """A Done record's old UUID back in the stored status while the cfg holds the new one (its
+        pod's compare-and-swap said so; Longhorn says the cfg does not match): the Longhorn Node was
+        deleted and created again around the swap, and Longhorn recorded what its disk monitor had
+        collected before it (polls fail while the Node is missing, controller/monitor/
+        disk_monitor.go:98-101,132-136; node_controller.go:450-456,745 @v1.7.2). Longhorn never
+        corrects a recorded UUID, so the new one is recorded again -- tested: the old UUID still
+        there and nothing scheduled on the disk (NotReady since, so nothing can have been)."""
+        done = [r for r in recs if phase_of(r) == "Done" and (r.get("spec") or {}).get("origin") == "webhook"
+                and (r.get("spec") or {}).get("newUUID")]
+        if not done:
+            return
+        nodes = {n["metadata"]["name"]: n for n in await self.kube.items(LH_NODES, self.longhorn_namespace)}
+        for rec in done:
+            spec = rec["spec"]
+            entry = (((nodes.get(spec["node"]) or {}).get("status") or {}).get("diskStatus") or {}).get(spec["disk"])
+            if not entry or entry.get("diskUUID") != spec["oldUUID"] or not cfg_differs(entry):
+                continue
+            base = json_pointer("status", "diskStatus", spec["disk"])
+            ops: list[dict[str, Any]] = [{"op": "test", "path": base + "/diskUUID", "value": spec["oldUUID"]}]
+            if "scheduledReplica" in entry:
+                ops.append({"op": "test", "path": base + "/scheduledReplica", "value": {}})
+            message = (f"bimguard records {spec['newUUID']} again for disk {spec['disk']}: longhorn-disk.cfg holds it "
+                       f"(DiskRewrite {rec['metadata']['name']})")
+            ops += rewrite_patch(spec["disk"], spec["newUUID"], entry.get("conditions") or [], message,
+                                 self.kube.clock.rfc3339())
+            self._act()
+            try:
+                await self.kube.json_patch_status(LH_NODES, self.longhorn_namespace, spec["node"], ops)
+            except (Invalid, NotFound):
+                continue  # changed meanwhile: looked at again next time
+            log.warning("record %s: Longhorn recorded %s again for %s/%s although the cfg holds %s (a re-created "
+                        "Longhorn Node?); recorded %s again", rec["metadata"]["name"], spec["oldUUID"], spec["node"],
+                        spec["disk"], spec["newUUID"], spec["newUUID"])
 
     async def _done(self, rec: dict[str, Any]) -> None:
         spec = rec["spec"]

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from bimguard.bim import prefix_bim_name
+from bimguard.decision import cfg_differs
 from bimguard.repair.world import Obj, World, condition, deleting, name_of
 
 # Record phases of a Job record (the webhook's are Pending, Rewriting and the final ones).
@@ -211,15 +212,6 @@ def drained(world: World, ctx: Context, node: str, disk: str, uuid: str) -> str:
     return ""
 
 
-def cfg_differs(entry: Obj) -> bool:
-    """Longhorn's own word that the disk's cfg holds another UUID than the one recorded: NotReady,
-    DiskFilesystemChanged, "record diskUUID doesn't match the one on the disk"
-    (controller/node_controller.go:703-714 @v1.7.2)."""
-    ready = condition(entry.get("conditions"), "Ready")
-    return (ready.get("status") == "False" and ready.get("reason") == "DiskFilesystemChanged"
-            and "doesn't match the one on the disk" in str(ready.get("message") or ""))
-
-
 def stall_reason(world: World, node: str, uuid: str) -> str:
     """Longhorn's own reason an eviction does not progress: a volume's Scheduled condition."""
     for r in world.replicas_on(node, uuid):
@@ -349,7 +341,7 @@ def _restoring(world: World, ctx: Context, rec: Mapping[str, Any]) -> Action:
     entry = world.disk_status(node, disk)
     if entry is None:
         return wait("the disk is not in the node's status")
-    if (entry.get("diskUUID") or "") == old and cfg_differs(entry):
+    if (entry.get("diskUUID") or "") == old and cfg_differs(dict(entry)):
         # The cfg holds the new UUID (this record's compare-and-swap said so before Restoring), yet
         # Longhorn recorded the old one again: the Longhorn Node was deleted and created again
         # after the swap, and its node controller records what its disk monitor last collected
