@@ -54,6 +54,7 @@ class Running:
     cluster: SimCluster
     args: argparse.Namespace
     calls: set[tuple[str, str, str, str, str]] = field(default_factory=set)
+    nonresource: set[str] = field(default_factory=set)
 
 
 @contextlib.asynccontextmanager
@@ -88,6 +89,14 @@ async def webhook_process(tmp_path: Path) -> AsyncIterator[Running]:
             if user == SA:
                 url = urlsplit(path_qs)
                 a = authz.request_attributes(method, url.path, dict(parse_qsl(url.query)), {"username": user})
+                if not a.resource_request:
+                    # /version (the leader's matchConditions check), discovery: Kubernetes' default
+                    # ClusterRoles system:public-info-viewer and system:discovery let every
+                    # authenticated user read them; no grant of the chart's is involved.
+                    path = url.path.rstrip("/")  # the client asks for /version/; both are granted
+                    assert path in ("/version", "/api", "/apis") or path.startswith(("/api/", "/apis/")), path
+                    running.nonresource.add(path)
+                    return
                 resource = a.resource + (f"/{a.subresource}" if a.subresource else "")
                 where = {LH: "lh", NS: "own", REWRITER_NS: "pods", "": "cluster"}.get(a.namespace, a.namespace)
                 running.calls.add((a.verb, a.group, resource, where, a.name))
@@ -157,6 +166,7 @@ async def test_the_webhook_calls_only_what_it_is_granted(tmp_path: Path) -> None
     allowed = permissions.permissions(self_managed_tls=True, injects_ca_bundle=True, metrics_authorization=True)
     unlisted = sorted(c for c in w.calls if not listed(c, allowed))
     assert unlisted == [], f"requests webhook/permissions.py does not list (so the chart does not grant): {unlisted}"
+    assert "/version" in w.nonresource  # the leader's matchConditions check ran
     # The run exercised what matters: the rewriter pod in its namespace, the caBundle, the Secret,
     # the Lease, the reviews of a scraper's token.
     for needed in (("create", "", "pods", "pods", ""), ("patch", "admissionregistration.k8s.io",

@@ -35,6 +35,7 @@ def api_client(url: str, token: str | None = None) -> client.ApiClient:
     cfg = client.Configuration()
     cfg.host = url
     cfg.verify_ssl = False
+    cfg.connection_pool_maxsize = 0  # no limit: every simulated manager of a cluster may share it
     if token:
         cfg.api_key = {"BearerToken": token}
         cfg.api_key_prefix = {"BearerToken": "Bearer"}
@@ -45,12 +46,15 @@ class LonghornClient:
     """Typed-as-dicts access to ``longhorn.io/v1beta2`` objects and core Events in one namespace."""
 
     def __init__(self, url: str, *, component: str, host: str = "", namespace: str = NAMESPACE,
-                 token: str | None = None) -> None:
+                 token: str | None = None, shared: "LonghornClient | None" = None) -> None:
         self.url = url
         self.namespace = namespace
         self.component = component
         self.host = host
-        self._client = api_client(url, token)
+        # Every longhorn-manager runs as the same service account; sharing one connection pool
+        # spares a cluster of N managers N SSL contexts (~25 ms each) and N pools.
+        self._owned = shared is None
+        self._client = api_client(url, token) if shared is None else shared._client
         self.custom = client.CustomObjectsApi(self._client)
         self.core = client.CoreV1Api(self._client)
         #: Called after every successful write with (plural, written object or None, name) --
@@ -62,7 +66,8 @@ class LonghornClient:
             await self.after_write(plural, obj, name)
 
     async def close(self) -> None:
-        await self._client.close()
+        if self._owned:
+            await self._client.close()
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:

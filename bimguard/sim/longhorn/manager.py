@@ -180,9 +180,8 @@ class LonghornManager:
     status_writes: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.kube = LonghornClient(
-            self.cluster.url, component="longhorn-node-controller", host=self.node_name, token=self.cluster.token
-        )
+        self.kube = LonghornClient(self.cluster.url, component="longhorn-node-controller", host=self.node_name,
+                                   shared=self.cluster.kube)
         self.cache = self.cluster.cache
         self.kube.after_write = self.cache.verify
         self.log = ManagerLog(self.node_name)
@@ -238,9 +237,7 @@ class LonghornManager:
     async def sync_nodes(self) -> None:
         requeue = False
         settings = await self.cache.list("settings")
-        for node in await self.cache.list("nodes"):
-            if not self._handles_node(node["metadata"]["name"]):
-                continue
+        for node in self._handled_nodes():
             try:
                 await self.sync_node(node, settings)
             except Requeue:
@@ -248,14 +245,18 @@ class LonghornManager:
         if requeue:
             raise Requeue()
 
-    def _handles_node(self, name: str) -> bool:
+    def _handled_nodes(self) -> list[dict[str, Any]]:
         """Every longhorn-manager syncs every Node, but all of them compute the same node-level
         conditions; only the owner touches disks (node_controller.go:433). To keep large clusters
         cheap the sim lets the owner sync its node and the leader sync nodes whose manager is down
-        or missing -- the writes the API server sees are the same."""
-        if name == self.node_name:
-            return True
-        return not self.cluster.manager_up(name) and self.cluster.leader() == self.node_name
+        or missing -- the writes the API server sees are the same. Found without walking every
+        Node per manager (with 500 nodes that walk, per event, was most of the CPU)."""
+        own = self.cache.peek("nodes", self.node_name)
+        handled = [own] if own is not None else []
+        if self.cluster.leader() == self.node_name:
+            handled += [n for n in self.cache.informers["nodes"].objects.values()
+                        if not self.cluster.manager_up(n["metadata"]["name"])]
+        return handled
 
     async def sync_node(self, node: dict[str, Any], settings: list[dict[str, Any]]) -> None:
         """lm v1.7.2 node_controller.go:363 syncNode with its deferred status write (line 396).
@@ -266,7 +267,7 @@ class LonghornManager:
         owner = name == self.node_name
         if node["metadata"].get("deletionTimestamp"):
             # lm node_controller.go:387: Event "Deleting node" and drop the finalizer.
-            if node["metadata"].get("finalizers"):  # _handles_node picked exactly one manager
+            if node["metadata"].get("finalizers"):  # _handled_nodes picked exactly one manager
                 await self.kube.event(node, "Warning", "Delete", f"Deleting node {name}")
                 await self._drop_finalizers("nodes", node)
             return
@@ -306,7 +307,11 @@ class LonghornManager:
                 await self.kube.replace_status("nodes", body)
                 self.status_writes += 1
             except Conflict:
-                # lm node_controller.go:398-401: requeue on conflict, nothing else.
+                # lm node_controller.go:398-401: requeue on conflict, nothing else. Longhorn's retry
+                # conflicts again until its informer holds the newer Node; waiting for the cache
+                # first makes the same write without the futile ones, which in this one process
+                # would starve the very watch that delivers that Node (a 500-node cluster stalled).
+                await self.cache.wait_newer("nodes", node)
                 raise Requeue() from None
             except NotFound:
                 return
