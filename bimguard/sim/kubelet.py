@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import aiohttp
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -456,23 +457,31 @@ class SimKubelet:
             raise
 
     async def _write_status(self, pod: dict[str, Any], mutate: Any) -> None:
+        """Until it lands: kubelet's status manager keeps each pod's latest status and writes it
+        again after a failed write (a 5xx, a throttled or dropped request), so a pod's outcome is
+        never lost to a passing API error; a pod that is gone needs no status."""
         ns, name = pod["metadata"].get("namespace", ""), pod["metadata"]["name"]
-        for _ in range(20):
-            cur = await self._read(ns, name)
-            if cur is None:
-                return
-            status = cur.setdefault("status", {})
-            mutate(status, cur)
+        backoff = 0.05
+        while True:
             try:
+                cur = await self._read(ns, name)
+                if cur is None:
+                    return
+                status = cur.setdefault("status", {})
+                mutate(status, cur)
                 await self.core.replace_namespaced_pod_status(name, ns, cur)
                 return
             except ApiException as exc:
+                if exc.status == 404:
+                    return
                 if exc.status == 409:
                     await asyncio.sleep(0.01)
                     continue
-                if exc.status == 404:
-                    return
-                raise
+                log.debug("status of pod %s/%s not written (%s); again in %.2fs", ns, name, exc.status, backoff)
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:  # unreachable for a moment
+                log.debug("status of pod %s/%s not written (%s); again in %.2fs", ns, name, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
     def _container_name(self, pod: dict[str, Any]) -> str:
         cs = (pod.get("spec") or {}).get("containers") or [{}]

@@ -88,6 +88,17 @@ async def test_success_writes_through_the_mapping_and_bimguard_is_on_path(api: A
     assert kubelet.logs("default", "ok") == "worker-2\n"
 
 
+async def test_a_pods_outcome_survives_failing_status_writes(api: ApiServer, kubelet: SimKubelet, tmp_path: Path) -> None:
+    """Kubelet's status manager writes a pod's latest status again after a failed write: with the
+    API server failing the first status writes (the Running one, then the terminated one), the pod
+    still runs and its outcome still lands."""
+    api.faults.error_rate(1.0, 503, verbs="update", resource=PODS, subresource="status", count=4)
+    api.store.create(PODS, _pod("flaky", ["sh", "-c", "echo ran; exit 0"]))
+    pod = await _wait_phase(api, "flaky", {"Succeeded", "Failed"})
+    assert pod["status"]["phase"] == "Succeeded" and kubelet.logs("default", "flaky") == "ran\n"
+    assert api.faults.injected == 4
+
+
 @pytest.mark.parametrize("name,pod,why", [
     ("img", _pod("img", ["true"], image="busybox:1.36"), "is not the simulated bimguard image"),
     ("nocmd", _pod("nocmd", []), "no command"),
