@@ -10,6 +10,7 @@ entry from `ApiServer.webhook_hosts` or point it at a closed port.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from bimguard.sim.resources import ResourceKey
@@ -48,6 +49,7 @@ class Faults:
         self.errors: list[ErrorRule] = []
         self.latencies: list[LatencyRule] = []
         self.injected = 0  # how many errors were injected so far
+        self.injected_by_code: Counter[int] = Counter()
 
     def seed(self, seed: int) -> None:
         self._random = random.Random(seed)
@@ -98,6 +100,7 @@ class Faults:
                 if rule.remaining is not None:
                     rule.remaining -= 1
                 self.injected += 1
+                self.injected_by_code[rule.code] += 1
                 reason, message = _ERROR_BODIES.get(rule.code, ("InternalError", f"injected fault {rule.code}"))
                 headers = {"Retry-After": str(rule.retry_after)} if rule.code == 429 else None
                 details = {"retryAfterSeconds": rule.retry_after} if rule.code == 429 else None

@@ -86,7 +86,7 @@ class CfgWatch:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "CfgWatch":
+    def __enter__(self) -> CfgWatch:
         self.start()
         return self
 
