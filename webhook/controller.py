@@ -251,6 +251,9 @@ class RewriteController:
                 self._wake.set()
             except (_NotLeader, asyncio.CancelledError):
                 raise
+            except KubeError as exc:  # the API server's answer says it all: one line; the next pass retries
+                self.errors += 1
+                log.error("record %s: reconcile failed: %s", rec["metadata"]["name"], exc)
             except Exception:
                 self.errors += 1
                 log.exception("record %s: reconcile failed", rec["metadata"]["name"])
