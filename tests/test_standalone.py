@@ -32,7 +32,7 @@ def test_a_fresh_clone_collects_without_material_beside_it(tmp_path: Path) -> No
     assert offenders == []
 
     env = {k: v for k, v in os.environ.items() if k not in ("BIMGUARD_" + "SHARED", "PYTHONPATH")}
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q"], cwd=clone, env=env,
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0"], cwd=clone, env=env,
                          capture_output=True, text=True, timeout=110)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-2000:])
     collected = re.search(r"^(\d+) tests? collected", out.stdout, re.MULTILINE)
