@@ -335,6 +335,23 @@ class RewriteController:
         if entry is not None and entry.get("diskUUID") == spec["newUUID"]:
             await self.engine.roll_back(rec, "the admission patch landed after the record was abandoned; the cfg was never rewritten")
 
+    async def _stored_entries(self, recs: list[dict[str, Any]], phases: tuple[str, ...]
+                              ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(record, its disk's stored status entry) for the webhook's records in these phases that
+        made a rewrite, whose disk is in its stored Node's status (one list of the Nodes)."""
+        chosen = [r for r in recs if phase_of(r) in phases and (r.get("spec") or {}).get("origin") == "webhook"
+                  and (r.get("spec") or {}).get("newUUID")]
+        if not chosen:
+            return []
+        nodes = {n["metadata"]["name"]: n for n in await self.kube.items(LH_NODES, self.longhorn_namespace)}
+        out = []
+        for rec in chosen:
+            spec = rec["spec"]
+            entry = (((nodes.get(spec["node"]) or {}).get("status") or {}).get("diskStatus") or {}).get(spec["disk"])
+            if entry:
+                out.append((rec, entry))
+        return out
+
     async def _revert_stray_new_uuids(self, recs: list[dict[str, Any]]) -> None:
         """A final, not-Done record's new UUID back in the stored status (any age): e.g. the disk
         was re-recorded and a review reused the record's answer. Nothing will write it to the cfg,
@@ -342,15 +359,9 @@ class RewriteController:
         (Ready=False, DiskFilesystemChanged): if an ambiguous failure did leave the new UUID in the
         cfg and Longhorn re-recorded that, status and cfg agree and must be left alone. Records
         that never had a pod need no such word: their cfg was never touched (`_late_landing`)."""
-        finals = [r for r in recs if phase_of(r) in ("Abandoned", "RolledBack")
-                  and (r.get("spec") or {}).get("origin") == "webhook" and (r.get("spec") or {}).get("newUUID")]
-        if not finals:
-            return
-        nodes = {n["metadata"]["name"]: n for n in await self.kube.items(LH_NODES, self.longhorn_namespace)}
-        for rec in finals:
+        for rec, entry in await self._stored_entries(recs, ("Abandoned", "RolledBack")):
             spec = rec["spec"]
-            entry = (((nodes.get(spec["node"]) or {}).get("status") or {}).get("diskStatus") or {}).get(spec["disk"])
-            if not entry or entry.get("diskUUID") != spec["newUUID"]:
+            if entry.get("diskUUID") != spec["newUUID"]:
                 continue
             ready = next((c for c in entry.get("conditions") or [] if c.get("type") == "Ready"), {})
             never_ran = int((rec.get("status") or {}).get("attempts") or 0) == 0
@@ -366,15 +377,9 @@ class RewriteController:
         disk_monitor.go:98-101,132-136; node_controller.go:450-456,745 @v1.7.2). Longhorn never
         corrects a recorded UUID, so the new one is recorded again -- tested: the old UUID still
         there and nothing scheduled on the disk (NotReady since, so nothing can have been)."""
-        done = [r for r in recs if phase_of(r) == "Done" and (r.get("spec") or {}).get("origin") == "webhook"
-                and (r.get("spec") or {}).get("newUUID")]
-        if not done:
-            return
-        nodes = {n["metadata"]["name"]: n for n in await self.kube.items(LH_NODES, self.longhorn_namespace)}
-        for rec in done:
+        for rec, entry in await self._stored_entries(recs, ("Done",)):
             spec = rec["spec"]
-            entry = (((nodes.get(spec["node"]) or {}).get("status") or {}).get("diskStatus") or {}).get(spec["disk"])
-            if not entry or entry.get("diskUUID") != spec["oldUUID"] or not cfg_differs(entry):
+            if entry.get("diskUUID") != spec["oldUUID"] or not cfg_differs(entry):
                 continue
             base = json_pointer("status", "diskStatus", spec["disk"])
             ops: list[dict[str, Any]] = [{"op": "test", "path": base + "/diskUUID", "value": spec["oldUUID"]}]

@@ -48,10 +48,21 @@ from bimguard.sim.longhorn.cluster import SimCluster
 from bimguard.sim.longhorn.node_status import get_condition
 from bimguard.sim.serve import simulated_cluster
 from tests.e2e import repair_env
+
+# The prevention e2e's names, and its leases: roomy for a loaded machine, short enough for a test.
+from tests.e2e.test_prevention import (
+    CLAIMS,
+    HOST,
+    IMAGE,
+    LEASE,
+    NODES,
+    RW,
+    free_prefix,
+    phase,
+)
 from tests.webhook.harness import (
     LONGHORN_NS,
     NAMESPACE,
-    SERVICE,
     Replica,
     prepare,
     start_replica,
@@ -60,23 +71,12 @@ from tests.webhook.harness import (
 from webhook.controller import RewriteController
 from webhook.leader import LeaderElector
 
-RW = f"{records.GROUP}/{records.VERSION}/{records.REWRITES}"
-CLAIMS = f"{records.GROUP}/{records.VERSION}/{records.CLAIMS}"
-NODES = "longhorn.io/v1beta2/nodes"
-HOST = f"{SERVICE}.{NAMESPACE}.svc"
-IMAGE = "bimguard:e2e"
 HISTORY = ("nodes", "replicas", "backingimages", "backingimagemanagers", "prefixclaims", "diskrewrites", "pods")
-# The leases of tests/e2e/test_prevention.py: roomy for a loaded machine, short enough for a test.
-LEASE = {"lease_duration": 4.0, "renew_deadline": 3.0, "retry_period": 0.2}
 # The controller collects unreferenced claims within seconds (gc_interval, gc_grace), so "no claim
 # leaked" can be judged after a wait; the grace stays above the moment between a rewrite's claim
 # and its record.
 SETTINGS = Settings(resync=0.2, pending_grace=5, pod_start_timeout=15, gc_interval=1.0, gc_grace=5.0,
                     active_deadline=60, check_interval=3.0)
-
-
-def phase(rec: dict[str, Any]) -> str:
-    return (rec.get("status") or {}).get("phase") or "Pending"
 
 
 # ---------------------------------------------------------------------------------- the outcomes
@@ -542,14 +542,6 @@ async def fault_env(tmp_path: Path, *, nodes: int, seed: int, time_scale: float 
             await env.close()
             watch.close()
             history.close()
-
-
-def free_prefix(rng: random.Random, taken: set[str]) -> str:
-    while True:
-        p = f"{rng.getrandbits(16):04x}"
-        if p not in taken:
-            taken.add(p)
-            return p
 
 
 async def colliding_burst(env: FaultEnv, rng: random.Random, n: int, tag: str) -> list[tuple[str, str]]:
