@@ -74,6 +74,7 @@ Public API:
         the controller) and material (the parsed Secret; its repr shows no keys)
     async ensure_ca_bundle(api_client, mwc_name, bundle_pem) -> bool   # True if it patched
     async keep_ca_bundle(api_client, mwc_name, source, interval=30.0)   # the leader's loop
+    async patch_webhooks(api_client, mwc_name, changes, what) -> int    # resourceVersion-tested JSON Patch
     ApiFailure                 # .status, .reason of a failed API call (raised by the above)
 `start()` raises when the API server cannot be reached: the pod then restarts rather than serve
 nothing; after that, API failures are logged and the last certificate keeps serving.
@@ -597,36 +598,47 @@ class SelfManagedCerts(CertSource):
 
 
 async def ensure_ca_bundle(api_client: client.ApiClient, mwc_name: str, bundle_pem: bytes) -> bool:
-    """Make every webhook of the MutatingWebhookConfiguration trust `bundle_pem`. True if it patched.
-
-    A JSON patch that first tests the resourceVersion it was computed from, so a concurrent
-    writer (helm upgrade, another leader's last act) is never overwritten blindly; a failed test
-    (422) or conflict (409) re-reads and recomputes.
-    """
+    """Make every webhook of the MutatingWebhookConfiguration trust `bundle_pem`. True if it patched."""
     if not bundle_pem.strip():
         raise ValueError("refusing to inject an empty caBundle (the API server would fall back to system roots)")
-    api = client.AdmissionregistrationV1Api(api_client)
     want = _b64(bundle_pem)
+
+    def changes(i: int, hook: dict[str, Any]) -> list[dict[str, Any]]:
+        if (hook.get("clientConfig") or {}).get("caBundle") == want:
+            return []
+        return [{"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": want}]
+
+    patched = await patch_webhooks(api_client, mwc_name, changes, "caBundle")
+    if patched:
+        log.info("caBundle of MutatingWebhookConfiguration %s set for %d webhook(s) (%d CA certificate(s))",
+                 mwc_name, patched, bundle_pem.count(b"-----BEGIN CERTIFICATE-----"))
+    return patched > 0
+
+
+async def patch_webhooks(api_client: client.ApiClient, mwc_name: str,
+                         changes: Callable[[int, dict[str, Any]], list[dict[str, Any]]], what: str) -> int:
+    """Apply `changes(index, webhook)` (JSON Patch operations) to the configuration's webhooks; how
+    many webhooks changed. The patch first tests the resourceVersion it was computed from, so a
+    concurrent writer (helm upgrade, another leader's last act) is never overwritten blindly; a
+    failed test (422) or conflict (409) re-reads and recomputes."""
+    api = client.AdmissionregistrationV1Api(api_client)
     for _ in range(10):
         _, obj = await _raw(api.read_mutating_webhook_configuration(mwc_name, _preload_content=False))
         rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}]
-        for i, hook in enumerate(obj.get("webhooks") or []):
-            if (hook.get("clientConfig") or {}).get("caBundle") != want:
-                ops.append({"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": want})
-        if len(ops) == 1:
-            return False
+        per_hook = [changes(i, hook) for i, hook in enumerate(obj.get("webhooks") or [])]
+        ops = [op for hook_ops in per_hook for op in hook_ops]
+        if not ops:
+            return 0
         try:
             await _raw(api.patch_mutating_webhook_configuration(
-                mwc_name, ops, _content_type="application/json-patch+json", _preload_content=False))
+                mwc_name, [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, *ops],
+                _content_type="application/json-patch+json", _preload_content=False))
         except ApiFailure as e:
             if e.status in (409, 422):
                 continue
             raise
-        log.info("caBundle of MutatingWebhookConfiguration %s set for %d webhook(s) (%d CA certificate(s))",
-                 mwc_name, len(ops) - 1, bundle_pem.count(b"-----BEGIN CERTIFICATE-----"))
-        return True
-    raise RuntimeError(f"MutatingWebhookConfiguration {mwc_name}: caBundle patch kept conflicting")
+        return sum(1 for hook_ops in per_hook if hook_ops)
+    raise RuntimeError(f"MutatingWebhookConfiguration {mwc_name}: {what} patch kept conflicting")
 
 
 async def keep_ca_bundle(api_client: client.ApiClient, mwc_name: str, source: CertSource,

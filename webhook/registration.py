@@ -119,35 +119,24 @@ async def for_server(api_client: client.ApiClient, **kwargs: Any) -> dict[str, A
 
 async def ensure_match_conditions(api_client: client.ApiClient, mwc_name: str) -> bool:
     """Add scope.MATCH_CONDITIONS to bimguard's webhook in the configuration when the server has
-    them on by default and the webhook has none. True if it patched. A JSON patch that tests the
-    resourceVersion it was computed from (a concurrent `helm upgrade` is never overwritten); a
-    failed test (422) or conflict (409) re-reads and recomputes."""
-    from webhook.certs import ApiFailure, _raw
+    them on by default and the webhook has none. True if it patched (a resourceVersion-tested
+    JSON Patch, `certs.patch_webhooks`)."""
+    from webhook.certs import patch_webhooks
 
     if not supports_match_conditions(await server_version(api_client)):
         return False
-    api = client.AdmissionregistrationV1Api(api_client)
     want = [c.as_dict() for c in scope.MATCH_CONDITIONS]
-    for _ in range(10):
-        _, obj = await _raw(api.read_mutating_webhook_configuration(mwc_name, _preload_content=False))
-        rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}]
-        for i, hook in enumerate(obj.get("webhooks") or []):
-            if hook.get("name") == scope.WEBHOOK_NAME and not hook.get("matchConditions"):
-                ops.append({"op": "add", "path": f"/webhooks/{i}/matchConditions", "value": want})
-        if len(ops) == 1:
-            return False
-        try:
-            await _raw(api.patch_mutating_webhook_configuration(
-                mwc_name, ops, _content_type="application/json-patch+json", _preload_content=False))
-        except ApiFailure as e:
-            if e.status in (409, 422):
-                continue
-            raise
-        log.info("matchConditions added to MutatingWebhookConfiguration %s: the server has them on by default now",
-                 mwc_name)
-        return True
-    raise RuntimeError(f"MutatingWebhookConfiguration {mwc_name}: matchConditions patch kept conflicting")
+
+    def changes(i: int, hook: dict[str, Any]) -> list[dict[str, Any]]:
+        if hook.get("name") != scope.WEBHOOK_NAME or hook.get("matchConditions"):
+            return []
+        return [{"op": "add", "path": f"/webhooks/{i}/matchConditions", "value": want}]
+
+    if not await patch_webhooks(api_client, mwc_name, changes, "matchConditions"):
+        return False
+    log.info("matchConditions added to MutatingWebhookConfiguration %s: the server has them on by default now",
+             mwc_name)
+    return True
 
 
 async def keep_match_conditions(api_client: client.ApiClient, mwc_name: str, interval: float = 600.0) -> None:
