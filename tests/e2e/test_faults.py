@@ -326,3 +326,42 @@ def test_fault_run_check_converges_with_every_outcome_holding() -> None:
                    "repaired by the Job"):
         assert figure in out.stdout, out.stdout
 
+
+
+# ------------------------------------------------------------------ f. the repair on "Repair"'s cluster under faults
+
+
+async def test_the_upgraded_cluster_repaired_under_api_faults_and_a_kill_converges(tmp_path: Path) -> None:
+    """The 60-node cluster of tests/e2e/test_repair.py (12 groups: data, a 3-way group, stuck
+    replicas and copies, a volume that cannot move, clones with and without leftovers, an orphan)
+    repaired while the API server answers 10 % of the Job's writes 429 (Retry-After) and 10 % 503,
+    and the first run is killed (SIGKILL) 8 s in; the faults stop and reruns finish. Judged by the
+    §1 outcomes, except that the groups Longhorn's data keeps blocked by design still collide."""
+    from tests.e2e.test_repair import UPGRADED
+
+    async with fault_env(tmp_path, nodes=60, seed=3) as env:
+        c = env.cluster
+        groups = await plant(c, UPGRADED)
+        writes = ["create", "update", "patch", "delete"]
+        env.api.faults.error_rate(0.1, 429, verbs=writes, retry_after=1)
+        env.api.faults.error_rate(0.1, 503, verbs=writes)
+        args = ("--apply", "--evict", "--max-parallel", "3", "--timeout", "60s")
+        code, _, err = await env.job.repair(*args, kill_after_seconds=8, timeout=100)
+        assert code == -9 or (code in (0, 2, 3) and "Traceback" not in err), err[-2000:]
+        code, _, err = await env.job.repair(*args, timeout=100)  # still under faults
+        assert code in (0, 2, 3) and "Traceback" not in err, err[-2000:]
+        midway = check(env.api, c, env.history, env.watch, converged=False)
+        assert not midway.violations, describe(midway)
+
+        env.api.faults.clear()
+        for _ in range(3):
+            code, out, err = await env.job.repair(*args, timeout=100)
+            if code != 2:
+                break
+        assert code == 3, err[-2000:]  # the blocked groups, by design (test_repair.py)
+        await env.until(env.settled, 30, "every disk Ready with status == cfg")
+        outcome = check(env.api, c, env.history, env.watch, converged=False)
+        assert not outcome.violations, describe(outcome)
+        _, scan = await env.job.scan()
+        assert {g["prefix"] for g in scan["collisions"]} == {g.prefix for g in groups if g.expect != "Done"}
+        print(f"\n{outcome.figures}")
