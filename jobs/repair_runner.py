@@ -574,7 +574,7 @@ class Runner:
             return await self._rewrite(rec, world)
         if kind == "restatus":
             rec = await self._write(rec, phase=action.phase, step=action.detail)
-            await self._status_to_new(rec, world, action.phase, "the cfg already holds it")
+            await self._status_to_new(rec, world, action.phase, "the cfg already holds it", verdict=True)
             return True
         if kind == "follow-rewrite":
             if ((rec.get("status") or {}).get("phase")) != steps.REWRITING:
@@ -701,10 +701,12 @@ class Runner:
         self._show(rec, steps.REWRITING, f"status {spec['oldUUID']} -> {spec['newUUID']}; rewriter pod started")
         return True
 
-    async def _status_to_new(self, rec: dict[str, Any], world: World, phase: str, then: str) -> bool:
+    async def _status_to_new(self, rec: dict[str, Any], world: World, phase: str, then: str, *,
+                             verdict: bool = False) -> bool:
         """A JSON Patch on the Node's status that tests what the decision saw (the old UUID; nothing
-        scheduled on the disk) and sets the new UUID with the disk NotReady. False (and the step
-        noted) when a test failed: something changed since this pass read it."""
+        scheduled on the disk; with `verdict`, the conditions holding Longhorn's "doesn't match"
+        verdict the decision rests on) and sets the new UUID with the disk NotReady. False (and the
+        step noted) when a test failed: something changed since this pass read it."""
         spec = rec["spec"]
         entry = world.disk_status(spec["node"], spec["disk"]) or {}
         base = "/status/diskStatus/" + pointer_token(spec["disk"])
@@ -713,6 +715,8 @@ class Runner:
             for key in ("scheduledReplica", "scheduledBackingImage"):
                 if key in entry:
                     ops.append({"op": "test", "path": f"{base}/{key}", "value": {}})
+        if verdict:
+            ops.append({"op": "test", "path": f"{base}/conditions", "value": entry.get("conditions")})
         message = (f"bimguard repair changes the UUID of disk {spec['disk']} from {spec['oldUUID']} to "
                    f"{spec['newUUID']}; {then} (DiskRewrite {rec['metadata']['name']})")
         ops += rewrite_patch(spec["disk"], spec["newUUID"], entry.get("conditions") or [], message, now_rfc3339())

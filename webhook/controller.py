@@ -385,6 +385,8 @@ class RewriteController:
             ops: list[dict[str, Any]] = [{"op": "test", "path": base + "/diskUUID", "value": spec["oldUUID"]}]
             if "scheduledReplica" in entry:
                 ops.append({"op": "test", "path": base + "/scheduledReplica", "value": {}})
+            # Longhorn's verdict as read (a rollback replaces it with bimguard's own, engine.rollback_patch).
+            ops.append({"op": "test", "path": base + "/conditions", "value": entry.get("conditions")})
             message = (f"bimguard records {spec['newUUID']} again for disk {spec['disk']}: longhorn-disk.cfg holds it "
                        f"(DiskRewrite {rec['metadata']['name']})")
             ops += rewrite_patch(spec["disk"], spec["newUUID"], entry.get("conditions") or [], message,

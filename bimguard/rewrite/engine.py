@@ -42,6 +42,7 @@ from typing import Any, Callable
 import msgspec
 
 from bimguard import records
+from bimguard.decision import rewrite_patch
 from bimguard.decode import add_object
 from bimguard.dependents import Dependents, DependentsIndex
 from bimguard.inventory import Inventory
@@ -127,10 +128,13 @@ def pointer_token(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def rollback_patch(disk: str, old_uuid: str, new_uuid: str) -> list[dict[str, Any]]:
-    """JSON Patch putting `old_uuid` back, only if the stored status still holds `new_uuid`."""
+def rollback_patch(disk: str, old_uuid: str, new_uuid: str, message: str, now: str) -> list[dict[str, Any]]:
+    """JSON Patch putting `old_uuid` back, only if the stored status still holds `new_uuid`. The
+    conditions become bimguard's own (NotReady until Longhorn's next sync judges status == cfg
+    again): a Longhorn verdict about the new UUID -- "record diskUUID doesn't match the one on the
+    disk" -- left beside the old one would read as a verdict about it (decision.cfg_differs)."""
     path = f"/status/diskStatus/{pointer_token(disk)}/diskUUID"
-    return [{"op": "test", "path": path, "value": new_uuid}, {"op": "replace", "path": path, "value": old_uuid}]
+    return [{"op": "test", "path": path, "value": new_uuid}, *rewrite_patch(disk, old_uuid, (), message, now)]
 
 
 class DiskPathRefused(KubeError):
@@ -372,7 +376,8 @@ class RewriteEngine:
         self.act()
         try:
             await self.kube.json_patch_status(LH_NODES, self.longhorn_namespace, spec["node"],
-                                              rollback_patch(spec["disk"], spec["oldUUID"], spec["newUUID"]))
+                                              rollback_patch(spec["disk"], spec["oldUUID"], spec["newUUID"],
+                                                             f"bimguard put {spec['oldUUID']} back: {why}", now_rfc3339()))
             phase, outcome = "RolledBack", f"status {spec['newUUID']} -> {spec['oldUUID']}"
         except (Invalid, NotFound):
             # The test op failed or the node is gone: see what is there now (a re-run after a

@@ -350,8 +350,8 @@ async def test_the_upgraded_cluster_repaired_under_api_faults_and_a_kill_converg
         assert code == -9 or (code in (0, 2, 3) and "Traceback" not in err), err[-2000:]
         code, _, err = await env.job.repair(*args, timeout=100)  # still under faults
         assert code in (0, 2, 3) and "Traceback" not in err, err[-2000:]
-        midway = check(env.api, c, env.history, env.watch, converged=False)
-        assert not midway.violations, describe(midway)
+        # Not judged here: a claim the killed run left between claiming and recording is for the
+        # next run to take up (test_repair.py::test_a_claim_left_between_claiming_and_recording_is_taken_up).
 
         env.api.faults.clear()
         for _ in range(3):

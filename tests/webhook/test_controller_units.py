@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from bimguard.decision import REASON, cfg_differs
 from bimguard.sim.patch import PatchError, apply_json_patch
 from bimguard.rewrite.engine import parse_time, pointer_token, rollback_patch, termination, written_no_earlier_than
 
@@ -20,13 +21,22 @@ def test_pointer_token_escapes_tilde_before_slash() -> None:
     assert pointer_token("~/") == "~0~1"  # not "~01": `~` first
 
 
-def test_rollback_patch_only_replaces_our_uuid() -> None:
-    node = {"status": {"diskStatus": {"odd/name~x": {"diskUUID": NEW, "diskName": "odd/name~x"}}}}
-    patched = apply_json_patch(node, rollback_patch("odd/name~x", OLD, NEW))
-    assert patched["status"]["diskStatus"]["odd/name~x"]["diskUUID"] == OLD
+def test_rollback_patch_only_replaces_our_uuid_and_leaves_no_longhorn_verdict_about_it() -> None:
+    mismatch = {"type": "Ready", "status": "False", "reason": "DiskFilesystemChanged",
+                "message": "Disk x(/x) on node n is not ready: record diskUUID doesn't match the one on the disk "}
+    node = {"status": {"diskStatus": {"odd/name~x": {"diskUUID": NEW, "diskName": "odd/name~x", "conditions": [mismatch]}}}}
+    assert cfg_differs(node["status"]["diskStatus"]["odd/name~x"])
+    patched = apply_json_patch(node, rollback_patch("odd/name~x", OLD, NEW, "put back", "2026-01-01T00:00:00Z"))
+    entry = patched["status"]["diskStatus"]["odd/name~x"]
+    assert entry["diskUUID"] == OLD
+    # Longhorn's verdict was about NEW: it must not stay beside OLD (a Done record would read it as
+    # "the cfg holds our new UUID" and record that again over a cfg holding OLD).
+    assert not cfg_differs(entry)
+    assert {c["type"]: (c["status"], c["reason"]) for c in entry["conditions"]} == \
+        {"Ready": ("False", REASON), "Schedulable": ("False", REASON)}
     other = {"status": {"diskStatus": {"odd/name~x": {"diskUUID": OLD}}}}
     with pytest.raises(PatchError):  # the `test` op fails: nothing is overwritten
-        apply_json_patch(other, rollback_patch("odd/name~x", OLD, NEW))
+        apply_json_patch(other, rollback_patch("odd/name~x", OLD, NEW, "put back", "2026-01-01T00:00:00Z"))
 
 
 def test_termination_reads_exit_code_and_message() -> None:
