@@ -143,6 +143,17 @@ def rule_matches(rule: dict, attrs: Attributes) -> bool:
     return True
 
 
+def namespace_labels(store: Store, namespace: str) -> dict[str, str] | None:
+    """The labels a namespaceSelector is matched against: None for a cluster-scoped request, {} for
+    a namespace the store does not hold."""
+    if not namespace:
+        return None
+    try:
+        return store.get("v1/namespaces", None, namespace)["metadata"].get("labels") or {}
+    except ApiError:
+        return {}
+
+
 def selectors_match(hook: dict, attrs: Attributes, namespace_labels: dict[str, str] | None) -> bool:
     obj_sel = label_selector_from_struct(hook.get("objectSelector"))
     if obj_sel:
@@ -461,14 +472,6 @@ class Dispatcher:
         items, _ = self.store.list(key)
         return sorted(items, key=lambda c: c["metadata"]["name"])
 
-    def _namespace_labels(self, namespace: str) -> dict[str, str] | None:
-        if not namespace:
-            return None
-        try:
-            return self.store.get("v1/namespaces", None, namespace)["metadata"].get("labels") or {}
-        except ApiError:
-            return {}
-
     def _matching(self, key: ResourceKey, attrs: Attributes, ns_labels: dict[str, str] | None) -> list[dict]:
         return [hook for config in self._configs(key) for hook in config.get("webhooks") or []
                 if hook_matches(hook, attrs, ns_labels)]
@@ -526,7 +529,7 @@ class Dispatcher:
         """Run all matching mutating webhooks; returns (possibly patched object, warnings)."""
         warnings: list[str] = []
         obj = attrs.obj
-        ns_labels = self._namespace_labels(attrs.namespace)
+        ns_labels = namespace_labels(self.store, attrs.namespace)
         self.counts[(request_key(attrs), "requests")] += 1
         for config in self._configs():
             for hook in config.get("webhooks") or []:
@@ -553,12 +556,12 @@ class Dispatcher:
 
     def validates(self, attrs: Attributes) -> bool:
         """Whether any validating webhook matches (callers skip the extra storage pass if not)."""
-        return bool(self._matching(VWC, attrs, self._namespace_labels(attrs.namespace)))
+        return bool(self._matching(VWC, attrs, namespace_labels(self.store, attrs.namespace)))
 
     async def validate(self, attrs: Attributes) -> list[str]:
         """Run all matching validating webhooks concurrently (validating/dispatcher.go); the first
         denial or Fail-policy error in configuration order is raised. Returns the warnings."""
-        hooks = [h for h in self._matching(VWC, attrs, self._namespace_labels(attrs.namespace))
+        hooks = [h for h in self._matching(VWC, attrs, namespace_labels(self.store, attrs.namespace))
                  if self._conditions_allow(h, attrs)]
         results = await asyncio.gather(*(self._consult(h, attrs) for h in hooks), return_exceptions=True)
         warnings: list[str] = []

@@ -100,25 +100,17 @@ class AdmissionPolicies:
                 out.append((policy, b))
         return out
 
-    def _namespace_labels(self, namespace: str) -> dict[str, str] | None:
-        if not namespace:
-            return None
-        try:
-            return self.store.get("v1/namespaces", None, namespace)["metadata"].get("labels") or {}
-        except ApiError:
-            return {}
-
     def handles(self, attrs: admission.Attributes) -> bool:
         if not self.enabled:
             return False
-        ns_labels = self._namespace_labels(attrs.namespace)
+        ns_labels = admission.namespace_labels(self.store, attrs.namespace)
         return any(_matches((p.get("spec") or {}).get("matchConstraints"), attrs, ns_labels)
                    and _matches((b.get("spec") or {}).get("matchResources"), attrs, ns_labels)
                    for p, b in self._pairs())
 
     def validate(self, attrs: admission.Attributes) -> list[str]:
         """Raises the denial; returns Warn-action warnings."""
-        ns_labels = self._namespace_labels(attrs.namespace)
+        ns_labels = admission.namespace_labels(self.store, attrs.namespace)
         variables = {"object": attrs.obj, "oldObject": attrs.old, "request": admission.match_request(attrs)}
         warnings: list[str] = []
         for policy, binding in self._pairs():
