@@ -7,23 +7,20 @@ by the emulated API server exactly as kube-apiserver applies a mutating webhook'
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bimguard import records
 from bimguard.kube import Kube, KubeError, Resource
-from bimguard.sim.apiserver import ApiServer
 from tests.webhook.harness import (
     LONGHORN_NS,
     NAMESPACE,
-    prepare,
     register,
-    start_replica,
 )
-from tests.webhook.test_reviews import (
+from tests.webhook.test_reviews import (  # noqa: F401 - `cluster` is a fixture the tests here use
     SAMPLE_UUID,
+    cluster,
     occupy,
     patch_of,
     post,
@@ -34,30 +31,6 @@ from tests.webhook.test_reviews import (
 REWRITES = Resource(records.GROUP, records.VERSION, records.REWRITES)
 CLAIMS = Resource(records.GROUP, records.VERSION, records.CLAIMS)
 NODES = Resource("longhorn.io", "v1beta2", "nodes")
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path):
-    api = ApiServer()
-    await api.start()
-    kubeconfig = tmp_path / "k"
-    api.kubeconfig(kubeconfig)
-    await prepare(kubeconfig)
-    replicas = []
-
-    async def replica(**kw: Any):
-        # Hand-made reviews about Nodes the API server does not store: the check of a review against
-        # the stored Node (tests/webhook/test_forged_reviews.py) is off here.
-        r = await start_replica(kubeconfig, **{"verify_reviews": False, **kw})
-        replicas.append(r)
-        return r
-
-    try:
-        yield api, replica
-    finally:
-        for r in replicas:
-            await r.stop()
-        await api.stop()
 
 
 # ------------------------------------------------------------------ 3. claims on the server's clock

@@ -58,6 +58,25 @@ def wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def add_moved_disk(kubeconfig: Path, root: Path, uuid_tail: str) -> tuple[str, str, Path]:
+    """A disk `moved` on worker-2 that arrives with an existing cfg whose UUID shares worker-1's
+    prefix (moved from elsewhere), added to the Longhorn Node's spec with kubectl: (worker-1's
+    UUID, the moved disk's, its cfg file)."""
+    nodes = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "-n", "longhorn-system", "-o", "json"))
+    w1 = next(n for n in nodes["items"] if n["metadata"]["name"] == "worker-1")
+    taken = next(iter(w1["status"]["diskStatus"].values()))["diskUUID"]
+    moved_uuid = f"{taken[:4]}cafe-{uuid_tail}"
+    disk_dir = root / "worker-2" / "mnt" / "moved"
+    disk_dir.mkdir(parents=True)
+    cfg = disk_dir / "longhorn-disk.cfg"
+    cfg.write_text(json.dumps({"diskName": "moved", "diskUUID": moved_uuid, "diskDriver": ""}, separators=(",", ":")))
+    kubectl(kubeconfig, "patch", "nodes.longhorn.io", "worker-2", "-n", "longhorn-system", "--type=merge", "-p",
+            json.dumps({"spec": {"disks": {"moved": {"path": "/mnt/moved", "allowScheduling": True,
+                                                     "diskType": "filesystem", "evictionRequested": False,
+                                                     "storageReserved": 0, "tags": []}}}}))
+    return taken, moved_uuid, cfg
+
+
 def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
     docs = rendered()
     mwc = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")
@@ -109,20 +128,7 @@ def test_webhook_process_prevents_a_collision_end_to_end(tmp_path: Path):
 
         assert wait(conditions, 30, "the leader to add matchConditions") == mwc["webhooks"][0]["matchConditions"]
 
-        # A disk that arrives with an existing cfg sharing worker-1's prefix (moved from elsewhere).
-        nodes = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "-n", "longhorn-system", "-o", "json"))
-        w1 = next(n for n in nodes["items"] if n["metadata"]["name"] == "worker-1")
-        taken = next(iter(w1["status"]["diskStatus"].values()))["diskUUID"]
-        moved_uuid = taken[:4] + "cafe-0000-4000-8000-000000000002"
-        disk_dir = root / "worker-2" / "mnt" / "moved"
-        disk_dir.mkdir(parents=True)
-        cfg = disk_dir / "longhorn-disk.cfg"
-        cfg.write_text(json.dumps({"diskName": "moved", "diskUUID": moved_uuid, "diskDriver": ""},
-                                  separators=(",", ":")))
-        kubectl(kubeconfig, "patch", "nodes.longhorn.io", "worker-2", "-n", "longhorn-system", "--type=merge", "-p",
-                json.dumps({"spec": {"disks": {"moved": {"path": "/mnt/moved", "allowScheduling": True,
-                                                         "diskType": "filesystem", "evictionRequested": False,
-                                                         "storageReserved": 0, "tags": []}}}}))
+        taken, moved_uuid, cfg = add_moved_disk(kubeconfig, root, "0000-4000-8000-000000000002")
 
         def done():
             recs = json.loads(kubectl(kubeconfig, "get", "diskrewrites.bimguard.io", "-n", NAMESPACE, "-o", "json"))
@@ -233,18 +239,7 @@ def test_the_readme_recipe_runs_the_webhook_against_the_emulator(tmp_path: Path)
             return bool(mwc["webhooks"][0]["clientConfig"].get("caBundle"))
 
         wait(injected, 30, "the leader to inject the caBundle")
-        nodes = json.loads(kubectl(kubeconfig, "get", "nodes.longhorn.io", "-n", "longhorn-system", "-o", "json"))
-        w1 = next(n for n in nodes["items"] if n["metadata"]["name"] == "worker-1")
-        taken = next(iter(w1["status"]["diskStatus"].values()))["diskUUID"]
-        disk_dir = root / "worker-2" / "mnt" / "moved"
-        disk_dir.mkdir(parents=True)
-        (disk_dir / "longhorn-disk.cfg").write_text(json.dumps(
-            {"diskName": "moved", "diskUUID": taken[:4] + "cafe-0000-4000-8000-000000000003", "diskDriver": ""},
-            separators=(",", ":")))
-        kubectl(kubeconfig, "patch", "nodes.longhorn.io", "worker-2", "-n", "longhorn-system", "--type=merge", "-p",
-                json.dumps({"spec": {"disks": {"moved": {"path": "/mnt/moved", "allowScheduling": True,
-                                                         "diskType": "filesystem", "evictionRequested": False,
-                                                         "storageReserved": 0, "tags": []}}}}))
+        taken, _, _ = add_moved_disk(kubeconfig, root, "0000-4000-8000-000000000003")
 
         def rewritten():
             recs = json.loads(kubectl(kubeconfig, "get", "diskrewrites.bimguard.io", "-n", "bimguard", "-o", "json"))
